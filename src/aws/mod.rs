@@ -1,0 +1,230 @@
+//! The AWS layer: the only part of the program that sees AWS SDK types. It turns an account
+//! from the configuration into an [`AccountReader`], which yields inventory snapshots.
+//!
+//! Every client gets explicit connect, attempt and operation timeouts (the SDK has no read
+//! timeout by default, so a stalled endpoint would hang a call forever), standard retries with
+//! exponential backoff and jitter, and a retry partition of its own per account, so one
+//! account's throttling cannot drain the retry budget of the others.
+
+mod api_source;
+mod session;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_iam::config::interceptors::FinalizerInterceptorContextRef;
+use aws_sdk_iam::config::retry::RetryPartition;
+use aws_sdk_iam::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use crate::config::{Account, Config};
+use crate::health::Health;
+use crate::inventory::{RefreshError, Snapshot};
+
+pub use session::Session;
+
+/// Loads the base AWS configuration: credentials from the SDK default chain (environment,
+/// profile, web identity / IRSA, ECS, IMDS), endpoints from the standard `AWS_ENDPOINT_URL*`
+/// variables, and the exporter's timeouts and retries.
+pub async fn base_config(cfg: &Config) -> SdkConfig {
+    let t = &cfg.aws;
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(cfg.sts.region.clone()))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(t.connect_timeout)
+                .read_timeout(t.attempt_timeout)
+                .operation_attempt_timeout(t.attempt_timeout)
+                .operation_timeout(t.operation_timeout)
+                .build(),
+        )
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(t.max_attempts)
+                .with_max_backoff(t.max_backoff),
+        )
+        .load()
+        .await
+}
+
+/// An AWS error reduced to what metrics and logs need.
+#[derive(Debug, Clone)]
+pub struct AwsError {
+    /// The AWS error code (`AccessDenied`, `Throttling`, ...) or, for failures that never got
+    /// an answer, `Timeout`, `ConnectionError` or `DispatchFailure`.
+    pub code: String,
+    pub message: String,
+}
+
+impl fmt::Display for AwsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl<E, R> From<aws_smithy_runtime_api::client::result::SdkError<E, R>> for AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    fn from(e: aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Self {
+        use aws_smithy_runtime_api::client::result::SdkError;
+        let code = match &e {
+            SdkError::ServiceError(s) => s.err().code().unwrap_or("Unknown").to_string(),
+            SdkError::TimeoutError(_) => "Timeout".into(),
+            SdkError::DispatchFailure(d) if d.is_timeout() => "Timeout".into(),
+            SdkError::DispatchFailure(d) if d.is_io() => "ConnectionError".into(),
+            SdkError::DispatchFailure(_) => "DispatchFailure".into(),
+            SdkError::ResponseError(_) => "ResponseError".into(),
+            _ => "ConstructionFailure".into(),
+        };
+        let message = match &e {
+            SdkError::ServiceError(s) => s.err().message().unwrap_or("").to_string(),
+            _ => DisplayErrorContext(&e).to_string(),
+        };
+        AwsError { code, message }
+    }
+}
+
+/// Reads one account: its session (if it assumes a role) and its IAM client, both reused
+/// across refreshes.
+pub struct AccountReader {
+    iam: aws_sdk_iam::Client,
+    session: Option<Arc<Session>>,
+    requests_per_account: usize,
+}
+
+impl AccountReader {
+    pub fn new(base: &SdkConfig, cfg: &Config, account: &Account, health: Arc<Health>) -> Self {
+        let counter = RequestCounter {
+            account_id: account.id.clone(),
+            account_name: account.name.clone(),
+            health: health.clone(),
+        };
+        let mut iam = aws_sdk_iam::config::Builder::from(base)
+            .retry_partition(RetryPartition::new(format!("iam-{}", account.id)))
+            .interceptor(counter.clone());
+        let session = account.role.as_ref().map(|role| {
+            let sts = aws_sdk_sts::config::Builder::from(base)
+                .retry_partition(RetryPartition::new(format!("sts-{}", account.id)))
+                .interceptor(counter)
+                .build();
+            Arc::new(Session::new(
+                aws_sdk_sts::Client::from_conf(sts),
+                role.clone(),
+                &cfg.sts,
+                account,
+                health,
+            ))
+        });
+        if let Some(s) = &session {
+            iam = s.install(iam);
+        }
+        AccountReader {
+            iam: aws_sdk_iam::Client::from_conf(iam.build()),
+            session,
+            requests_per_account: cfg.aws.requests_per_account,
+        }
+    }
+
+    /// One full read of the account's IAM users and keys.
+    pub async fn read(&self) -> Result<Snapshot, RefreshError> {
+        if let Some(s) = &self.session {
+            s.credentials().await.map_err(|e| RefreshError {
+                stage: "assume_role",
+                code: e.code,
+                message: e.message,
+            })?;
+        }
+        api_source::scan(&self.iam, self.requests_per_account).await
+    }
+
+    /// When the current assumed-role session expires, if there is one.
+    pub fn session_expiry(&self) -> Option<SystemTime> {
+        self.session.as_ref().and_then(|s| s.expiry())
+    }
+}
+
+/// Counts every request attempt, retries included, by operation and outcome.
+#[derive(Clone)]
+struct RequestCounter {
+    account_id: String,
+    account_name: String,
+    health: Arc<Health>,
+}
+
+impl fmt::Debug for RequestCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestCounter({})", self.account_id)
+    }
+}
+
+/// Error codes AWS uses for request-rate throttling.
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+];
+
+impl Intercept for RequestCounter {
+    fn name(&self) -> &'static str {
+        "RequestCounter"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let operation = cfg.load::<Metadata>().map_or("unknown", |m| m.name());
+        let outcome = match context.response() {
+            Some(r) if r.status().is_success() => "ok",
+            Some(r) if r.status().as_u16() == 429 => "throttled",
+            // The body of an error response is already in memory after deserialization; the
+            // Query protocol puts the code in `<Code>...</Code>`.
+            Some(r) => match r.body().bytes().map(error_code) {
+                Some(Some(code)) if THROTTLING_CODES.contains(&code) => "throttled",
+                _ => "error",
+            },
+            None => "error",
+        };
+        self.health
+            .aws_requests
+            .inc(&[&self.account_id, &self.account_name, operation, outcome]);
+        Ok(())
+    }
+}
+
+/// The `<Code>` of a Query-protocol (IAM, STS) XML error body.
+fn error_code(body: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let end = start + text[start..].find("</Code>")?;
+    Some(text[start..end].trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_query_protocol_error_code() {
+        let body = b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code>\
+                     <Message>Rate exceeded</Message></Error></ErrorResponse>";
+        assert_eq!(error_code(body), Some("Throttling"));
+        assert_eq!(error_code(b"not xml"), None);
+    }
+}

@@ -1,0 +1,150 @@
+//! Assumed-role sessions: one per account, reused across refreshes and renewed
+//! `renew_before` ahead of expiry.
+//!
+//! The SDK's `AssumeRoleProvider` behind its lazy identity cache would also renew, but it
+//! hides when it assumes, what failed and when the session ends. A refresh needs all three:
+//! a failed AssumeRole must be reported as its own stage with its AWS error code, and the
+//! expiry is exported so stuck renewals can be alerted on. So the session calls STS itself
+//! and the IAM client asks it for credentials on every request (an in-memory check).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::{self, future, ProvideCredentials};
+use aws_credential_types::Credentials;
+use aws_sdk_iam::config::IdentityCache;
+
+use super::AwsError;
+use crate::config::{Account, Role, Sts};
+use crate::health::Health;
+
+pub struct Session {
+    sts: aws_sdk_sts::Client,
+    role: Role,
+    session_name: String,
+    duration: Duration,
+    renew_before: Duration,
+    account_id: String,
+    account_name: String,
+    health: Arc<Health>,
+    /// An async mutex: concurrent requests wait for one AssumeRole instead of each making one.
+    current: tokio::sync::Mutex<Option<Credentials>>,
+    expiry: Mutex<Option<SystemTime>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print credentials.
+        write!(f, "Session({})", self.role.arn)
+    }
+}
+
+impl Session {
+    pub fn new(
+        sts: aws_sdk_sts::Client,
+        role: Role,
+        cfg: &Sts,
+        account: &Account,
+        health: Arc<Health>,
+    ) -> Self {
+        Session {
+            sts,
+            role,
+            session_name: cfg.session_name.clone(),
+            duration: cfg.session_duration,
+            renew_before: cfg.renew_before,
+            account_id: account.id.clone(),
+            account_name: account.name.clone(),
+            health,
+            current: tokio::sync::Mutex::new(None),
+            expiry: Mutex::new(None),
+        }
+    }
+
+    /// Makes an IAM client configuration use this session's credentials. The SDK's identity
+    /// cache is turned off because the session is the cache.
+    pub fn install(
+        self: &Arc<Self>,
+        iam: aws_sdk_iam::config::Builder,
+    ) -> aws_sdk_iam::config::Builder {
+        iam.credentials_provider(Provider(self.clone()))
+            .identity_cache(IdentityCache::no_cache())
+    }
+
+    /// Valid credentials for the role, assuming it again only when the current ones are
+    /// missing or within `renew_before` of expiry.
+    pub async fn credentials(&self) -> Result<Credentials, AwsError> {
+        let mut current = self.current.lock().await;
+        if let Some(c) = current.as_ref() {
+            let fresh = c
+                .expiry()
+                .is_none_or(|e| e > SystemTime::now() + self.renew_before);
+            if fresh {
+                return Ok(c.clone());
+            }
+        }
+        let result = self.assume().await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.health
+            .assume_role
+            .inc(&[&self.account_id, &self.account_name, outcome]);
+        let creds = result?;
+        *self.expiry.lock().unwrap() = creds.expiry();
+        tracing::debug!(
+            account_id = %self.account_id,
+            role = %self.role.arn,
+            expires = ?creds.expiry().map(humantime::format_rfc3339_seconds),
+            "assumed role"
+        );
+        *current = Some(creds.clone());
+        Ok(creds)
+    }
+
+    pub fn expiry(&self) -> Option<SystemTime> {
+        *self.expiry.lock().unwrap()
+    }
+
+    async fn assume(&self) -> Result<Credentials, AwsError> {
+        let out = self
+            .sts
+            .assume_role()
+            .role_arn(&self.role.arn)
+            .role_session_name(&self.session_name)
+            .set_external_id(self.role.external_id.clone())
+            .duration_seconds(self.duration.as_secs() as i32)
+            .send()
+            .await?;
+        let c = out.credentials.ok_or_else(|| AwsError {
+            code: "InvalidResponse".into(),
+            message: "AssumeRole answered without credentials".into(),
+        })?;
+        let expiry = SystemTime::try_from(c.expiration).map_err(|_| AwsError {
+            code: "InvalidResponse".into(),
+            message: "AssumeRole answered with an expiration outside the clock's range".into(),
+        })?;
+        Ok(Credentials::new(
+            c.access_key_id,
+            c.secret_access_key,
+            Some(c.session_token),
+            Some(expiry),
+            "iam-key-exporter-session",
+        ))
+    }
+}
+
+#[derive(Debug)]
+struct Provider(Arc<Session>);
+
+impl ProvideCredentials for Provider {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(async move {
+            self.0
+                .credentials()
+                .await
+                .map_err(|e| provider::error::CredentialsError::provider_error(e.to_string()))
+        })
+    }
+}

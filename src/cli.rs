@@ -1,0 +1,67 @@
+//! Command-line flags, named as Prometheus exporters name them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "iam-key-exporter", version, about = "Prometheus exporter for the age and use of AWS IAM access keys across many accounts")]
+pub struct Cli {
+    /// Path to the YAML configuration file.
+    #[arg(long = "config.file", global = true, default_value = "iam-key-exporter.yml", value_name = "PATH")]
+    pub config_file: PathBuf,
+
+    /// Address to listen on for the web interface and telemetry (`:9871` means every interface).
+    #[arg(long = "web.listen-address", default_value = ":9871", value_parser = parse_listen_address, value_name = "ADDR")]
+    pub listen_address: SocketAddr,
+
+    /// Path under which to expose metrics.
+    #[arg(long = "web.telemetry-path", default_value = "/metrics", value_name = "PATH")]
+    pub telemetry_path: String,
+
+    /// Only log messages with the given severity or above.
+    #[arg(long = "log.level", global = true, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Output format of log messages.
+    #[arg(long = "log.format", global = true, value_enum, default_value_t = LogFormat::Logfmt)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate the configuration file and exit: 0 if it is valid, 2 if not.
+    CheckConfig,
+    /// Read every account once, write the metrics to a file atomically and exit
+    /// (for node_exporter's textfile collector or cron). Exits 1 if any account failed.
+    Once {
+        /// Where to write the exposition; it is written to a temporary file and renamed.
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+/// Accepts Go-style `:PORT` as well as `HOST:PORT`.
+fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
+    full.parse()
+        .map_err(|_| format!("{s:?} is not a listen address like :9871, 127.0.0.1:9871 or [::]:9871"))
+}

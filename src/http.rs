@@ -1,0 +1,269 @@
+//! The HTTP server: `/metrics` (or `--web.telemetry-path`), `/`, `/-/healthy`, `/-/ready`,
+//! `/-/reload`. Handlers read the inventory; none calls AWS.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::sync::Arc;
+
+use flate2::write::GzEncoder;
+use futures_util::stream;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::collector::{self, BuildInfo};
+use crate::exposition::CONTENT_TYPE;
+use crate::health::Health;
+use crate::inventory::Inventory;
+use crate::refresher::unix_now;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Asks the main loop to reload the configuration; the answer is the error text on failure.
+pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
+
+pub struct Web {
+    pub inventory: Arc<Inventory>,
+    pub health: Arc<Health>,
+    pub build: BuildInfo,
+    pub telemetry_path: String,
+    pub reload: mpsc::Sender<ReloadRequest>,
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, web: Arc<Web>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let web = web.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let web = web.clone();
+                async move { Ok::<_, Infallible>(handle(&web, req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(web: &Web, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let method = req.method();
+    match path {
+        p if p == web.telemetry_path && matches!(*method, Method::GET | Method::HEAD) => {
+            metrics(web, &req)
+        }
+        "/" if matches!(*method, Method::GET | Method::HEAD) => landing_page(web),
+        "/-/healthy" => text(StatusCode::OK, "Healthy.\n"),
+        "/-/ready" if web.inventory.all_attempted() => text(StatusCode::OK, "Ready.\n"),
+        "/-/ready" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not ready: some accounts have not been read yet.\n",
+        ),
+        "/-/reload" if matches!(*method, Method::POST | Method::PUT) => reload(web).await,
+        "/-/reload" => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Only POST or PUT requests allowed.\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "Not found.\n"),
+    }
+}
+
+fn metrics(web: &Web, req: &Request<Incoming>) -> Response<Body> {
+    let chunks = collector::render(
+        &web.inventory.accounts(),
+        &web.health,
+        &web.build,
+        unix_now().floor(),
+    );
+    let gzip = accepts_gzip(req);
+    let body: Box<dyn Iterator<Item = Vec<u8>> + Send + Sync> = if gzip {
+        Box::new(Gzip::new(chunks))
+    } else {
+        Box::new(chunks)
+    };
+    let frames = stream::iter(body.map(|c| Ok(Frame::data(Bytes::from(c)))));
+    let mut resp = Response::new(StreamBody::new(frames).boxed());
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    if gzip {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    resp
+}
+
+/// True when the client lists `gzip` in Accept-Encoding without `q=0`.
+fn accepts_gzip<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|part| {
+            let mut it = part.split(';').map(str::trim);
+            let coding = it.next().unwrap_or("");
+            let refused = it.any(|p| p.replace(' ', "").trim_start_matches("q=").parse::<f32>() == Ok(0.0));
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        })
+}
+
+/// Compresses a stream of chunks, yielding compressed output as it becomes available.
+struct Gzip<I> {
+    inner: I,
+    encoder: Option<GzEncoder<Vec<u8>>>,
+}
+
+impl<I> Gzip<I> {
+    fn new(inner: I) -> Self {
+        Gzip { inner, encoder: Some(GzEncoder::new(Vec::new(), flate2::Compression::fast())) }
+    }
+}
+
+impl<I: Iterator<Item = Vec<u8>>> Iterator for Gzip<I> {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let encoder = self.encoder.as_mut()?;
+            match self.inner.next() {
+                Some(chunk) => {
+                    // Writing into a Vec cannot fail.
+                    let _ = encoder.write_all(&chunk);
+                    let out = std::mem::take(encoder.get_mut());
+                    if !out.is_empty() {
+                        return Some(out);
+                    }
+                }
+                None => return self.encoder.take().and_then(|e| e.finish().ok()),
+            }
+        }
+    }
+}
+
+async fn reload(web: &Web) -> Response<Body> {
+    let (tx, rx) = oneshot::channel();
+    if web.reload.send(tx).await.is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "Shutting down.\n");
+    }
+    match rx.await {
+        Ok(Ok(())) => text(StatusCode::OK, "Configuration reloaded.\n"),
+        Ok(Err(e)) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("Reload failed; the running configuration is kept.\n{e}\n"),
+        ),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "Shutting down.\n"),
+    }
+}
+
+fn landing_page(web: &Web) -> Response<Body> {
+    let mut rows = String::new();
+    let now = unix_now();
+    for s in web.inventory.accounts() {
+        let state = match (s.attempted, s.up) {
+            (false, _) => "pending",
+            (true, true) => "up",
+            (true, false) => "down",
+        };
+        let last = s.last_success.map_or("never".to_string(), |t| {
+            format!("{}s ago", (now - t).max(0.0).round())
+        });
+        let error = s.last_error.as_ref().map_or(String::new(), |e| {
+            format!("{} ({}): {}", e.code, e.stage, e.message)
+        });
+        let keys = s.snapshot.as_ref().map_or(0, |snap| snap.keys.len());
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td class=\"{state}\">{state}</td><td>{keys}</td><td>{last}</td><td>{}</td></tr>\n",
+            html(&s.account.id),
+            html(&s.account.name),
+            html(&error),
+        ));
+    }
+    let page = format!(
+        r#"<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>IAM Key Exporter</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}
+.up{{color:#080}}.down{{color:#b00}}.pending{{color:#888}}</style></head>
+<body><h1>IAM Key Exporter</h1>
+<p>Version {version} (revision {revision}). <a href="{path}">Metrics</a> ·
+<a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
+<table><tr><th>Account</th><th>Name</th><th>State</th><th>Keys</th><th>Last success</th><th>Last error</th></tr>
+{rows}</table></body></html>
+"#,
+        version = html(web.build.version),
+        revision = html(web.build.revision),
+        path = html(&web.telemetry_path),
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(page)).boxed());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(accept: &str) -> Request<()> {
+        Request::builder()
+            .header(header::ACCEPT_ENCODING, accept)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn gzip_negotiation() {
+        assert!(accepts_gzip(&req("gzip")));
+        assert!(accepts_gzip(&req("deflate, gzip;q=0.5")));
+        assert!(!accepts_gzip(&req("gzip;q=0")));
+        assert!(!accepts_gzip(&req("identity")));
+    }
+
+    #[test]
+    fn gzip_stream_round_trips() {
+        use std::io::Read;
+        let chunks = vec![b"hello ".to_vec(), b"world".to_vec()];
+        let compressed: Vec<u8> = Gzip::new(chunks.into_iter()).flatten().collect();
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(&compressed[..])
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, "hello world");
+    }
+}

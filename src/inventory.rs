@@ -1,0 +1,125 @@
+//! What is known about each account: immutable snapshots of IAM data plus the state of the
+//! last refresh. Plain Rust types only; nothing here knows about the AWS SDK.
+//!
+//! The refresher replaces an account's whole [`AccountState`] in one pointer swap, so a scrape
+//! sees either the old or the new data of an account, never a mix, and keys that vanished
+//! from IAM vanish from the next scrape.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use crate::config::Account;
+
+/// Seconds since the Unix epoch.
+pub type Timestamp = f64;
+
+/// One account's IAM users and access keys, as read in one refresh.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub users: Vec<User>,
+    pub keys: Vec<AccessKey>,
+}
+
+#[derive(Debug)]
+pub struct User {
+    pub name: String,
+    pub created: Timestamp,
+    pub password_last_used: Option<Timestamp>,
+}
+
+#[derive(Debug)]
+pub struct AccessKey {
+    pub user: String,
+    pub id: String,
+    pub active: bool,
+    pub created: Timestamp,
+    pub last_used: Option<LastUse>,
+}
+
+#[derive(Debug)]
+pub struct LastUse {
+    pub at: Timestamp,
+    pub service: String,
+    pub region: String,
+}
+
+/// Why a refresh failed: the step that failed and the AWS error code, for metrics and logs.
+#[derive(Debug, Clone)]
+pub struct RefreshError {
+    pub stage: &'static str,
+    pub code: String,
+    pub message: String,
+}
+
+/// Everything the collector and the landing page show about one account.
+#[derive(Debug)]
+pub struct AccountState {
+    pub account: Arc<Account>,
+    /// The last successful snapshot, kept through failures until it is older than
+    /// `max_staleness`.
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub up: bool,
+    pub attempted: bool,
+    pub last_success: Option<Timestamp>,
+    pub last_duration: Option<f64>,
+    pub last_error: Option<RefreshError>,
+    pub session_expiry: Option<Timestamp>,
+}
+
+impl AccountState {
+    pub fn new(account: Arc<Account>) -> Self {
+        AccountState {
+            account,
+            snapshot: None,
+            up: false,
+            attempted: false,
+            last_success: None,
+            last_duration: None,
+            last_error: None,
+            session_expiry: None,
+        }
+    }
+}
+
+/// The shared store: account id → current state. The lock is held only to read or swap
+/// pointers, never across I/O or rendering.
+#[derive(Default)]
+pub struct Inventory {
+    accounts: RwLock<BTreeMap<String, Arc<AccountState>>>,
+}
+
+impl Inventory {
+    /// Every account's current state, in account-id order.
+    pub fn accounts(&self) -> Vec<Arc<AccountState>> {
+        self.accounts.read().unwrap().values().cloned().collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<AccountState>> {
+        self.accounts.read().unwrap().get(id).cloned()
+    }
+
+    pub fn put(&self, state: AccountState) {
+        let id = state.account.id.clone();
+        self.accounts.write().unwrap().insert(id, Arc::new(state));
+    }
+
+    /// Makes the store hold exactly `accounts`: states of accounts that stay (same id and
+    /// settings) are kept, new or changed ones start empty, removed ones are dropped.
+    pub fn retain_only(&self, accounts: &[Arc<Account>]) {
+        let mut map = self.accounts.write().unwrap();
+        let mut next = BTreeMap::new();
+        for account in accounts {
+            let state = match map.remove(&account.id) {
+                Some(s) if *s.account == **account => s,
+                _ => Arc::new(AccountState::new(account.clone())),
+            };
+            next.insert(account.id.clone(), state);
+        }
+        *map = next;
+    }
+
+    /// True once every account has finished at least one refresh attempt.
+    pub fn all_attempted(&self) -> bool {
+        self.accounts.read().unwrap().values().all(|s| s.attempted)
+    }
+}

@@ -1,0 +1,172 @@
+//! iam-key-exporter: wires the configuration, refresher, inventory and HTTP server together.
+//! See ARCHITECTURE.md for the code map.
+
+mod aws;
+mod cli;
+mod collector;
+mod config;
+mod exposition;
+mod health;
+mod http;
+mod inventory;
+mod logging;
+mod process;
+mod refresher;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+use crate::cli::{Cli, Command};
+use crate::collector::BuildInfo;
+use crate::config::Config;
+use crate::health::Health;
+use crate::inventory::Inventory;
+use crate::refresher::{unix_now, Refresher};
+
+const BUILD: BuildInfo = BuildInfo {
+    version: env!("CARGO_PKG_VERSION"),
+    revision: env!("IKE_REVISION"),
+    rustc_version: env!("IKE_RUSTC_VERSION"),
+};
+
+/// Exit code for configuration errors, as Prometheus tools use it.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_level, cli.log_format);
+
+    let cfg = match config::load(&cli.config_file) {
+        Ok(c) => Arc::new(c),
+        Err(e) if matches!(cli.command, Some(Command::CheckConfig)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration; fix the file and start again");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the async runtime");
+    match cli.command {
+        Some(Command::CheckConfig) => {
+            println!(
+                "{}: valid, {} account(s)",
+                cli.config_file.display(),
+                cfg.accounts.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Some(Command::Once { ref output }) => runtime.block_on(once(cfg, output)),
+        None => runtime.block_on(serve(cli, cfg)),
+    }
+}
+
+/// Reads every account once and writes the exposition to `output` atomically.
+async fn once(cfg: Arc<Config>, output: &Path) -> ExitCode {
+    let inventory = Arc::new(Inventory::default());
+    let health = Arc::new(Health::new(unix_now()));
+    refresher::refresh_all_once(cfg, inventory.clone(), health.clone()).await;
+    let accounts = inventory.accounts();
+    let failed = accounts.iter().filter(|s| !s.up).count();
+
+    let tmp = output.with_extension("prom.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for chunk in collector::render(&accounts, &health, &BUILD, unix_now().floor()) {
+            f.write_all(&chunk)?;
+        }
+        f.into_inner()?.sync_all()?;
+        std::fs::rename(&tmp, output)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::error!(path = %output.display(), error = %e, "cannot write the metrics file");
+        return ExitCode::FAILURE;
+    }
+    tracing::info!(path = %output.display(), accounts = accounts.len(), failed, "wrote metrics");
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn serve(cli: Cli, cfg: Arc<Config>) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(cli.listen_address).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(address = %cli.listen_address, error = %e, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        version = BUILD.version,
+        address = %cli.listen_address,
+        config = %cli.config_file.display(),
+        accounts = cfg.accounts.len(),
+        "starting iam-key-exporter"
+    );
+
+    let inventory = Arc::new(Inventory::default());
+    let health = Arc::new(Health::new(unix_now()));
+    let (reload_tx, mut reload_rx) = mpsc::channel::<http::ReloadRequest>(4);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let web = Arc::new(http::Web {
+        inventory: inventory.clone(),
+        health: health.clone(),
+        build: BUILD,
+        telemetry_path: cli.telemetry_path.clone(),
+        reload: reload_tx.clone(),
+    });
+    let server = tokio::spawn(http::serve(listener, web, shutdown_rx));
+    let mut refresher = Refresher::start(cfg, inventory.clone(), health.clone()).await;
+
+    let mut sigterm = signal(SignalKind::terminate()).expect("cannot watch SIGTERM");
+    let mut sighup = signal(SignalKind::hangup()).expect("cannot watch SIGHUP");
+    loop {
+        let reply = tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => None,
+            Some(reply) = reload_rx.recv() => Some(reply),
+        };
+        let result = match config::load(&cli.config_file) {
+            Ok(next) => {
+                refresher.stop().await;
+                refresher = Refresher::start(Arc::new(next), inventory.clone(), health.clone()).await;
+                tracing::info!(config = %cli.config_file.display(), "configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                Err(e.to_string())
+            }
+        };
+        health.record_reload(result.is_ok(), unix_now());
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let stop = async {
+        refresher.stop().await;
+        let _ = server.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(5), stop).await.is_err() {
+        tracing::warn!("shutdown took longer than 5s; exiting anyway");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,153 @@
+//! The background loop that keeps the inventory fresh. AWS is called here and nowhere else.
+//!
+//! Each account has its own task, so one account's timeout or throttling never delays
+//! another's schedule, and its refreshes run one after another, never overlapping. A shared
+//! semaphore bounds how many accounts are read at once (`concurrency`); start times and
+//! intervals are jittered so many accounts do not hit AWS in lockstep.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::aws::{self, AccountReader};
+use crate::config::{Account, Config};
+use crate::health::Health;
+use crate::inventory::{AccountState, Inventory};
+
+/// The running account tasks of one configuration.
+pub struct Refresher {
+    tasks: JoinSet<()>,
+}
+
+impl Refresher {
+    /// Starts refreshing every account of `cfg` in the background.
+    pub async fn start(cfg: Arc<Config>, inventory: Arc<Inventory>, health: Arc<Health>) -> Self {
+        let permits = Arc::new(Semaphore::new(cfg.concurrency));
+        let mut tasks = JoinSet::new();
+        for task in AccountTask::all(cfg, inventory, health).await {
+            tasks.spawn(task.run(permits.clone()));
+        }
+        Refresher { tasks }
+    }
+
+    /// Stops every account task and waits until none can touch the inventory any more.
+    pub async fn stop(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+/// Reads every account of `cfg` once, all in parallel up to `concurrency` (the one-shot mode).
+pub async fn refresh_all_once(cfg: Arc<Config>, inventory: Arc<Inventory>, health: Arc<Health>) {
+    let permits = Arc::new(Semaphore::new(cfg.concurrency));
+    let mut tasks = JoinSet::new();
+    for task in AccountTask::all(cfg, inventory, health).await {
+        let permits = permits.clone();
+        tasks.spawn(async move {
+            let _permit = permits.acquire().await;
+            task.refresh().await;
+        });
+    }
+    tasks.join_all().await;
+}
+
+struct AccountTask {
+    account: Arc<Account>,
+    reader: AccountReader,
+    cfg: Arc<Config>,
+    inventory: Arc<Inventory>,
+    health: Arc<Health>,
+}
+
+impl AccountTask {
+    /// One task per account of `cfg`; the inventory is made to hold exactly those accounts.
+    async fn all(cfg: Arc<Config>, inventory: Arc<Inventory>, health: Arc<Health>) -> Vec<Self> {
+        inventory.retain_only(&cfg.accounts);
+        let base = aws::base_config(&cfg).await;
+        cfg.accounts
+            .iter()
+            .map(|account| AccountTask {
+                account: account.clone(),
+                reader: AccountReader::new(&base, &cfg, account, health.clone()),
+                cfg: cfg.clone(),
+                inventory: inventory.clone(),
+                health: health.clone(),
+            })
+            .collect()
+    }
+
+    async fn run(self, permits: Arc<Semaphore>) {
+        // Spread the first refreshes over a second or two rather than all at once.
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..1500))).await;
+        loop {
+            {
+                let _permit = permits.acquire().await;
+                self.refresh().await;
+            }
+            tokio::time::sleep(jittered(self.cfg.refresh_interval)).await;
+        }
+    }
+
+    async fn refresh(&self) {
+        let started = Instant::now();
+        let result = self.reader.read().await;
+        let duration = started.elapsed().as_secs_f64();
+        let now = unix_now();
+
+        let previous = self.inventory.get(&self.account.id);
+        let mut state = AccountState::new(self.account.clone());
+        if let Some(p) = &previous {
+            state.snapshot = p.snapshot.clone();
+            state.last_success = p.last_success;
+        }
+        state.attempted = true;
+        state.last_duration = Some(duration);
+        state.session_expiry = self.reader.session_expiry().map(unix);
+
+        let (id, name) = (&self.account.id, &self.account.name);
+        match result {
+            Ok(snapshot) => {
+                tracing::info!(
+                    account_id = %id, account_name = %name, duration_seconds = duration,
+                    users = snapshot.users.len(), keys = snapshot.keys.len(),
+                    "refreshed account"
+                );
+                state.snapshot = Some(Arc::new(snapshot));
+                state.up = true;
+                state.last_success = Some(now);
+            }
+            Err(e) => {
+                self.health.refresh_errors.inc(&[id, name, e.stage, &e.code]);
+                // Last good data stays visible (with account_up 0) until it is too old to
+                // trust; it is dropped at the first failed refresh past max_staleness.
+                let stale = state
+                    .last_success
+                    .is_none_or(|t| now - t > self.cfg.max_staleness.as_secs_f64());
+                if stale {
+                    state.snapshot = None;
+                }
+                tracing::warn!(
+                    account_id = %id, account_name = %name, duration_seconds = duration,
+                    stage = e.stage, code = %e.code, error = %e.message, kept_stale_data = !stale && state.snapshot.is_some(),
+                    "account refresh failed"
+                );
+                state.last_error = Some(e);
+            }
+        }
+        self.inventory.put(state);
+    }
+}
+
+/// `interval` ± 10 %.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.9 + fastrand::f64() * 0.2)
+}
+
+pub fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub fn unix_now() -> f64 {
+    unix(SystemTime::now())
+}

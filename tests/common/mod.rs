@@ -1,0 +1,371 @@
+//! Test harness: the moto launcher, the real exporter binary, and a Prometheus text parser.
+//! Everything talks over HTTP on 127.0.0.1.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+pub const DAY: f64 = 86400.0;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+pub fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// A Unix time `days` ago, whole seconds, and the same as ISO-8601 for the launcher.
+pub fn days_ago(days: f64) -> (f64, String) {
+    let t = (now() - days * DAY).floor();
+    let iso = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t as u64));
+    (t, iso.to_string())
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A moto server behind tests/moto/launcher.py (pagination, faults, seeding, counts).
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let python = repo().join(".venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing: run scripts/setup-test-env.sh (or `make test`) first",
+            python.display()
+        );
+        let mut child = Command::new(python)
+            .arg(repo().join("tests/moto/launcher.py"))
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start the moto launcher");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .unwrap_or_else(|| panic!("unexpected launcher output {line:?}"))
+            .to_string();
+        Moto { child, url }
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> Value {
+        let mut resp = agent()
+            .post(&format!("{}{path}", self.url))
+            .send_json(&body)
+            .unwrap();
+        let status = resp.status();
+        let v: Value = resp.body_mut().read_json().unwrap();
+        assert!(status.is_success(), "launcher {path} answered {status}: {v}");
+        v
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        agent()
+            .get(&format!("{}{path}", self.url))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    }
+
+    /// Seeds users (launcher JSON format); returns each user's key ids in order.
+    pub fn seed(&self, account: &str, users: Value) -> Vec<Vec<String>> {
+        let v = self.post("/_launcher/seed", json!({"account": account, "users": users}));
+        v["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                u["keys"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|k| k.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .collect()
+    }
+
+    pub fn faults(&self, faults: Value) {
+        self.post("/_launcher/faults", json!({ "faults": faults }));
+    }
+
+    /// Requests received for `account`, by operation.
+    pub fn count(&self, account: &str, operation: &str) -> u64 {
+        self.get("/_launcher/counts")[account][operation]
+            .as_u64()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real exporter binary, pointed at moto through the standard AWS SDK environment.
+pub struct Exporter {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+pub fn exporter_command(moto: &Moto) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"));
+    // Only what a user would set to point any AWS SDK at another endpoint.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("AWS_ENDPOINT_URL", &moto.url)
+        .env("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent");
+    cmd
+}
+
+impl Exporter {
+    pub fn start(moto: &Moto, config_yaml: &str) -> Exporter {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, config_yaml).unwrap();
+        let port = free_port();
+        let child = exporter_command(moto)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=debug")
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let e = Exporter { child, url: format!("http://127.0.0.1:{port}"), _dir: dir, config };
+        wait_for("the exporter to listen", Duration::from_secs(20), || {
+            e.try_get("/-/healthy").filter(|(s, _)| *s == 200)
+        });
+        e
+    }
+
+    /// GET a path: (status, body), or None if the server does not answer.
+    pub fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut resp = agent().get(&format!("{}{path}", self.url)).call().ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.body_mut().read_to_string().ok()?))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("exporter did not answer {path}"))
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        wait_for("/-/ready to answer 200", timeout, || {
+            self.try_get("/-/ready").filter(|(s, _)| *s == 200)
+        });
+    }
+
+    pub fn scrape(&self) -> Metrics {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200);
+        Metrics::parse(&body)
+    }
+
+    /// Scrapes until `f` holds, returning that scrape.
+    pub fn scrape_until(&self, what: &str, timeout: Duration, f: impl Fn(&Metrics) -> bool) -> Metrics {
+        wait_for(what, timeout, || Some(self.scrape()).filter(|m| f(m)))
+    }
+
+    /// Waits for a refresh of `account` that finished after this call.
+    pub fn next_refresh(&self, account: &str, timeout: Duration) -> Metrics {
+        let metric = "iam_key_exporter_account_refresh_duration_seconds";
+        let before = self.scrape().raw_line_for(metric, account);
+        let mark = now();
+        self.scrape_until(&format!("a new refresh of {account}"), timeout, |m| {
+            // A refresh updates the last-success time (on success) or the duration line
+            // (always, unless identical to the microsecond).
+            m.get("iam_key_exporter_account_last_success_timestamp_seconds", &[("account_id", account)])
+                .is_some_and(|t| t >= mark.floor())
+                || m.raw_line_for(metric, account) != before
+        })
+    }
+
+    /// Sends SIGTERM and returns how long the exporter took to exit, with its status.
+    pub fn terminate(mut self) -> (Duration, std::process::ExitStatus) {
+        let start = Instant::now();
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = wait_for("the exporter to exit", Duration::from_secs(30), || {
+            self.child.try_wait().unwrap()
+        });
+        (start.elapsed(), status)
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One sample of the text exposition.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed scrape.
+pub struct Metrics {
+    pub raw: String,
+    pub samples: Vec<Sample>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| parse_line(l).unwrap_or_else(|| panic!("unparsable line {l:?}")))
+            .collect();
+        Metrics { raw: text.to_string(), samples }
+    }
+
+    /// Samples of `name` whose labels include every pair in `matchers`.
+    pub fn find(&self, name: &str, matchers: &[(&str, &str)]) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| matchers.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .collect()
+    }
+
+    /// The value of the single sample matching, or None; panics if several match.
+    pub fn get(&self, name: &str, matchers: &[(&str, &str)]) -> Option<f64> {
+        let found = self.find(name, matchers);
+        assert!(found.len() <= 1, "{name} {matchers:?} matches {} samples", found.len());
+        found.first().map(|s| s.value)
+    }
+
+    fn raw_line_for(&self, name: &str, account: &str) -> Option<String> {
+        let needle = format!("account_id=\"{account}\"");
+        self.raw
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(&needle))
+            .map(String::from)
+    }
+}
+
+fn parse_line(line: &str) -> Option<Sample> {
+    let (name, rest) = match line.find('{') {
+        Some(i) => (&line[..i], &line[i + 1..]),
+        None => {
+            let (n, v) = line.split_once(' ')?;
+            return Some(Sample { name: n.into(), labels: BTreeMap::new(), value: v.trim().parse().ok()? });
+        }
+    };
+    let mut labels = BTreeMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if chars.next()? != '"' {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => match chars.next()? {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.insert(key.trim_start_matches(',').to_string(), value);
+        match chars.next()? {
+            ',' => continue,
+            '}' => break,
+            _ => return None,
+        }
+    }
+    let value: String = chars.collect();
+    Some(Sample { name: name.into(), labels, value: value.trim().parse().ok()? })
+}
+
+/// Runs `promtool check metrics` on an exposition; returns its combined output on failure.
+pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is missing: run scripts/setup-test-env.sh (or `make test`) first");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        let mut msg = String::from_utf8_lossy(&out.stdout).to_string();
+        msg.push_str(&String::from_utf8_lossy(&out.stderr));
+        Err(msg)
+    }
+}
+
+/// Reads a whole file as a string, for assertions on written outputs.
+pub fn read(path: &Path) -> String {
+    let mut s = String::new();
+    std::fs::File::open(path).unwrap().read_to_string(&mut s).unwrap();
+    s
+}
