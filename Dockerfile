@@ -2,7 +2,7 @@
 #
 # iam-key-exporter container image.
 #
-#   docker build -t iam-key-exporter .
+#   docker build --build-arg IKE_REVISION="$(git rev-parse --short=12 HEAD)" -t iam-key-exporter .
 #   docker run --rm -p 9871:9871 \
 #     -v "$PWD/config.yaml:/etc/iam-key-exporter/config.yaml:ro" \
 #     -e AWS_REGION=us-east-1 iam-key-exporter
@@ -19,6 +19,11 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 FROM ${RUST_IMAGE} AS builder
 
 WORKDIR /src
+
+# .git is not in the build context, so the revision for iam_key_exporter_build_info is
+# passed in (build.rs reads it).
+ARG IKE_REVISION=unknown
+ENV IKE_REVISION=${IKE_REVISION}
 
 # The whole crate (see .dockerignore): Cargo.toml, Cargo.lock, src/ and any
 # build script or target the manifest may declare.

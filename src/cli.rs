@@ -6,10 +6,19 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "iam-key-exporter", version, about = "Prometheus exporter for the age and use of AWS IAM access keys across many accounts")]
+#[command(
+    name = "iam-key-exporter",
+    version,
+    about = "Prometheus exporter for the age and use of AWS IAM access keys across many accounts"
+)]
 pub struct Cli {
     /// Path to the YAML configuration file.
-    #[arg(long = "config.file", global = true, default_value = "iam-key-exporter.yml", value_name = "PATH")]
+    #[arg(
+        long = "config.file",
+        global = true,
+        default_value = "iam-key-exporter.yml",
+        value_name = "PATH"
+    )]
     pub config_file: PathBuf,
 
     /// Address to listen on for the web interface and telemetry (`:9871` means every interface).
@@ -17,7 +26,11 @@ pub struct Cli {
     pub listen_address: SocketAddr,
 
     /// Path under which to expose metrics.
-    #[arg(long = "web.telemetry-path", default_value = "/metrics", value_name = "PATH")]
+    #[arg(
+        long = "web.telemetry-path",
+        default_value = "/metrics",
+        value_name = "PATH"
+    )]
     pub telemetry_path: String,
 
     /// Only log messages with the given severity or above.
@@ -61,7 +74,12 @@ pub enum LogFormat {
 
 /// Accepts Go-style `:PORT` as well as `HOST:PORT`.
 fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
-    full.parse()
-        .map_err(|_| format!("{s:?} is not a listen address like :9871, 127.0.0.1:9871 or [::]:9871"))
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse().map_err(|_| {
+        format!("{s:?} is not a listen address like :9871, 127.0.0.1:9871 or [::]:9871")
+    })
 }

@@ -62,7 +62,10 @@ const KEY_FAMILIES: &[Family] = &[
         write: |out, name, a, _| {
             for (k, l) in a.keys() {
                 if let Some(u) = &k.last_used {
-                    let l = l.clone().with("service", &u.service).with("region", &u.region);
+                    let l = l
+                        .clone()
+                        .with("service", &u.service)
+                        .with("region", &u.region);
                     write_sample(out, name, l.as_str(), 1.0);
                 }
             }
@@ -108,7 +111,11 @@ impl Prepared {
         let account = Labels::new()
             .with("account_id", &state.account.id)
             .with("account_name", &state.account.name);
-        let user_labels = snapshot.users.iter().map(|u| account.clone().with("user", &u.name)).collect();
+        let user_labels = snapshot
+            .users
+            .iter()
+            .map(|u| account.clone().with("user", &u.name))
+            .collect();
         let key_labels = snapshot
             .keys
             .iter()
@@ -120,7 +127,11 @@ impl Prepared {
                     .with("status", if k.active { "Active" } else { "Inactive" })
             })
             .collect();
-        Prepared { snapshot, key_labels, user_labels }
+        Prepared {
+            snapshot,
+            key_labels,
+            user_labels,
+        }
     }
 
     fn keys(&self) -> impl Iterator<Item = (&crate::inventory::AccessKey, &Labels)> {
@@ -150,7 +161,12 @@ pub struct Exposition {
 
 /// Renders everything: exporter health and process metrics first (small), then the per-key
 /// and per-user families (large, streamed). `now` is Unix seconds.
-pub fn render(accounts: &[Arc<AccountState>], health: &Health, build: &BuildInfo, now: f64) -> Exposition {
+pub fn render(
+    accounts: &[Arc<AccountState>],
+    health: &Health,
+    build: &BuildInfo,
+    now: f64,
+) -> Exposition {
     let mut buf = Vec::with_capacity(CHUNK * 2);
     write_account_families(&mut buf, accounts);
     health.assume_role.render(&mut buf);
@@ -163,10 +179,30 @@ pub fn render(accounts: &[Arc<AccountState>], health: &Health, build: &BuildInfo
         .with("revision", build.revision)
         .with("rustc_version", build.rustc_version);
     for (name, help, labels, value) in [
-        ("iam_key_exporter_accounts", "Accounts this exporter reads, by where they were found.", "origin=\"static\"", accounts.len() as f64),
-        ("iam_key_exporter_config_last_reload_successful", "Whether the last configuration reload succeeded.", "", if reload.successful { 1.0 } else { 0.0 }),
-        ("iam_key_exporter_config_last_reload_success_timestamp_seconds", "When the configuration was last loaded successfully, in Unix seconds.", "", reload.last_success),
-        ("iam_key_exporter_build_info", "Build information of the running exporter (always 1).", build_labels.as_str(), 1.0),
+        (
+            "iam_key_exporter_accounts",
+            "Accounts this exporter reads, by where they were found.",
+            "origin=\"static\"",
+            accounts.len() as f64,
+        ),
+        (
+            "iam_key_exporter_config_last_reload_successful",
+            "Whether the last configuration reload succeeded.",
+            "",
+            if reload.successful { 1.0 } else { 0.0 },
+        ),
+        (
+            "iam_key_exporter_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully, in Unix seconds.",
+            "",
+            reload.last_success,
+        ),
+        (
+            "iam_key_exporter_build_info",
+            "Build information of the running exporter (always 1).",
+            build_labels.as_str(),
+            1.0,
+        ),
     ] {
         write_header(&mut buf, name, "gauge", help);
         write_sample(&mut buf, name, labels, value);
@@ -177,21 +213,47 @@ pub fn render(accounts: &[Arc<AccountState>], health: &Health, build: &BuildInfo
         .iter()
         .filter_map(|s| s.snapshot.clone().map(|snap| Prepared::new(s, snap)))
         .collect();
-    Exposition { buf, accounts, now, family: 0, account: 0 }
+    Exposition {
+        buf,
+        accounts,
+        now,
+        family: 0,
+        account: 0,
+    }
 }
 
 /// Per-account gauges: configuration facts and the state of the last refresh.
 fn write_account_families(out: &mut Vec<u8>, accounts: &[Arc<AccountState>]) {
     type Value = fn(&AccountState) -> Option<f64>;
     let families: [(&str, &str, Value); 4] = [
-        ("iam_key_exporter_account_up", "1 if the last refresh of the account succeeded, else 0.", |s| Some(if s.up { 1.0 } else { 0.0 })),
-        ("iam_key_exporter_account_last_success_timestamp_seconds", "When the account was last refreshed successfully, in Unix seconds.", |s| s.last_success),
-        ("iam_key_exporter_account_refresh_duration_seconds", "How long the account's last refresh took.", |s| s.last_duration),
-        ("iam_key_exporter_session_expiry_timestamp_seconds", "When the account's assumed-role session expires, in Unix seconds.", |s| s.session_expiry),
+        (
+            "iam_key_exporter_account_up",
+            "1 if the last refresh of the account succeeded, else 0.",
+            |s| Some(if s.up { 1.0 } else { 0.0 }),
+        ),
+        (
+            "iam_key_exporter_account_last_success_timestamp_seconds",
+            "When the account was last refreshed successfully, in Unix seconds.",
+            |s| s.last_success,
+        ),
+        (
+            "iam_key_exporter_account_refresh_duration_seconds",
+            "How long the account's last refresh took.",
+            |s| s.last_duration,
+        ),
+        (
+            "iam_key_exporter_session_expiry_timestamp_seconds",
+            "When the account's assumed-role session expires, in Unix seconds.",
+            |s| s.session_expiry,
+        ),
     ];
     let labels: Vec<Labels> = accounts
         .iter()
-        .map(|s| Labels::new().with("account_id", &s.account.id).with("account_name", &s.account.name))
+        .map(|s| {
+            Labels::new()
+                .with("account_id", &s.account.id)
+                .with("account_name", &s.account.name)
+        })
         .collect();
 
     let info = "aws_iam_account_info";
@@ -234,7 +296,10 @@ impl Iterator for Exposition {
         if self.buf.is_empty() {
             None
         } else {
-            Some(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK * 2)))
+            Some(std::mem::replace(
+                &mut self.buf,
+                Vec::with_capacity(CHUNK * 2),
+            ))
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Field-level checks run inside `Deserialize` impls so that serde_yaml attaches the line and
 //! column of the offending value to the error; the file name is added by [`load`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -74,15 +74,18 @@ pub struct Role {
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError(format!("{}: cannot read the configuration file: {e}", path.display()))
+        ConfigError(format!(
+            "{}: cannot read the configuration file: {e}",
+            path.display()
+        ))
     })?;
     parse(&text, path)
 }
 
 /// Parses configuration text; `path` is used only in messages.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let file: File = serde_yaml::from_str(text)
-        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    let file: File =
+        serde_yaml::from_str(text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
     file.resolve()
         .map_err(|msg| ConfigError(format!("{}: {msg}", path.display())))
 }
@@ -174,7 +177,10 @@ struct DefaultsFile {
 
 impl Default for DefaultsFile {
     fn default() -> Self {
-        DefaultsFile { role_name: defaults::role_name(), external_id: None }
+        DefaultsFile {
+            role_name: defaults::role_name(),
+            external_id: None,
+        }
     }
 }
 
@@ -353,7 +359,9 @@ impl<'de> Deserialize<'de> for AccountId {
                 if s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit()) {
                     Ok(AccountId(s.to_string()))
                 } else {
-                    Err(E::custom(format!("account id {s:?} must be exactly 12 digits")))
+                    Err(E::custom(format!(
+                        "account id {s:?} must be exactly 12 digits"
+                    )))
                 }
             }
             // An unquoted id is a YAML integer and would lose its leading zeros.
@@ -364,7 +372,9 @@ impl<'de> Deserialize<'de> for AccountId {
                 )))
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<AccountId, E> {
-                Err(E::custom(format!("account id {n} must be a quoted string of 12 digits")))
+                Err(E::custom(format!(
+                    "account id {n} must be a quoted string of 12 digits"
+                )))
             }
         }
         d.deserialize_any(V)
@@ -409,7 +419,8 @@ impl<'de> Deserialize<'de> for RoleArn {
 fn valid_role_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
 }
 
 #[derive(Clone)]
@@ -435,11 +446,14 @@ impl<'de> Deserialize<'de> for SessionName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked_string(d, |s| {
             let ok = (2..=64).contains(&s.len())
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@-_".contains(&b));
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@-_".contains(&b));
             if ok {
                 Ok(SessionName(s.to_string()))
             } else {
-                Err(format!("session name {s:?} must be 2-64 of A-Z a-z 0-9 +=,.@-_"))
+                Err(format!(
+                    "session name {s:?} must be 2-64 of A-Z a-z 0-9 +=,.@-_"
+                ))
             }
         })
     }
@@ -451,11 +465,14 @@ impl<'de> Deserialize<'de> for Region {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked_string(d, |s| {
             let ok = s.split('-').count() >= 3
-                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if ok {
                 Ok(Region(s.to_string()))
             } else {
-                Err(format!("region {s:?} is not an AWS region name like us-east-1"))
+                Err(format!(
+                    "region {s:?} is not an AWS region name like us-east-1"
+                ))
             }
         })
     }
@@ -469,7 +486,9 @@ impl<'de> Deserialize<'de> for LabelName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked_string(d, |s| {
             let mut bytes = s.bytes();
-            let ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            let ok = bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
                 && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 && !s.starts_with("__");
             if !ok {
@@ -528,7 +547,9 @@ fn check_account(before: &[AccountFile], a: &AccountFile) -> Result<(), String> 
         ));
     }
     if a.role_arn.is_some() && a.role_name.is_some() {
-        return Err(format!("accounts[{i}]: set role_arn or role_name, not both"));
+        return Err(format!(
+            "accounts[{i}]: set role_arn or role_name, not both"
+        ));
     }
     match &a.role_arn {
         Some(arn) if arn.0.split(':').nth(4) != Some(a.id.0.as_str()) => Err(format!(
@@ -578,9 +599,15 @@ accounts:
     fn errors_name_file_field_and_position() {
         let e = err("accounts:\n  - id: \"1234567890123\"\n");
         assert!(e.starts_with("test.yaml: accounts[0].id"), "{e}");
-        assert!(e.contains("12 digits") && e.contains("line 2 column"), "{e}");
+        assert!(
+            e.contains("12 digits") && e.contains("line 2 column"),
+            "{e}"
+        );
         let e = err("refresh_interval: 15q\naccounts: [{id: \"111111111111\"}]\n");
-        assert!(e.contains("refresh_interval") && e.contains("line 1"), "{e}");
+        assert!(
+            e.contains("refresh_interval") && e.contains("line 1"),
+            "{e}"
+        );
         let e = err("accounts: [{id: \"111111111111\", colour: red}]\n");
         assert!(e.contains("unknown field `colour`"), "{e}");
     }

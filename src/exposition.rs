@@ -94,6 +94,9 @@ mod tests {
         let mut out = Vec::new();
         write_sample(&mut out, "m", "", 1700000000.0);
         write_sample(&mut out, "m", "a=\"b\"", 0.25);
-        assert_eq!(String::from_utf8(out).unwrap(), "m 1700000000\nm{a=\"b\"} 0.25\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "m 1700000000\nm{a=\"b\"} 0.25\n"
+        );
     }
 }

@@ -15,8 +15,17 @@ pub struct CounterVec {
 }
 
 impl CounterVec {
-    const fn new(name: &'static str, help: &'static str, label_names: &'static [&'static str]) -> Self {
-        CounterVec { name, help, label_names, values: Mutex::new(BTreeMap::new()) }
+    const fn new(
+        name: &'static str,
+        help: &'static str,
+        label_names: &'static [&'static str],
+    ) -> Self {
+        CounterVec {
+            name,
+            help,
+            label_names,
+            values: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// Adds one to the series with these label values (in `label_names` order).
@@ -24,13 +33,6 @@ impl CounterVec {
         debug_assert_eq!(label_values.len(), self.label_names.len());
         let key = label_values.iter().map(|v| v.to_string()).collect();
         *self.values.lock().unwrap().entry(key).or_default() += 1;
-    }
-
-    /// The current value of one series, 0 if it was never counted.
-    #[cfg(test)]
-    pub fn get(&self, label_values: &[&str]) -> u64 {
-        let key: Vec<String> = label_values.iter().map(|v| v.to_string()).collect();
-        self.values.lock().unwrap().get(&key).copied().unwrap_or(0)
     }
 
     pub fn render(&self, out: &mut Vec<u8>) {
@@ -77,7 +79,10 @@ impl Health {
                 "AWS API request attempts (retries included), by operation and outcome.",
                 &["account_id", "account_name", "operation", "outcome"],
             ),
-            reload: Mutex::new(Reload { successful: true, last_success: started }),
+            reload: Mutex::new(Reload {
+                successful: true,
+                last_success: started,
+            }),
         }
     }
 

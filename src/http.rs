@@ -120,7 +120,8 @@ fn accepts_gzip<B>(req: &Request<B>) -> bool {
         .any(|part| {
             let mut it = part.split(';').map(str::trim);
             let coding = it.next().unwrap_or("");
-            let refused = it.any(|p| p.replace(' ', "").trim_start_matches("q=").parse::<f32>() == Ok(0.0));
+            let refused =
+                it.any(|p| p.replace(' ', "").trim_start_matches("q=").parse::<f32>() == Ok(0.0));
             (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
         })
 }
@@ -133,7 +134,10 @@ struct Gzip<I> {
 
 impl<I> Gzip<I> {
     fn new(inner: I) -> Self {
-        Gzip { inner, encoder: Some(GzEncoder::new(Vec::new(), flate2::Compression::fast())) }
+        Gzip {
+            inner,
+            encoder: Some(GzEncoder::new(Vec::new(), flate2::Compression::fast())),
+        }
     }
 }
 

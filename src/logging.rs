@@ -13,13 +13,19 @@ pub fn init(level: LogLevel, format: LogFormat) {
         LogLevel::Warn => "warn",
         LogLevel::Error => "error",
     };
-    // The AWS SDK and hyper are chatty below warn; they only get more verbose at debug.
-    let others = if level == "debug" || level == "error" { level } else { "warn" };
-    let filter = EnvFilter::new(format!("{others},iam_key_exporter={level}"));
+    // The AWS SDK and hyper are very chatty below warn, so they stay at warn; RUST_LOG, the
+    // usual tracing variable, replaces the whole filter when set (e.g. to debug the SDK).
+    let others = if level == "error" { "error" } else { "warn" };
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{others},iam_key_exporter={level}")));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Logfmt => registry
-            .with(tracing_logfmt::builder().layer().with_writer(std::io::stderr))
+            .with(
+                tracing_logfmt::builder()
+                    .layer()
+                    .with_writer(std::io::stderr),
+            )
             .init(),
         LogFormat::Json => registry
             .with(

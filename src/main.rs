@@ -1,18 +1,6 @@
 //! iam-key-exporter: wires the configuration, refresher, inventory and HTTP server together.
 //! See ARCHITECTURE.md for the code map.
 
-mod aws;
-mod cli;
-mod collector;
-mod config;
-mod exposition;
-mod health;
-mod http;
-mod inventory;
-mod logging;
-mod process;
-mod refresher;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -23,12 +11,13 @@ use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
-use crate::cli::{Cli, Command};
-use crate::collector::BuildInfo;
-use crate::config::Config;
-use crate::health::Health;
-use crate::inventory::Inventory;
-use crate::refresher::{unix_now, Refresher};
+use iam_key_exporter::cli::{Cli, Command};
+use iam_key_exporter::collector::{self, BuildInfo};
+use iam_key_exporter::config::{self, Config};
+use iam_key_exporter::health::Health;
+use iam_key_exporter::inventory::Inventory;
+use iam_key_exporter::refresher::{self, unix_now, Refresher};
+use iam_key_exporter::{http, logging};
 
 const BUILD: BuildInfo = BuildInfo {
     version: env!("CARGO_PKG_VERSION"),
@@ -144,7 +133,8 @@ async fn serve(cli: Cli, cfg: Arc<Config>) -> ExitCode {
         let result = match config::load(&cli.config_file) {
             Ok(next) => {
                 refresher.stop().await;
-                refresher = Refresher::start(Arc::new(next), inventory.clone(), health.clone()).await;
+                refresher =
+                    Refresher::start(Arc::new(next), inventory.clone(), health.clone()).await;
                 tracing::info!(config = %cli.config_file.display(), "configuration reloaded");
                 Ok(())
             }
@@ -165,7 +155,10 @@ async fn serve(cli: Cli, cfg: Arc<Config>) -> ExitCode {
         refresher.stop().await;
         let _ = server.await;
     };
-    if tokio::time::timeout(Duration::from_secs(5), stop).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), stop)
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown took longer than 5s; exiting anyway");
     }
     ExitCode::SUCCESS

@@ -9,9 +9,13 @@ use crate::exposition::{write_header, write_sample};
 const TICKS_PER_SECOND: f64 = 100.0;
 
 pub fn render(out: &mut Vec<u8>) {
-    let Some(stat) = fs::read_to_string("/proc/self/stat").ok() else { return };
+    let Some(stat) = fs::read_to_string("/proc/self/stat").ok() else {
+        return;
+    };
     // Fields after the parenthesised command name, which may itself contain spaces.
-    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { return };
+    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+        return;
+    };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state), so field N is at index N - 3.
     let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
@@ -22,23 +26,62 @@ pub fn render(out: &mut Vec<u8>) {
             write_sample(out, name, "", v);
         }
     };
-    let cpu = field(14).zip(field(15)).map(|(u, s)| (u + s) / TICKS_PER_SECOND);
-    gauge("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", "counter", cpu);
-    gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge", field(23));
-    gauge("process_resident_memory_bytes", "Resident memory size in bytes.", "gauge", status_kib("VmRSS:").map(|k| k * 1024.0));
+    let cpu = field(14)
+        .zip(field(15))
+        .map(|(u, s)| (u + s) / TICKS_PER_SECOND);
+    gauge(
+        "process_cpu_seconds_total",
+        "Total user and system CPU time spent in seconds.",
+        "counter",
+        cpu,
+    );
+    gauge(
+        "process_virtual_memory_bytes",
+        "Virtual memory size in bytes.",
+        "gauge",
+        field(23),
+    );
+    gauge(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes.",
+        "gauge",
+        status_kib("VmRSS:").map(|k| k * 1024.0),
+    );
     let boot = fs::read_to_string("/proc/stat").ok().and_then(|s| {
-        s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))
+        s.lines().find_map(|l| {
+            l.strip_prefix("btime ")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
     });
     let start = boot.zip(field(22)).map(|(b, t)| b + t / TICKS_PER_SECOND);
-    gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", "gauge", start);
+    gauge(
+        "process_start_time_seconds",
+        "Start time of the process since unix epoch in seconds.",
+        "gauge",
+        start,
+    );
     let fds = fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as f64);
-    gauge("process_open_fds", "Number of open file descriptors.", "gauge", fds);
+    gauge(
+        "process_open_fds",
+        "Number of open file descriptors.",
+        "gauge",
+        fds,
+    );
     let max_fds = fs::read_to_string("/proc/self/limits").ok().and_then(|s| {
         s.lines()
             .find(|l| l.starts_with("Max open files"))
-            .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse::<f64>().ok()))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .nth(3)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
     });
-    gauge("process_max_fds", "Maximum number of open file descriptors.", "gauge", max_fds);
+    gauge(
+        "process_max_fds",
+        "Maximum number of open file descriptors.",
+        "gauge",
+        max_fds,
+    );
 }
 
 fn status_kib(key: &str) -> Option<f64> {

@@ -118,7 +118,9 @@ impl AccountTask {
                 state.last_success = Some(now);
             }
             Err(e) => {
-                self.health.refresh_errors.inc(&[id, name, e.stage, &e.code]);
+                self.health
+                    .refresh_errors
+                    .inc(&[id, name, e.stage, &e.code]);
                 // Last good data stays visible (with account_up 0) until it is too old to
                 // trust; it is dropped at the first failed refresh past max_staleness.
                 let stale = state
@@ -145,7 +147,8 @@ fn jittered(interval: Duration) -> Duration {
 }
 
 pub fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 pub fn unix_now() -> f64 {

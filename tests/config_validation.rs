@@ -17,14 +17,21 @@ fn check(yaml: &str) -> (i32, String, String) {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    (out.status.code().unwrap(), stderr, path.display().to_string())
+    (
+        out.status.code().unwrap(),
+        stderr,
+        path.display().to_string(),
+    )
 }
 
 /// Asserts exit 2 and that the message names the file and contains every `parts`.
 fn rejects(yaml: &str, parts: &[&str]) {
     let (code, stderr, path) = check(yaml);
     assert_eq!(code, 2, "expected exit 2 for:\n{yaml}\nstderr: {stderr}");
-    assert!(stderr.contains(&path), "message does not name the file: {stderr}");
+    assert!(
+        stderr.contains(&path),
+        "message does not name the file: {stderr}"
+    );
     for p in parts {
         assert!(stderr.contains(p), "message lacks {p:?}: {stderr}");
     }
@@ -36,31 +43,54 @@ fn accepts_the_shipped_configs() {
         let (code, stderr, _) = check(&std::fs::read_to_string(file).unwrap());
         assert_eq!(code, 0, "{file}: {stderr}");
     }
+    // The sample inside the Kubernetes ConfigMap.
+    let cm: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string("deploy/kubernetes/configmap.yaml").unwrap())
+            .unwrap();
+    let embedded = cm["data"]["config.yaml"]
+        .as_str()
+        .expect("configmap has data.config.yaml");
+    let (code, stderr, _) = check(embedded);
+    assert_eq!(code, 0, "deploy/kubernetes/configmap.yaml: {stderr}");
 }
 
 #[test]
 fn thirteen_digit_account_id() {
     rejects(
         "accounts:\n  - id: \"1234567890123\"\n",
-        &["accounts[0].id", "must be exactly 12 digits", "line 2 column 9"],
+        &[
+            "accounts[0].id",
+            "must be exactly 12 digits",
+            "line 2 column 9",
+        ],
     );
 }
 
 #[test]
 fn non_numeric_account_id() {
-    rejects("accounts:\n  - id: \"12345678901x\"\n", &["accounts[0].id", "12 digits", "line 2"]);
+    rejects(
+        "accounts:\n  - id: \"12345678901x\"\n",
+        &["accounts[0].id", "12 digits", "line 2"],
+    );
 }
 
 #[test]
 fn unquoted_account_id() {
-    rejects("accounts:\n  - id: 11111111111\n", &["accounts[0].id", "must be quoted", "\"011111111111\""]);
+    rejects(
+        "accounts:\n  - id: 11111111111\n",
+        &["accounts[0].id", "must be quoted", "\"011111111111\""],
+    );
 }
 
 #[test]
 fn duplicate_account_id() {
     rejects(
         "accounts:\n  - {id: \"111111111111\", name: a}\n  - {id: \"111111111111\", name: b}\n",
-        &["accounts[1].id", "\"111111111111\" is listed twice (also accounts[0])", "line 2"],
+        &[
+            "accounts[1].id",
+            "\"111111111111\" is listed twice (also accounts[0])",
+            "line 2",
+        ],
     );
 }
 
@@ -76,7 +106,12 @@ fn duplicate_account_name() {
 fn unknown_key() {
     rejects(
         &format!("{GOOD_ACCOUNT}refresh_intervall: 5m\n"),
-        &["unknown field `refresh_intervall`", "expected one of", "refresh_interval", "line 4"],
+        &[
+            "unknown field `refresh_intervall`",
+            "expected one of",
+            "refresh_interval",
+            "line 4",
+        ],
     );
     rejects(
         "accounts:\n  - id: \"111111111111\"\n    rolearn: x\n",
@@ -88,7 +123,12 @@ fn unknown_key() {
 fn malformed_duration() {
     rejects(
         &format!("refresh_interval: 15q\n{GOOD_ACCOUNT}"),
-        &["refresh_interval", "invalid duration \"15q\"", "like 90s, 15m or 1h", "line 1"],
+        &[
+            "refresh_interval",
+            "invalid duration \"15q\"",
+            "like 90s, 15m or 1h",
+            "line 1",
+        ],
     );
     rejects(
         &format!("sts:\n  session_duration: forever\n{GOOD_ACCOUNT}"),
@@ -100,11 +140,20 @@ fn malformed_duration() {
 fn unparsable_role_arn() {
     rejects(
         "accounts:\n  - id: \"111111111111\"\n    role_arn: arn:aws:iam:111111111111:role/X\n",
-        &["accounts[0].role_arn", "does not parse", "arn:<partition>:iam::<12-digit account id>:role/<name>", "line 3"],
+        &[
+            "accounts[0].role_arn",
+            "does not parse",
+            "arn:<partition>:iam::<12-digit account id>:role/<name>",
+            "line 3",
+        ],
     );
     rejects(
         "accounts:\n  - id: \"111111111111\"\n    role_arn: arn:aws:iam::222222222222:role/X\n",
-        &["accounts[0].role_arn", "in another account than id", "line 2"],
+        &[
+            "accounts[0].role_arn",
+            "in another account than id",
+            "line 2",
+        ],
     );
 }
 
@@ -116,7 +165,10 @@ fn empty_account_list() {
 
 #[test]
 fn yaml_syntax_error() {
-    rejects("accounts:\n  - id: \"111111111111\n    name: x\n", &["line"]);
+    rejects(
+        "accounts:\n  - id: \"111111111111\n    name: x\n",
+        &["line"],
+    );
     rejects("accounts: [\n", &["line"]);
 }
 
@@ -125,7 +177,11 @@ fn serve_mode_exits_2_before_binding() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, "accounts: []\n").unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let out = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
         .arg(format!("--config.file={}", path.display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))

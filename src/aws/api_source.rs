@@ -4,6 +4,7 @@
 //! one ListAccessKeys per user (a user has at most two keys, so one page), one
 //! GetAccessKeyLastUsed per key. Users are read concurrently, up to `concurrency` at once.
 
+use std::collections::HashSet;
 use std::future::Future;
 
 use aws_smithy_types::DateTime;
@@ -17,27 +18,43 @@ const MAX_ITEMS: i32 = 1000;
 
 pub async fn scan(iam: &aws_sdk_iam::Client, concurrency: usize) -> Result<Snapshot, RefreshError> {
     let users = paginate(|marker| async move {
-        let out = iam.list_users().max_items(MAX_ITEMS).set_marker(marker).send().await?;
-        Ok(Page { items: out.users, truncated: out.is_truncated, marker: out.marker })
+        let out = iam
+            .list_users()
+            .max_items(MAX_ITEMS)
+            .set_marker(marker)
+            .send()
+            .await?;
+        Ok(Page {
+            items: out.users,
+            truncated: out.is_truncated,
+            marker: out.marker,
+        })
     })
     .await
     .map_err(stage("list_users"))?;
 
     let mut keys = Vec::new();
+    let mut vanished = HashSet::new();
     // Owned names: a closure over `&User` trips the compiler's higher-ranked lifetime check
     // once the future is spawned.
     let names: Vec<String> = users.iter().map(|u| u.user_name.clone()).collect();
     let mut per_user = stream::iter(names)
-        .map(|name| async move { user_keys(iam, &name).await })
+        .map(|name| async move { (user_keys(iam, &name).await, name) })
         .buffer_unordered(concurrency.max(1));
-    while let Some(result) = per_user.next().await {
-        keys.extend(result?);
+    while let Some((result, name)) = per_user.next().await {
+        match result? {
+            Some(k) => keys.extend(k),
+            None => {
+                vanished.insert(name);
+            }
+        }
     }
     drop(per_user);
     keys.sort_by(|a: &AccessKey, b| (&a.user, &a.id).cmp(&(&b.user, &b.id)));
 
     let mut users: Vec<User> = users
         .into_iter()
+        .filter(|u| !vanished.contains(&u.user_name))
         .map(|u| User {
             created: secs(&u.create_date),
             password_last_used: u.password_last_used.as_ref().map(secs),
@@ -48,9 +65,13 @@ pub async fn scan(iam: &aws_sdk_iam::Client, concurrency: usize) -> Result<Snaps
     Ok(Snapshot { users, keys })
 }
 
-/// One user's keys with their last use. A user or key deleted while we read answers
-/// `NoSuchEntity`: it is skipped, not an error, since IAM changes under a scan.
-async fn user_keys(iam: &aws_sdk_iam::Client, user: &str) -> Result<Vec<AccessKey>, RefreshError> {
+/// One user's keys with their last use, or None if the user was deleted since ListUsers.
+/// A user or key deleted while we read answers `NoSuchEntity`: it is skipped, not an error,
+/// since IAM changes under a scan.
+async fn user_keys(
+    iam: &aws_sdk_iam::Client,
+    user: &str,
+) -> Result<Option<Vec<AccessKey>>, RefreshError> {
     let listed = paginate(|marker| async move {
         let out = iam
             .list_access_keys()
@@ -59,11 +80,15 @@ async fn user_keys(iam: &aws_sdk_iam::Client, user: &str) -> Result<Vec<AccessKe
             .set_marker(marker)
             .send()
             .await?;
-        Ok(Page { items: out.access_key_metadata, truncated: out.is_truncated, marker: out.marker })
+        Ok(Page {
+            items: out.access_key_metadata,
+            truncated: out.is_truncated,
+            marker: out.marker,
+        })
     })
     .await;
     let listed = match listed {
-        Err(e) if e.code == "NoSuchEntity" => return Ok(Vec::new()),
+        Err(e) if e.code == "NoSuchEntity" => return Ok(None),
         other => other.map_err(stage("list_access_keys"))?,
     };
 
@@ -72,7 +97,12 @@ async fn user_keys(iam: &aws_sdk_iam::Client, user: &str) -> Result<Vec<AccessKe
         let (Some(id), Some(created)) = (meta.access_key_id, meta.create_date) else {
             continue;
         };
-        let last_used = match iam.get_access_key_last_used().access_key_id(&id).send().await {
+        let last_used = match iam
+            .get_access_key_last_used()
+            .access_key_id(&id)
+            .send()
+            .await
+        {
             Ok(out) => out.access_key_last_used.and_then(|u| {
                 u.last_used_date.map(|at| LastUse {
                     at: secs(&at),
@@ -93,7 +123,7 @@ async fn user_keys(iam: &aws_sdk_iam::Client, user: &str) -> Result<Vec<AccessKe
             id,
         });
     }
-    Ok(keys)
+    Ok(Some(keys))
 }
 
 struct Page<T> {
@@ -130,7 +160,11 @@ where
 }
 
 fn stage(stage: &'static str) -> impl Fn(AwsError) -> RefreshError {
-    move |e| RefreshError { stage, code: e.code, message: e.message }
+    move |e| RefreshError {
+        stage,
+        code: e.code,
+        message: e.message,
+    }
 }
 
 fn secs(t: &DateTime) -> f64 {
@@ -142,7 +176,11 @@ mod tests {
     use super::*;
 
     fn page(items: &[u32], marker: Option<&str>) -> Result<Page<u32>, AwsError> {
-        Ok(Page { items: items.to_vec(), truncated: marker.is_some(), marker: marker.map(String::from) })
+        Ok(Page {
+            items: items.to_vec(),
+            truncated: marker.is_some(),
+            marker: marker.map(String::from),
+        })
     }
 
     #[tokio::test]
@@ -163,7 +201,9 @@ mod tests {
 
     #[tokio::test]
     async fn repeating_marker_is_an_error_not_a_loop() {
-        let err = paginate(|_| async { page(&[1], Some("same")) }).await.unwrap_err();
+        let err = paginate(|_| async { page(&[1], Some("same")) })
+            .await
+            .unwrap_err();
         assert_eq!(err.code, "InvalidPagination");
     }
 }

@@ -27,7 +27,10 @@ fn agent() -> ureq::Agent {
 }
 
 pub fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 /// A Unix time `days` ago, whole seconds, and the same as ISO-8601 for the launcher.
@@ -52,7 +55,11 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A moto server behind tests/moto/launcher.py (pagination, faults, seeding, counts).
@@ -95,7 +102,10 @@ impl Moto {
             .unwrap();
         let status = resp.status();
         let v: Value = resp.body_mut().read_json().unwrap();
-        assert!(status.is_success(), "launcher {path} answered {status}: {v}");
+        assert!(
+            status.is_success(),
+            "launcher {path} answered {status}: {v}"
+        );
         v
     }
 
@@ -111,7 +121,10 @@ impl Moto {
 
     /// Seeds users (launcher JSON format); returns each user's key ids in order.
     pub fn seed(&self, account: &str, users: Value) -> Vec<Vec<String>> {
-        let v = self.post("/_launcher/seed", json!({"account": account, "users": users}));
+        let v = self.post(
+            "/_launcher/seed",
+            json!({"account": account, "users": users}),
+        );
         v["users"]
             .as_array()
             .unwrap()
@@ -164,7 +177,10 @@ pub fn exporter_command(moto: &Moto) -> Command {
     }
     cmd.env("AWS_ENDPOINT_URL", &moto.url)
         .env("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
-        .env("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        )
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/nonexistent")
@@ -181,11 +197,16 @@ impl Exporter {
         let child = exporter_command(moto)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=debug")
+            .arg("--log.level=info")
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let e = Exporter { child, url: format!("http://127.0.0.1:{port}"), _dir: dir, config };
+        let e = Exporter {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+            config,
+        };
         wait_for("the exporter to listen", Duration::from_secs(20), || {
             e.try_get("/-/healthy").filter(|(s, _)| *s == 200)
         });
@@ -217,21 +238,31 @@ impl Exporter {
     }
 
     /// Scrapes until `f` holds, returning that scrape.
-    pub fn scrape_until(&self, what: &str, timeout: Duration, f: impl Fn(&Metrics) -> bool) -> Metrics {
+    pub fn scrape_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&Metrics) -> bool,
+    ) -> Metrics {
         wait_for(what, timeout, || Some(self.scrape()).filter(|m| f(m)))
     }
 
-    /// Waits for a refresh of `account` that finished after this call.
+    /// Waits for a refresh of `account` that finished after this call: its last-success
+    /// time (on success) or its duration line (on failure) changes.
     pub fn next_refresh(&self, account: &str, timeout: Duration) -> Metrics {
-        let metric = "iam_key_exporter_account_refresh_duration_seconds";
-        let before = self.scrape().raw_line_for(metric, account);
-        let mark = now();
+        let success = "iam_key_exporter_account_last_success_timestamp_seconds";
+        let duration = "iam_key_exporter_account_refresh_duration_seconds";
+        let before = self.scrape();
+        let last = |m: &Metrics| {
+            (
+                m.raw_line_for(success, account),
+                m.raw_line_for(duration, account),
+            )
+        };
         self.scrape_until(&format!("a new refresh of {account}"), timeout, |m| {
-            // A refresh updates the last-success time (on success) or the duration line
-            // (always, unless identical to the microsecond).
-            m.get("iam_key_exporter_account_last_success_timestamp_seconds", &[("account_id", account)])
-                .is_some_and(|t| t >= mark.floor())
-                || m.raw_line_for(metric, account) != before
+            let (s, d) = last(m);
+            let (s0, d0) = last(&before);
+            s != s0 || d != d0
         })
     }
 
@@ -277,7 +308,10 @@ impl Metrics {
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
             .map(|l| parse_line(l).unwrap_or_else(|| panic!("unparsable line {l:?}")))
             .collect();
-        Metrics { raw: text.to_string(), samples }
+        Metrics {
+            raw: text.to_string(),
+            samples,
+        }
     }
 
     /// Samples of `name` whose labels include every pair in `matchers`.
@@ -285,14 +319,22 @@ impl Metrics {
         self.samples
             .iter()
             .filter(|s| s.name == name)
-            .filter(|s| matchers.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .filter(|s| {
+                matchers
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
             .collect()
     }
 
     /// The value of the single sample matching, or None; panics if several match.
     pub fn get(&self, name: &str, matchers: &[(&str, &str)]) -> Option<f64> {
         let found = self.find(name, matchers);
-        assert!(found.len() <= 1, "{name} {matchers:?} matches {} samples", found.len());
+        assert!(
+            found.len() <= 1,
+            "{name} {matchers:?} matches {} samples",
+            found.len()
+        );
         found.first().map(|s| s.value)
     }
 
@@ -310,7 +352,11 @@ fn parse_line(line: &str) -> Option<Sample> {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => {
             let (n, v) = line.split_once(' ')?;
-            return Some(Sample { name: n.into(), labels: BTreeMap::new(), value: v.trim().parse().ok()? });
+            return Some(Sample {
+                name: n.into(),
+                labels: BTreeMap::new(),
+                value: v.trim().parse().ok()?,
+            });
         }
     };
     let mut labels = BTreeMap::new();
@@ -339,7 +385,11 @@ fn parse_line(line: &str) -> Option<Sample> {
         }
     }
     let value: String = chars.collect();
-    Some(Sample { name: name.into(), labels, value: value.trim().parse().ok()? })
+    Some(Sample {
+        name: name.into(),
+        labels,
+        value: value.trim().parse().ok()?,
+    })
 }
 
 /// Runs `promtool check metrics` on an exposition; returns its combined output on failure.
@@ -352,7 +402,12 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
         .spawn()
         .expect("promtool is missing: run scripts/setup-test-env.sh (or `make test`) first");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     if out.status.success() {
         Ok(())
@@ -366,6 +421,9 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
 /// Reads a whole file as a string, for assertions on written outputs.
 pub fn read(path: &Path) -> String {
     let mut s = String::new();
-    std::fs::File::open(path).unwrap().read_to_string(&mut s).unwrap();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
     s
 }

@@ -8,13 +8,48 @@ Run with the project's virtualenv (scripts/setup-test-env.sh makes it):
 Once listening (and, with --seed-demo, once the demo data is in), it prints exactly one
 line to stdout, ``LISTENING http://HOST:PORT``; everything else goes to stderr.
 
-On top of moto it adds what moto lacks (see tests/moto/README.md for the control API):
-  * AWS-style pagination of IAM ListUsers and ListAccessKeys (MaxItems/Marker/IsTruncated,
-    opaque markers holding '+', '/' and '=', pages sometimes shorter than MaxItems);
-  * fault injection (throttle, error500, access_denied, stall, reset) per operation/account;
+AWS endpoints: point an SDK at the URL for every service (AWS_ENDPOINT_URL); moto routes
+by the SigV4 credential scope. Any access key signs; AssumeRole into
+arn:aws:iam::<id>:role/<any> gives ASIA... credentials that read account <id>'s own IAM data.
+
+On top of moto it adds what moto lacks:
+  * AWS-style pagination of IAM ListUsers and ListAccessKeys: MaxItems (default 100, capped
+    at 1000), IsTruncated + an opaque Marker holding '+', '/' and '=' (an unencoded or
+    foreign marker gets 400 InvalidInput); items sorted by UserName / AccessKeyId; by default
+    pages 1, 4, 7, ... (counting from 0) hold only max(1, MaxItems // 2) items.
+  * fault injection per operation (the Query "Action") and account;
   * per-account, per-operation request counts;
   * fast seeding and mutation of IAM users and keys (creation and last-used dates) straight
     into moto's backends.
+
+Control API (JSON in and out; dates ISO-8601 with a zone, answered as 2024-01-02T03:04:05Z;
+bad input answers 400 {"error": "..."} naming the field; nothing is changed then):
+  GET  /_launcher/health                 {"ok": true}
+  GET  /_launcher/counts                 {"<account>": {"<Action>": n, ...}, ...}  (faulted requests too)
+  POST /_launcher/counts/reset
+  GET  /_launcher/faults                 {"faults": [rule + "remaining", "hits"]}
+  POST /_launcher/faults                 {"faults": [{"kind": "throttle"|"error500"|"access_denied"|"no_such_entity"|"stall"|"reset",
+                                           "operation": "ListUsers"|...|"*", "account": "<id>"|null,
+                                           "count": n|null, "delay_seconds": 3600}]}   appends rules
+           throttle 400 Throttling "Rate exceeded"; error500 500 ServiceUnavailable;
+           access_denied 403 AccessDenied; no_such_entity 404 NoSuchEntity
+           (a user or key deleted since it was listed); stall sleeps delay_seconds then answers normally;
+           reset closes the connection with no answer. The first rule that matches and is not
+           used up applies. The account of a request is the one owning the signing key, or for
+           AssumeRole the one in RoleArn.
+  POST /_launcher/faults/clear           removes all rules and releases stalled requests
+  GET|POST /_launcher/pagination         {"short_pages": true|false}
+  POST /_launcher/seed                   {"account", "users": [{"name", "create_date"?, "path"?, "password"?,
+                                           "password_last_used"?, "keys": [{"status"?, "create_date"?,
+                                           "last_used"?: {"date", "service", "region"}, "access_key_id"?,
+                                           "secret_access_key"?}]}]}
+                                         -> {"users": [{"name", "keys": [ids], "secret_access_keys": [...]}]}
+  POST /_launcher/key                    {"account", "user", "access_key_id", "status"?, "create_date"?,
+                                          "last_used"?: {...}|null (null = never used)}  -> the key
+  POST /_launcher/delete_key             {"account", "user", "access_key_id"}
+  POST /_launcher/delete_user            {"account", "user"}   (and its keys)
+  GET  /_launcher/demo                   what --seed-demo made, with the base credentials
+moto's own /moto-api/reset still wipes everything.
 """
 
 from __future__ import annotations
@@ -68,7 +103,7 @@ CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/")
 USER_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
 ACCESS_KEY_ID_RE = re.compile(r"^(AKIA|ASIA)[A-Z0-9]{12,124}$")
 
-FAULT_KINDS = ("throttle", "error500", "access_denied", "stall", "reset")
+FAULT_KINDS = ("throttle", "error500", "access_denied", "no_such_entity", "stall", "reset")
 DEFAULT_MAX_ITEMS = 100
 MAX_MAX_ITEMS = 1000
 
@@ -578,6 +613,10 @@ class Launcher:
                                       "Service is unavailable. Please try again later.", "Receiver")
             if rule.kind == "access_denied":
                 return self.aws_error(start_response, service, 403, "AccessDenied", self.denied_message(operation, params, account))
+            if rule.kind == "no_such_entity":
+                # What IAM answers for a user or key deleted since it was listed.
+                return self.aws_error(start_response, service, 404, "NoSuchEntity",
+                                      "The entity was deleted while it was being read.")
             if rule.kind == "reset":
                 return self.reset_connection(environ)
             if rule.kind == "stall":
@@ -876,6 +915,7 @@ def main(argv: list[str] | None = None) -> int:
 
     host = args.host if ":" not in args.host else f"[{args.host}]"
     print(f"LISTENING http://{host}:{server.port}", flush=True)
+    sys.stdout = sys.stderr  # exactly one line on stdout: moto prints warnings there
     LOG.info("moto %s launcher listening on http://%s:%d", moto.__version__, host, server.port)
     try:
         server.serve_forever(poll_interval=0.2)

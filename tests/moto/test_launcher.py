@@ -52,7 +52,8 @@ class Launcher:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.stderr_lines: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
+        self.drainer = threading.Thread(target=self._drain, daemon=True)
+        self.drainer.start()
         line = self._readline(timeout=60)
         if not line.startswith("LISTENING http://"):
             self.proc.kill()
@@ -89,11 +90,15 @@ class Launcher:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout=10)
+            rc = self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            return -999
+            rc = -999
+        self.proc.stdout.close()  # type: ignore[union-attr]
+        self.drainer.join(5)
+        self.proc.stderr.close()  # type: ignore[union-attr]
+        return rc
 
 
 class TestLauncher(unittest.TestCase):

@@ -1,0 +1,17 @@
+# The two commands of the README, and a few conveniences.
+.PHONY: demo test lint bench
+
+demo:  ## moto with seeded accounts + the exporter on http://127.0.0.1:9871
+	bash scripts/demo.sh
+
+test:  ## installs what the tests need (venv with moto, Prometheus), then runs every test
+	bash scripts/test.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+bench: ## render time, memory, and CPU per AWS request (release build)
+	cargo bench --bench render
+	cargo build --release
+	.venv/bin/python scripts/bench_refresh.py

@@ -1,0 +1,104 @@
+//! Render time of /metrics for 1k, 10k and 100k access keys, and the memory the inventory
+//! holds. Run with `cargo bench --bench render` (release build). Prints one line per size.
+//!
+//! The snapshot is synthetic but shaped like real IAM data: 10 accounts, one or two keys per
+//! user, 40 % never used, realistic label lengths.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use iam_key_exporter::collector::{self, BuildInfo};
+use iam_key_exporter::config::Account;
+use iam_key_exporter::health::Health;
+use iam_key_exporter::inventory::{AccessKey, AccountState, LastUse, Snapshot, User};
+
+const BUILD: BuildInfo = BuildInfo {
+    version: "bench",
+    revision: "bench",
+    rustc_version: "bench",
+};
+const NOW: f64 = 1_800_000_000.0;
+
+fn inventory(keys: usize) -> Vec<Arc<AccountState>> {
+    let accounts = 10;
+    (0..accounts)
+        .map(|a| {
+            let account = Arc::new(Account {
+                id: format!("{:012}", 100_000_000_000u64 + a as u64),
+                name: format!("account-{a:02}"),
+                role: None,
+                labels: Default::default(),
+            });
+            let per_account = keys / accounts;
+            let mut snapshot = Snapshot::default();
+            for k in 0..per_account {
+                let user = format!("service-user-{:06}", k / 2);
+                if k % 2 == 0 {
+                    snapshot.users.push(User {
+                        name: user.clone(),
+                        created: NOW - 9e7,
+                        password_last_used: None,
+                    });
+                }
+                snapshot.keys.push(AccessKey {
+                    user,
+                    id: format!("AKIA{:016}", a * 10_000_000 + k),
+                    active: k % 7 != 0,
+                    created: NOW - (k as f64 * 997.0) % 6e7,
+                    last_used: (k % 5 >= 2).then(|| LastUse {
+                        at: NOW - (k as f64 * 13.0) % 1e7,
+                        service: "s3".into(),
+                        region: "eu-west-1".into(),
+                    }),
+                });
+            }
+            let mut state = AccountState::new(account);
+            state.snapshot = Some(Arc::new(snapshot));
+            state.up = true;
+            Arc::new(state)
+        })
+        .collect()
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn main() {
+    let health = Health::new(NOW);
+    for keys in [1_000, 10_000, 100_000] {
+        let rss_before = rss_mib();
+        let accounts = inventory(keys);
+        let rss_held = rss_mib() - rss_before;
+        let runs = if keys >= 100_000 { 10 } else { 50 };
+        let mut times = Vec::new();
+        let (mut bytes, mut series) = (0, 0);
+        for _ in 0..runs {
+            let start = Instant::now();
+            let mut b = 0;
+            let mut s = 0;
+            for chunk in collector::render(&accounts, &health, &BUILD, NOW) {
+                b += chunk.len();
+                s += chunk.iter().filter(|c| **c == b'\n').count();
+                std::hint::black_box(&chunk);
+            }
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+            (bytes, series) = (b, s);
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "render {keys:>7} keys: median {:7.2} ms, min {:7.2} ms, {:>7} lines, {:6.1} MiB text; inventory holds ~{:.1} MiB; process RSS {:.1} MiB",
+            times[times.len() / 2],
+            times[0],
+            series,
+            bytes as f64 / 1048576.0,
+            rss_held,
+            rss_mib(),
+        );
+    }
+}

@@ -1,0 +1,545 @@
+//! The real exporter binary against moto (through tests/moto/launcher.py): sessions, the
+//! paginated scan, failure isolation, exact values, and the HTTP endpoints.
+
+mod common;
+
+use std::io::Read;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const A: &str = "111111111111";
+const B: &str = "222222222222";
+/// The account moto gives the base (non-assumed) credentials.
+const BASE: &str = "123456789012";
+
+const KEY_CREATED: &str = "aws_iam_access_key_created_timestamp_seconds";
+const KEY_AGE: &str = "aws_iam_access_key_age_seconds";
+const KEY_LAST_USED: &str = "aws_iam_access_key_last_used_timestamp_seconds";
+const KEY_IDLE: &str = "aws_iam_access_key_idle_seconds";
+const KEY_INFO: &str = "aws_iam_access_key_last_used_info";
+const USER_CREATED: &str = "aws_iam_user_created_timestamp_seconds";
+const UP: &str = "iam_key_exporter_account_up";
+
+fn key(m: &Metrics, name: &str, id: &str) -> Option<f64> {
+    m.get(name, &[("access_key_id", id)])
+}
+
+fn assert_near(what: &str, got: f64, want: f64, tolerance: f64) {
+    assert!(
+        (got - want).abs() <= tolerance,
+        "{what}: got {got}, want {want} ± {tolerance}"
+    );
+}
+
+#[test]
+fn multi_account_sessions_exact_values_and_isolation() {
+    let moto = Moto::start();
+    let (c400, c400_iso) = days_ago(400.0);
+    let (u100, u100_iso) = days_ago(100.0);
+    let (c200, c200_iso) = days_ago(200.0);
+    let (_, c500_iso) = days_ago(500.0);
+    let (_, u300_iso) = days_ago(300.0);
+    let a = moto.seed(
+        A,
+        json!([
+            {"name": "alice", "keys": [
+                {"create_date": c400_iso, "last_used": {"date": u100_iso, "service": "s3", "region": "eu-west-1"}},
+                {"create_date": c200_iso},
+            ]},
+            {"name": "bob", "keys": [
+                {"create_date": c500_iso, "status": "Inactive",
+                 "last_used": {"date": u300_iso, "service": "ec2", "region": "us-east-1"}},
+            ]},
+        ]),
+    );
+    moto.seed(B, json!([{"name": "carol", "keys": [{}]}]));
+    let base = moto.seed(BASE, json!([{"name": "dave", "keys": [{}]}]));
+    moto.faults(json!([{"kind": "access_denied", "operation": "AssumeRole", "account": B}]));
+
+    let exporter = Exporter::start(
+        &moto,
+        &format!(
+            r#"
+refresh_interval: 1s
+sts: {{session_duration: 15m}}
+accounts:
+  - {{id: "{A}", name: production, labels: {{team: platform}}}}
+  - {{id: "{B}", name: staging}}
+  - {{id: "{BASE}", name: tooling, assume_role: false}}
+"#
+        ),
+    );
+    exporter.wait_ready(Duration::from_secs(30));
+    let m = exporter.scrape();
+    let now = now();
+    promtool_check_metrics(&m.raw)
+        .unwrap_or_else(|e| panic!("promtool check metrics: {e}\n{}", m.raw));
+
+    // Exact values from IAM, ages against now.
+    let (old, never, inactive) = (&a[0][0], &a[0][1], &a[1][0]);
+    assert_eq!(key(&m, KEY_CREATED, old), Some(c400));
+    assert_eq!(key(&m, KEY_LAST_USED, old), Some(u100));
+    assert_near("age", key(&m, KEY_AGE, old).unwrap(), now - c400, 30.0);
+    assert_near("idle", key(&m, KEY_IDLE, old).unwrap(), now - u100, 30.0);
+    let info = m.find(KEY_INFO, &[("access_key_id", old)]);
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0].labels["service"], "s3");
+    assert_eq!(info[0].labels["region"], "eu-west-1");
+    assert_eq!(info[0].labels["user"], "alice");
+    assert_eq!(info[0].labels["account_name"], "production");
+    // Never used: no last-used series, idle counts from creation.
+    assert_eq!(key(&m, KEY_CREATED, never), Some(c200));
+    assert_eq!(key(&m, KEY_LAST_USED, never), None);
+    assert!(m.find(KEY_INFO, &[("access_key_id", never)]).is_empty());
+    assert_near(
+        "idle of never-used key",
+        key(&m, KEY_IDLE, never).unwrap(),
+        now - c200,
+        30.0,
+    );
+    let status =
+        |id: &str| m.find(KEY_CREATED, &[("access_key_id", id)])[0].labels["status"].clone();
+    assert_eq!(status(inactive), "Inactive");
+    assert_eq!(status(old), "Active");
+    assert_eq!(m.find(USER_CREATED, &[("account_id", A)]).len(), 2);
+
+    // The denied account is down with its error code and shows no key data; the others are
+    // unaffected.
+    assert_eq!(m.get(UP, &[("account_id", A)]), Some(1.0));
+    assert_eq!(m.get(UP, &[("account_id", B)]), Some(0.0));
+    assert_eq!(m.get(UP, &[("account_id", BASE)]), Some(1.0));
+    let errors = m.get(
+        "iam_key_exporter_refresh_errors_total",
+        &[
+            ("account_id", B),
+            ("stage", "assume_role"),
+            ("code", "AccessDenied"),
+        ],
+    );
+    assert!(
+        errors.unwrap_or(0.0) >= 1.0,
+        "no AccessDenied error counted for {B}"
+    );
+    assert!(m.find(KEY_CREATED, &[("account_id", B)]).is_empty());
+    assert!(
+        key(&m, KEY_CREATED, &base[0][0]).is_some(),
+        "the base-credentials account is read"
+    );
+    assert_eq!(
+        m.get("aws_iam_account_info", &[("account_id", A)]),
+        Some(1.0),
+        "account info with custom labels"
+    );
+    assert_eq!(
+        m.find("aws_iam_account_info", &[("team", "platform")])
+            .len(),
+        1
+    );
+
+    // Sessions: expiry exported for assumed roles only, and reused across refreshes.
+    let expiry = m.get(
+        "iam_key_exporter_session_expiry_timestamp_seconds",
+        &[("account_id", A)],
+    );
+    assert_near("session expiry", expiry.unwrap(), now + 900.0, 60.0);
+    assert_eq!(
+        m.get(
+            "iam_key_exporter_session_expiry_timestamp_seconds",
+            &[("account_id", BASE)]
+        ),
+        None
+    );
+    let list_users_before = moto.count(A, "ListUsers");
+    exporter.next_refresh(A, Duration::from_secs(20));
+    let m = exporter.next_refresh(A, Duration::from_secs(20));
+    assert!(
+        moto.count(A, "ListUsers") >= list_users_before + 2,
+        "A was not refreshed again"
+    );
+    assert_eq!(moto.count(A, "AssumeRole"), 1, "the session was not reused");
+    assert_eq!(
+        m.get(
+            "iam_key_exporter_assume_role_total",
+            &[("account_id", A), ("outcome", "ok")]
+        ),
+        Some(1.0)
+    );
+
+    // The landing page says which account is down and why.
+    let (status, page) = exporter.get("/");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("production") && page.contains("AccessDenied"),
+        "{page}"
+    );
+
+    // gzip when asked for, the same series as plain text.
+    let mut resp = ureq::get(&format!("{}/metrics", exporter.url))
+        .header("Accept-Encoding", "gzip")
+        .call()
+        .unwrap();
+    assert_eq!(resp.headers().get("content-encoding").unwrap(), "gzip");
+    let mut compressed = Vec::new();
+    resp.body_mut()
+        .as_reader()
+        .read_to_end(&mut compressed)
+        .unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    let unzipped = Metrics::parse(&text);
+    assert_eq!(
+        unzipped.find(KEY_CREATED, &[]).len(),
+        m.find(KEY_CREATED, &[]).len()
+    );
+
+    let (took, status) = exporter.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
+}
+
+#[test]
+fn deletions_and_deactivations_show_on_the_next_refresh() {
+    let moto = Moto::start();
+    let keys = moto.seed(
+        A,
+        json!([
+            {"name": "u1", "keys": [{}, {}]},
+            {"name": "u2", "keys": [{}]},
+            {"name": "u3", "keys": [{}]},
+        ]),
+    );
+    let exporter = Exporter::start(
+        &moto,
+        &format!("refresh_interval: 1s\naccounts:\n  - id: \"{A}\"\n"),
+    );
+    exporter.wait_ready(Duration::from_secs(30));
+    assert_eq!(exporter.scrape().find(KEY_CREATED, &[]).len(), 4);
+
+    moto.post(
+        "/_launcher/delete_key",
+        json!({"account": A, "user": "u1", "access_key_id": keys[0][0]}),
+    );
+    moto.post(
+        "/_launcher/key",
+        json!({"account": A, "user": "u1", "access_key_id": keys[0][1], "status": "Inactive"}),
+    );
+    moto.post(
+        "/_launcher/delete_user",
+        json!({"account": A, "user": "u2"}),
+    );
+    let m = exporter.scrape_until("the changes to appear", Duration::from_secs(20), |m| {
+        m.find(KEY_CREATED, &[]).len() == 2
+    });
+    assert_eq!(
+        key(&m, KEY_CREATED, &keys[0][0]),
+        None,
+        "deleted key still shown"
+    );
+    assert!(
+        m.find(USER_CREATED, &[("user", "u2")]).is_empty(),
+        "deleted user still shown"
+    );
+    assert_eq!(
+        key(&m, KEY_CREATED, &keys[1][0]),
+        None,
+        "deleted user's key still shown"
+    );
+    let deactivated = m.find(KEY_CREATED, &[("access_key_id", &keys[0][1])]);
+    assert_eq!(deactivated.len(), 1);
+    assert_eq!(deactivated[0].labels["status"], "Inactive");
+    assert!(key(&m, KEY_CREATED, &keys[2][0]).is_some());
+}
+
+#[test]
+fn large_account_is_read_in_full_with_the_minimum_of_calls() {
+    let moto = Moto::start();
+    // 2,500 users, every tenth with a key: the launcher pages ListUsers like AWS
+    // (1000, a short page of 500 with IsTruncated still true, then 1000).
+    let users: Vec<_> = (0..2500)
+        .map(|i| {
+            let keys = if i % 10 == 0 { json!([{}]) } else { json!([]) };
+            json!({"name": format!("user-{i:05}"), "keys": keys})
+        })
+        .collect();
+    moto.seed(A, json!(users));
+    moto.post("/_launcher/counts/reset", json!({}));
+
+    let exporter = Exporter::start(
+        &moto,
+        &format!("refresh_interval: 1h\naccounts:\n  - id: \"{A}\"\n"),
+    );
+    exporter.wait_ready(Duration::from_secs(300));
+    let m = exporter.scrape();
+    assert_eq!(m.get(UP, &[("account_id", A)]), Some(1.0));
+
+    let users = m.find(USER_CREATED, &[("account_id", A)]);
+    let names: std::collections::BTreeSet<_> =
+        users.iter().map(|s| s.labels["user"].clone()).collect();
+    assert_eq!(users.len(), 2500, "every user exactly once");
+    assert_eq!(names.len(), 2500);
+    assert!(names.contains("user-00000") && names.contains("user-02499"));
+    assert_eq!(m.find(KEY_CREATED, &[("account_id", A)]).len(), 250);
+
+    // ceil(2500 / 1000) = 3 pages, one ListAccessKeys per user, one GetAccessKeyLastUsed per
+    // key, one AssumeRole.
+    assert_eq!(moto.count(A, "ListUsers"), 3);
+    assert_eq!(moto.count(A, "ListAccessKeys"), 2500);
+    assert_eq!(moto.count(A, "GetAccessKeyLastUsed"), 250);
+    assert_eq!(moto.count(A, "AssumeRole"), 1);
+    let ok = |op: &str| {
+        m.get(
+            "iam_key_exporter_aws_requests_total",
+            &[("account_id", A), ("operation", op), ("outcome", "ok")],
+        )
+    };
+    assert_eq!(ok("ListUsers"), Some(3.0));
+    assert_eq!(ok("ListAccessKeys"), Some(2500.0));
+}
+
+#[test]
+fn a_throttling_burst_is_retried_to_complete_data() {
+    let moto = Moto::start();
+    let users: Vec<_> = (0..20)
+        .map(|i| json!({"name": format!("u{i:02}"), "keys": [{}]}))
+        .collect();
+    moto.seed(A, json!(users));
+    moto.faults(json!([
+        {"kind": "throttle", "operation": "ListUsers", "account": A, "count": 2},
+        {"kind": "throttle", "operation": "ListAccessKeys", "account": A, "count": 8},
+        {"kind": "throttle", "operation": "GetAccessKeyLastUsed", "account": A, "count": 6},
+        {"kind": "error500", "operation": "ListAccessKeys", "account": A, "count": 2},
+    ]));
+    let exporter = Exporter::start(
+        &moto,
+        &format!("refresh_interval: 1h\naws: {{max_backoff: 2s}}\naccounts:\n  - id: \"{A}\"\n"),
+    );
+    exporter.wait_ready(Duration::from_secs(120));
+    let m = exporter.scrape();
+    assert_eq!(m.get(UP, &[("account_id", A)]), Some(1.0), "{}", m.raw);
+    assert_eq!(m.find(KEY_CREATED, &[("account_id", A)]).len(), 20);
+    let count = |outcome: &str| -> f64 {
+        m.find(
+            "iam_key_exporter_aws_requests_total",
+            &[("account_id", A), ("outcome", outcome)],
+        )
+        .iter()
+        .map(|s| s.value)
+        .sum()
+    };
+    assert_eq!(count("throttled"), 16.0);
+    assert_eq!(count("error"), 2.0);
+    assert!(m
+        .find(
+            "iam_key_exporter_refresh_errors_total",
+            &[("account_id", A)]
+        )
+        .is_empty());
+}
+
+#[test]
+fn a_stalled_endpoint_times_out_without_holding_up_other_accounts() {
+    let moto = Moto::start();
+    moto.seed(A, json!([{"name": "stuck", "keys": [{}]}]));
+    moto.seed(B, json!([{"name": "fine", "keys": [{}]}]));
+    moto.faults(
+        json!([{"kind": "stall", "operation": "ListUsers", "account": A, "delay_seconds": 600}]),
+    );
+    let exporter = Exporter::start(
+        &moto,
+        &format!(
+            r#"
+refresh_interval: 1h
+concurrency: 2
+aws: {{attempt_timeout: 4s, operation_timeout: 10s, max_attempts: 2}}
+accounts:
+  - {{id: "{A}", name: stalled}}
+  - {{id: "{B}", name: healthy}}
+"#
+        ),
+    );
+    // B's data is served while A's first refresh is still hanging.
+    let m = exporter.scrape_until("B to be up", Duration::from_secs(30), |m| {
+        m.get(UP, &[("account_id", B)]) == Some(1.0)
+    });
+    assert_eq!(m.find(KEY_CREATED, &[("account_id", B)]).len(), 1);
+    let (ready, _) = exporter.get("/-/ready");
+    assert_eq!(
+        ready, 503,
+        "A should still be in its first, stalled refresh"
+    );
+
+    // Then A's call times out: A is down with code Timeout, and the exporter is ready.
+    exporter.wait_ready(Duration::from_secs(60));
+    let m = exporter.scrape();
+    assert_eq!(m.get(UP, &[("account_id", A)]), Some(0.0));
+    let timeouts = m.get(
+        "iam_key_exporter_refresh_errors_total",
+        &[
+            ("account_id", A),
+            ("stage", "list_users"),
+            ("code", "Timeout"),
+        ],
+    );
+    assert_eq!(timeouts, Some(1.0), "{}", m.raw);
+    assert_eq!(m.get(UP, &[("account_id", B)]), Some(1.0));
+}
+
+#[test]
+fn sessions_are_renewed_before_they_expire() {
+    let moto = Moto::start();
+    moto.seed(A, json!([{"name": "u", "keys": [{}]}]));
+    // With renew_before 2s short of the duration, each session counts as due for renewal
+    // 2s after it was opened.
+    let exporter = Exporter::start(
+        &moto,
+        &format!(
+            "refresh_interval: 1s\nsts: {{session_duration: 15m, renew_before: 14m58s}}\naccounts:\n  - id: \"{A}\"\n"
+        ),
+    );
+    exporter.wait_ready(Duration::from_secs(30));
+    let first = exporter
+        .scrape()
+        .get(
+            "iam_key_exporter_session_expiry_timestamp_seconds",
+            &[("account_id", A)],
+        )
+        .unwrap();
+    let m = exporter.scrape_until("a renewed session", Duration::from_secs(30), |m| {
+        m.get(
+            "iam_key_exporter_session_expiry_timestamp_seconds",
+            &[("account_id", A)],
+        )
+        .is_some_and(|e| e > first)
+    });
+    assert!(moto.count(A, "AssumeRole") >= 2);
+    assert!(
+        m.get(
+            "iam_key_exporter_assume_role_total",
+            &[("account_id", A), ("outcome", "ok")]
+        )
+        .unwrap()
+            >= 2.0
+    );
+    assert_eq!(m.get(UP, &[("account_id", A)]), Some(1.0));
+}
+
+#[test]
+fn reload_keeps_the_running_config_on_a_bad_file() {
+    let moto = Moto::start();
+    moto.seed(A, json!([{"name": "u", "keys": [{}]}]));
+    moto.seed(B, json!([{"name": "v", "keys": [{}]}]));
+    let exporter = Exporter::start(&moto, &format!("accounts:\n  - id: \"{A}\"\n"));
+    exporter.wait_ready(Duration::from_secs(30));
+
+    std::fs::write(&exporter.config, "accounts:\n  - id: \"12\"\n").unwrap();
+    let mut resp = ureq::post(&format!("{}/-/reload", exporter.url))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send_empty()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 500);
+    assert!(resp
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("12 digits"));
+    let m = exporter.scrape();
+    assert_eq!(
+        m.get("iam_key_exporter_config_last_reload_successful", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.get(UP, &[("account_id", A)]),
+        Some(1.0),
+        "running config lost"
+    );
+
+    std::fs::write(&exporter.config, format!("accounts:\n  - id: \"{B}\"\n")).unwrap();
+    let resp = ureq::post(&format!("{}/-/reload", exporter.url))
+        .send_empty()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let m = exporter.scrape_until("B after reload", Duration::from_secs(30), |m| {
+        m.get(UP, &[("account_id", B)]) == Some(1.0)
+    });
+    assert_eq!(
+        m.get("iam_key_exporter_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.get(UP, &[("account_id", A)]),
+        None,
+        "removed account still shown"
+    );
+    assert!(m.find(KEY_CREATED, &[("account_id", A)]).is_empty());
+}
+
+#[test]
+fn once_mode_writes_the_metrics_file_atomically() {
+    let moto = Moto::start();
+    moto.seed(A, json!([{"name": "u", "keys": [{}]}]));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, format!("accounts:\n  - id: \"{A}\"\n")).unwrap();
+    let out = dir.path().join("iam.prom");
+    let status = exporter_command(&moto)
+        .arg("once")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--output={}", out.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let m = Metrics::parse(&read(&out));
+    assert_eq!(m.find(KEY_CREATED, &[("account_id", A)]).len(), 1);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "temporary file left behind"
+    );
+    promtool_check_metrics(&m.raw).unwrap();
+}
+
+#[test]
+fn users_and_keys_deleted_during_a_scan_are_skipped() {
+    let moto = Moto::start();
+    let users: Vec<_> = (0..6)
+        .map(|i| json!({"name": format!("u{i}"), "keys": [{}]}))
+        .collect();
+    moto.seed(A, json!(users));
+    // IAM answers NoSuchEntity for a user deleted after ListUsers listed it, and for a key
+    // deleted after ListAccessKeys listed it.
+    moto.faults(json!([
+        {"kind": "no_such_entity", "operation": "ListAccessKeys", "account": A, "count": 1},
+        {"kind": "no_such_entity", "operation": "GetAccessKeyLastUsed", "account": A, "count": 1},
+    ]));
+    let exporter = Exporter::start(
+        &moto,
+        &format!("refresh_interval: 1h\naccounts:\n  - id: \"{A}\"\n"),
+    );
+    exporter.wait_ready(Duration::from_secs(30));
+    let m = exporter.scrape();
+    assert_eq!(
+        m.get(UP, &[("account_id", A)]),
+        Some(1.0),
+        "the account failed: {}",
+        m.raw
+    );
+    assert_eq!(
+        m.find(KEY_CREATED, &[("account_id", A)]).len(),
+        4,
+        "two keys skipped, four kept"
+    );
+    assert_eq!(
+        m.find(USER_CREATED, &[("account_id", A)]).len(),
+        5,
+        "the vanished user is gone"
+    );
+    assert!(m
+        .find("iam_key_exporter_refresh_errors_total", &[])
+        .is_empty());
+}
