@@ -26,6 +26,7 @@ fn inventory(keys: usize) -> Vec<Arc<AccountState>> {
             let account = Arc::new(Account {
                 id: format!("{:012}", 100_000_000_000u64 + a as u64),
                 name: format!("account-{a:02}"),
+                source: Default::default(),
                 role: None,
                 labels: Default::default(),
             });
@@ -38,6 +39,7 @@ fn inventory(keys: usize) -> Vec<Arc<AccountState>> {
                         name: user.clone(),
                         created: NOW - 9e7,
                         password_last_used: None,
+                        mfa_active: None,
                     });
                 }
                 snapshot.keys.push(AccessKey {
@@ -47,8 +49,8 @@ fn inventory(keys: usize) -> Vec<Arc<AccountState>> {
                     created: NOW - (k as f64 * 997.0) % 6e7,
                     last_used: (k % 5 >= 2).then(|| LastUse {
                         at: NOW - (k as f64 * 13.0) % 1e7,
-                        service: "s3".into(),
-                        region: "eu-west-1".into(),
+                        service: Some("s3".into()),
+                        region: Some("eu-west-1".into()),
                     }),
                 });
             }

@@ -15,8 +15,8 @@ use crate::process;
 
 const CHUNK: usize = 64 * 1024;
 
-/// Labels of the per-key series, as DESIGN.md's metric contract names them.
-const KEY_FAMILIES: &[Family] = &[
+/// The families drawn from snapshots, as DESIGN.md's metric contract names them.
+const SNAPSHOT_FAMILIES: &[Family] = &[
     Family {
         name: "aws_iam_access_key_created_timestamp_seconds",
         help: "When the access key was created, in Unix seconds.",
@@ -58,14 +58,13 @@ const KEY_FAMILIES: &[Family] = &[
     },
     Family {
         name: "aws_iam_access_key_last_used_info",
-        help: "Service and region of the access key's last use (always 1).",
+        help: "Service and region of the access key's last use, where AWS reports them (always 1).",
         write: |out, name, a, _| {
             for (k, l) in a.keys() {
-                if let Some(u) = &k.last_used {
-                    let l = l
-                        .clone()
-                        .with("service", &u.service)
-                        .with("region", &u.region);
+                let Some(u) = &k.last_used else { continue };
+                if let Some(service) = &u.service {
+                    let region = u.region.as_deref().unwrap_or("");
+                    let l = l.clone().with("service", service).with("region", region);
                     write_sample(out, name, l.as_str(), 1.0);
                 }
             }
@@ -91,6 +90,47 @@ const KEY_FAMILIES: &[Family] = &[
             }
         },
     },
+    Family {
+        name: "aws_iam_user_mfa_active",
+        help: "1 if the IAM user has an active MFA device (credential_report source).",
+        write: |out, name, a, _| {
+            for (u, l) in a.users() {
+                if let Some(mfa) = u.mfa_active {
+                    write_sample(out, name, l.as_str(), f64::from(u8::from(mfa)));
+                }
+            }
+        },
+    },
+    Family {
+        name: "aws_iam_root_access_key_active",
+        help: "1 if the root user's access key 1 or 2 (label key) is active (credential_report source).",
+        write: |out, name, a, _| {
+            if let Some(root) = &a.snapshot.root {
+                for (slot, active) in ["1", "2"].iter().zip(root.access_keys_active) {
+                    let l = a.account.clone().with("key", slot);
+                    write_sample(out, name, l.as_str(), f64::from(u8::from(active)));
+                }
+            }
+        },
+    },
+    Family {
+        name: "aws_iam_root_mfa_active",
+        help: "1 if the root user has an active MFA device (credential_report source).",
+        write: |out, name, a, _| {
+            if let Some(root) = &a.snapshot.root {
+                write_sample(out, name, a.account.as_str(), f64::from(u8::from(root.mfa_active)));
+            }
+        },
+    },
+    Family {
+        name: "aws_iam_credential_report_generated_timestamp_seconds",
+        help: "When the credential report the data comes from was generated, in Unix seconds (credential_report source).",
+        write: |out, name, a, _| {
+            if let Some(t) = a.snapshot.report_generated {
+                write_sample(out, name, a.account.as_str(), t);
+            }
+        },
+    },
 ];
 
 struct Family {
@@ -102,6 +142,7 @@ struct Family {
 /// One account's snapshot with its label sets escaped once per scrape, not once per family.
 struct Prepared {
     snapshot: Arc<Snapshot>,
+    account: Labels,
     key_labels: Vec<Labels>,
     user_labels: Vec<Labels>,
 }
@@ -129,6 +170,7 @@ impl Prepared {
             .collect();
         Prepared {
             snapshot,
+            account,
             key_labels,
             user_labels,
         }
@@ -279,8 +321,8 @@ impl Iterator for Exposition {
     type Item = Vec<u8>;
 
     fn next(&mut self) -> Option<Vec<u8>> {
-        while self.family < KEY_FAMILIES.len() && self.buf.len() < CHUNK {
-            let family = &KEY_FAMILIES[self.family];
+        while self.family < SNAPSHOT_FAMILIES.len() && self.buf.len() < CHUNK {
+            let family = &SNAPSHOT_FAMILIES[self.family];
             if self.account == 0 {
                 write_header(&mut self.buf, family.name, "gauge", family.help);
             }

@@ -53,6 +53,7 @@ pub struct AwsClient {
     pub max_attempts: u32,
     pub max_backoff: Duration,
     pub requests_per_account: usize,
+    pub credential_report_timeout: Duration,
 }
 
 /// One account to read, with its role already resolved.
@@ -60,6 +61,7 @@ pub struct AwsClient {
 pub struct Account {
     pub id: String,
     pub name: String,
+    pub source: Source,
     /// `None` means "read with the exporter's own credentials".
     pub role: Option<Role>,
     pub labels: BTreeMap<String, String>,
@@ -102,9 +104,8 @@ struct File {
     concurrency: Positive,
     #[serde(default = "defaults::max_staleness")]
     max_staleness: HumanDuration,
-    /// Validated now; read once a second source exists.
-    #[serde(default, rename = "source")]
-    _source: Source,
+    #[serde(default)]
+    source: Source,
     #[serde(default)]
     sts: StsFile,
     #[serde(default)]
@@ -115,12 +116,16 @@ struct File {
     accounts: Accounts,
 }
 
-/// Only the `api` source exists so far; the enum makes any other value a clear error.
-#[derive(Deserialize, Default)]
+/// Where an account's key data comes from.
+#[derive(Deserialize, Default, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-enum Source {
+pub enum Source {
+    /// ListUsers ▸ ListAccessKeys ▸ GetAccessKeyLastUsed: current, one call per user and key.
     #[default]
     Api,
+    /// The IAM credential report: a constant few calls per account, up to 4 hours old, and
+    /// the only view of the root user's keys and of MFA.
+    CredentialReport,
 }
 
 #[derive(Deserialize)]
@@ -152,6 +157,7 @@ struct AwsFile {
     max_attempts: Positive,
     max_backoff: HumanDuration,
     requests_per_account: Positive,
+    credential_report_timeout: HumanDuration,
 }
 
 impl Default for AwsFile {
@@ -163,6 +169,7 @@ impl Default for AwsFile {
             max_attempts: Positive(6),
             max_backoff: HumanDuration(Duration::from_secs(20)),
             requests_per_account: Positive(4),
+            credential_report_timeout: HumanDuration(Duration::from_secs(300)),
         }
     }
 }
@@ -192,6 +199,7 @@ struct AccountFile {
     role_arn: Option<RoleArn>,
     role_name: Option<RoleName>,
     external_id: Option<String>,
+    source: Option<Source>,
     #[serde(default = "defaults::yes")]
     assume_role: bool,
     #[serde(default)]
@@ -245,6 +253,7 @@ impl File {
             max_attempts: self.aws.max_attempts.0 as u32,
             max_backoff: self.aws.max_backoff.0,
             requests_per_account: self.aws.requests_per_account.0,
+            credential_report_timeout: self.aws.credential_report_timeout.0,
         };
         if aws.attempt_timeout > aws.operation_timeout {
             return Err("aws.attempt_timeout must not be longer than aws.operation_timeout".into());
@@ -268,6 +277,7 @@ impl File {
                 });
                 Arc::new(Account {
                     name: a.name.unwrap_or_else(|| a.id.0.clone()),
+                    source: a.source.unwrap_or(self.source),
                     id: a.id.0,
                     role,
                     labels: a.labels.into_iter().map(|(k, v)| (k.0, v)).collect(),
@@ -577,7 +587,7 @@ defaults: {role_name: Audit, external_id: x}
 accounts:
   - {id: "111111111111", name: prod, labels: {team: platform}}
   - {id: "222222222222", role_arn: "arn:aws-us-gov:iam::222222222222:role/path/Custom"}
-  - {id: "333333333333", name: tooling, assume_role: false}
+  - {id: "333333333333", name: tooling, assume_role: false, source: credential_report}
 "#,
             Path::new("t.yaml"),
         )
@@ -592,6 +602,8 @@ accounts:
             "arn:aws-us-gov:iam::222222222222:role/path/Custom"
         );
         assert_eq!(c.accounts[2].role, None);
+        assert_eq!(c.accounts[0].source, Source::Api);
+        assert_eq!(c.accounts[2].source, Source::CredentialReport);
         assert_eq!(c.accounts[0].labels["team"], "platform");
     }
 

@@ -18,6 +18,10 @@ pub type Timestamp = f64;
 pub struct Snapshot {
     pub users: Vec<User>,
     pub keys: Vec<AccessKey>,
+    /// The root user; only the credential report shows it.
+    pub root: Option<Root>,
+    /// When the credential report was generated (credential_report source only).
+    pub report_generated: Option<Timestamp>,
 }
 
 #[derive(Debug)]
@@ -25,6 +29,15 @@ pub struct User {
     pub name: String,
     pub created: Timestamp,
     pub password_last_used: Option<Timestamp>,
+    /// Known from the credential report only.
+    pub mfa_active: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Root {
+    pub mfa_active: bool,
+    /// Whether the root user's access keys 1 and 2 are active.
+    pub access_keys_active: [bool; 2],
 }
 
 #[derive(Debug)]
@@ -39,8 +52,9 @@ pub struct AccessKey {
 #[derive(Debug)]
 pub struct LastUse {
     pub at: Timestamp,
-    pub service: String,
-    pub region: String,
+    /// None where AWS says `N/A` or `not_supported`.
+    pub service: Option<String>,
+    pub region: Option<String>,
 }
 
 /// Why a refresh failed: the step that failed and the AWS error code, for metrics and logs.

@@ -6,6 +6,7 @@ pub mod aws;
 pub mod cli;
 pub mod collector;
 pub mod config;
+pub mod credential_report;
 pub mod exposition;
 pub mod health;
 pub mod http;

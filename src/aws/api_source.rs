@@ -7,10 +7,9 @@
 use std::collections::HashSet;
 use std::future::Future;
 
-use aws_smithy_types::DateTime;
 use futures_util::stream::{self, StreamExt};
 
-use super::AwsError;
+use super::{secs, stage, AwsError};
 use crate::inventory::{AccessKey, LastUse, RefreshError, Snapshot, User};
 
 /// The most IAM accepts as `MaxItems`.
@@ -58,11 +57,16 @@ pub async fn scan(iam: &aws_sdk_iam::Client, concurrency: usize) -> Result<Snaps
         .map(|u| User {
             created: secs(&u.create_date),
             password_last_used: u.password_last_used.as_ref().map(secs),
+            mfa_active: None,
             name: u.user_name,
         })
         .collect();
     users.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Snapshot { users, keys })
+    Ok(Snapshot {
+        users,
+        keys,
+        ..Snapshot::default()
+    })
 }
 
 /// One user's keys with their last use, or None if the user was deleted since ListUsers.
@@ -106,8 +110,8 @@ async fn user_keys(
             Ok(out) => out.access_key_last_used.and_then(|u| {
                 u.last_used_date.map(|at| LastUse {
                     at: secs(&at),
-                    service: u.service_name,
-                    region: u.region,
+                    service: known(u.service_name),
+                    region: known(u.region),
                 })
             }),
             Err(e) => match AwsError::from(e) {
@@ -159,16 +163,9 @@ where
     }
 }
 
-fn stage(stage: &'static str) -> impl Fn(AwsError) -> RefreshError {
-    move |e| RefreshError {
-        stage,
-        code: e.code,
-        message: e.message,
-    }
-}
-
-fn secs(t: &DateTime) -> f64 {
-    t.as_secs_f64()
+/// AWS answers `N/A` for a service or region it does not know.
+fn known(s: String) -> Option<String> {
+    (!s.is_empty() && s != "N/A").then_some(s)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! account's throttling cannot drain the retry budget of the others.
 
 mod api_source;
+mod credential_report_source;
 mod session;
 
 use std::fmt;
@@ -24,7 +25,7 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use crate::config::{Account, Config};
+use crate::config::{Account, Config, Source};
 use crate::health::Health;
 use crate::inventory::{RefreshError, Snapshot};
 
@@ -98,7 +99,9 @@ where
 pub struct AccountReader {
     iam: aws_sdk_iam::Client,
     session: Option<Arc<Session>>,
+    source: Source,
     requests_per_account: usize,
+    report_timeout: std::time::Duration,
 }
 
 impl AccountReader {
@@ -130,7 +133,9 @@ impl AccountReader {
         AccountReader {
             iam: aws_sdk_iam::Client::from_conf(iam.build()),
             session,
+            source: account.source,
             requests_per_account: cfg.aws.requests_per_account,
+            report_timeout: cfg.aws.credential_report_timeout,
         }
     }
 
@@ -143,13 +148,31 @@ impl AccountReader {
                 message: e.message,
             })?;
         }
-        api_source::scan(&self.iam, self.requests_per_account).await
+        match self.source {
+            Source::Api => api_source::scan(&self.iam, self.requests_per_account).await,
+            Source::CredentialReport => {
+                credential_report_source::read(&self.iam, self.report_timeout).await
+            }
+        }
     }
 
     /// When the current assumed-role session expires, if there is one.
     pub fn session_expiry(&self) -> Option<SystemTime> {
         self.session.as_ref().and_then(|s| s.expiry())
     }
+}
+
+/// Turns an AWS error into the refresh error of `stage`.
+fn stage(stage: &'static str) -> impl Fn(AwsError) -> RefreshError {
+    move |e| RefreshError {
+        stage,
+        code: e.code,
+        message: e.message,
+    }
+}
+
+fn secs(t: &aws_smithy_types::DateTime) -> f64 {
+    t.as_secs_f64()
 }
 
 /// Counts every request attempt, retries included, by operation and outcome.
