@@ -14,4 +14,5 @@ lint:
 bench: ## render time, memory, and CPU per AWS request (release build)
 	cargo bench --bench render
 	cargo build --release
-	.venv/bin/python scripts/bench_refresh.py
+	.venv/bin/python scripts/bench_refresh.py cpu 1500
+	.venv/bin/python scripts/bench_refresh.py memory 100000

@@ -1,19 +1,26 @@
-"""CPU time the exporter spends per AWS request during a refresh against moto.
+"""Exporter benchmarks against moto (release build).
 
-Seeds one account with USERS users (one key each) in a moto launcher, runs the release
-binary's one-shot mode (`once`) against it, and divides the exporter's user+system CPU time
-by the number of AWS requests the launcher counted. Also reports the exporter's peak RSS.
+cpu [USERS]      Seeds one account with USERS users (one key each), runs the one-shot mode
+                 (`once`, api source) and divides the exporter's user+system CPU time by the
+                 number of AWS requests the launcher counted. Also reports peak RSS.
+memory [KEYS]    Seeds one account with KEYS/2 users of two keys each, serves it through the
+                 credential_report source, and reports the exporter's RSS while it holds them,
+                 and the time and size of /metrics scrapes (plain and gzip).
 
-Run: .venv/bin/python scripts/bench_refresh.py [USERS]   (after `cargo build --release`)
+Run: .venv/bin/python scripts/bench_refresh.py cpu 1500
+     .venv/bin/python scripts/bench_refresh.py memory 100000     (after `cargo build --release`)
 """
 
+import gzip
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,17 +33,88 @@ def post(url, path, body):
         return json.load(resp)
 
 
-def main():
-    users = int(sys.argv[1]) if len(sys.argv) > 1 else 1500
-    binary = os.path.join(REPO, "target/release/iam-key-exporter")
-    if not os.path.exists(binary):
-        sys.exit("build first: cargo build --release")
+BINARY = os.path.join(REPO, "target/release/iam-key-exporter")
+
+
+def start_launcher():
     launcher = subprocess.Popen(
         [sys.executable, os.path.join(REPO, "tests/moto/launcher.py"), "--port", "0"],
         stdout=subprocess.PIPE, text=True,
     )
+    return launcher, launcher.stdout.readline().strip().removeprefix("LISTENING ")
+
+
+def aws_env(url):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="AKIAIOSFODNN7EXAMPLE",
+               AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
+               AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/dev/null",
+               AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+    return env
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def memory(keys):
+    launcher, url = start_launcher()
+    exporter = None
     try:
-        url = launcher.stdout.readline().strip().removeprefix("LISTENING ")
+        t = time.monotonic()
+        users = [{"name": f"service-user-{i:06}", "keys": [{}, {}]} for i in range(keys // 2)]
+        for i in range(0, len(users), 5000):
+            post(url, "/_launcher/seed", {"account": ACCOUNT, "users": users[i:i + 5000]})
+        print(f"seeded {keys} keys in {time.monotonic() - t:.1f} s")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with tempfile.TemporaryDirectory() as tmp:
+            config = os.path.join(tmp, "c.yaml")
+            with open(config, "w") as f:
+                f.write(f'refresh_interval: 1h\nsource: credential_report\naccounts:\n  - id: "{ACCOUNT}"\n')
+            exporter = subprocess.Popen(
+                [BINARY, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
+                 "--log.level=warn"], env=aws_env(url))
+            base = f"http://127.0.0.1:{port}"
+            t = time.monotonic()
+            while True:
+                try:
+                    with urllib.request.urlopen(base + "/-/ready") as r:
+                        if r.status == 200:
+                            break
+                except (urllib.error.URLError, ConnectionError):
+                    pass
+                time.sleep(0.5)
+            print(f"first refresh done in {time.monotonic() - t:.1f} s; RSS holding {keys} keys: {rss_mib(exporter.pid):.1f} MiB")
+            for encoding in ["identity", "gzip"]:
+                times = []
+                for _ in range(5):
+                    req = urllib.request.Request(base + "/metrics", headers={"Accept-Encoding": encoding})
+                    t = time.monotonic()
+                    with urllib.request.urlopen(req) as r:
+                        body = r.read()
+                    times.append(time.monotonic() - t)
+                text = gzip.decompress(body) if encoding == "gzip" else body
+                lines = text.count(b"\n")
+                print(f"scrape ({encoding}): median {sorted(times)[2] * 1000:.0f} ms, "
+                      f"{len(body) / 1048576:.1f} MiB on the wire, {lines} lines; "
+                      f"RSS after {rss_mib(exporter.pid):.1f} MiB")
+    finally:
+        if exporter:
+            exporter.terminate()
+            exporter.wait()
+        launcher.terminate()
+        launcher.wait()
+
+
+def cpu(users):
+    launcher, url = start_launcher()
+    try:
         post(url, "/_launcher/seed", {
             "account": ACCOUNT,
             "users": [{"name": f"user-{i:05}", "keys": [{}]} for i in range(users)],
@@ -46,12 +124,9 @@ def main():
             config = os.path.join(tmp, "c.yaml")
             with open(config, "w") as f:
                 f.write(f'accounts:\n  - id: "{ACCOUNT}"\n')
-            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-            env.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="AKIAIOSFODNN7EXAMPLE",
-                       AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
-                       AWS_EC2_METADATA_DISABLED="true")
+            env = aws_env(url)
             start = time.monotonic()
-            subprocess.run([binary, "once", f"--config.file={config}",
+            subprocess.run([BINARY, "once", f"--config.file={config}",
                             f"--output={os.path.join(tmp, 'out.prom')}", "--log.level=warn"],
                            env=env, check=True)
             wall = time.monotonic() - start
@@ -66,6 +141,18 @@ def main():
     finally:
         launcher.terminate()
         launcher.wait()
+
+
+def main():
+    if not os.path.exists(BINARY):
+        sys.exit("build first: cargo build --release")
+    mode = sys.argv[1] if len(sys.argv) > 1 else "cpu"
+    if mode == "cpu":
+        cpu(int(sys.argv[2]) if len(sys.argv) > 2 else 1500)
+    elif mode == "memory":
+        memory(int(sys.argv[2]) if len(sys.argv) > 2 else 100_000)
+    else:
+        sys.exit(__doc__)
 
 
 if __name__ == "__main__":

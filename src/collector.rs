@@ -4,13 +4,14 @@
 //! The output is produced in chunks of about [`CHUNK`] bytes so a scrape of hundreds of
 //! thousands of series is streamed (and gzipped) without holding the whole text in memory.
 //! Every metric family stays contiguous, as the text format requires: the renderer walks
-//! family by family, and within a family account by account.
+//! family by family, within a family account by account, and within an account key by key,
+//! so a chunk can end anywhere and a large account never makes a large chunk.
 
 use std::sync::Arc;
 
-use crate::exposition::{write_header, write_sample, Labels};
+use crate::exposition::{write_header, write_line, write_sample, Labels};
 use crate::health::Health;
-use crate::inventory::{AccountState, Snapshot};
+use crate::inventory::{AccessKey, AccountState, Snapshot, User};
 use crate::process;
 
 const CHUNK: usize = 64 * 1024;
@@ -20,169 +21,157 @@ const SNAPSHOT_FAMILIES: &[Family] = &[
     Family {
         name: "aws_iam_access_key_created_timestamp_seconds",
         help: "When the access key was created, in Unix seconds.",
-        write: |out, name, a, _| {
-            for (k, l) in a.keys() {
-                write_sample(out, name, l.as_str(), k.created);
-            }
-        },
+        rows: Rows::Key(|k, _| Some((k.created, None))),
     },
     Family {
         name: "aws_iam_access_key_age_seconds",
         help: "Seconds since the access key was created, at scrape time.",
-        write: |out, name, a, now| {
-            for (k, l) in a.keys() {
-                write_sample(out, name, l.as_str(), (now - k.created).max(0.0));
-            }
-        },
+        rows: Rows::Key(|k, now| Some(((now - k.created).max(0.0), None))),
     },
     Family {
         name: "aws_iam_access_key_last_used_timestamp_seconds",
         help: "When the access key was last used, in Unix seconds; absent if AWS has no date.",
-        write: |out, name, a, _| {
-            for (k, l) in a.keys() {
-                if let Some(u) = &k.last_used {
-                    write_sample(out, name, l.as_str(), u.at);
-                }
-            }
-        },
+        rows: Rows::Key(|k, _| k.last_used.as_ref().map(|u| (u.at, None))),
     },
     Family {
         name: "aws_iam_access_key_idle_seconds",
         help: "Seconds since the access key was last used, or since creation if never used.",
-        write: |out, name, a, now| {
-            for (k, l) in a.keys() {
-                let since = k.last_used.as_ref().map_or(k.created, |u| u.at);
-                write_sample(out, name, l.as_str(), (now - since).max(0.0));
-            }
-        },
+        rows: Rows::Key(|k, now| {
+            let since = k.last_used.as_ref().map_or(k.created, |u| u.at);
+            Some(((now - since).max(0.0), None))
+        }),
     },
     Family {
         name: "aws_iam_access_key_last_used_info",
         help: "Service and region of the access key's last use, where AWS reports them (always 1).",
-        write: |out, name, a, _| {
-            for (k, l) in a.keys() {
-                let Some(u) = &k.last_used else { continue };
-                if let Some(service) = &u.service {
-                    let region = u.region.as_deref().unwrap_or("");
-                    let l = l.clone().with("service", service).with("region", region);
-                    write_sample(out, name, l.as_str(), 1.0);
-                }
-            }
-        },
+        rows: Rows::Key(|k, _| {
+            let u = k.last_used.as_ref()?;
+            let service = u.service.as_deref()?;
+            Some((1.0, Some((service, u.region.as_deref().unwrap_or("")))))
+        }),
     },
     Family {
         name: "aws_iam_user_created_timestamp_seconds",
         help: "When the IAM user was created, in Unix seconds.",
-        write: |out, name, a, _| {
-            for (u, l) in a.users() {
-                write_sample(out, name, l.as_str(), u.created);
-            }
-        },
+        rows: Rows::User(|u| Some(u.created)),
     },
     Family {
         name: "aws_iam_user_password_last_used_timestamp_seconds",
         help: "When the IAM user's console password was last used, in Unix seconds, when known.",
-        write: |out, name, a, _| {
-            for (u, l) in a.users() {
-                if let Some(t) = u.password_last_used {
-                    write_sample(out, name, l.as_str(), t);
-                }
-            }
-        },
+        rows: Rows::User(|u| u.password_last_used),
     },
     Family {
         name: "aws_iam_user_mfa_active",
         help: "1 if the IAM user has an active MFA device (credential_report source).",
-        write: |out, name, a, _| {
-            for (u, l) in a.users() {
-                if let Some(mfa) = u.mfa_active {
-                    write_sample(out, name, l.as_str(), f64::from(u8::from(mfa)));
-                }
-            }
-        },
+        rows: Rows::User(|u| u.mfa_active.map(|m| f64::from(u8::from(m)))),
     },
     Family {
         name: "aws_iam_root_access_key_active",
         help: "1 if the root user's access key 1 or 2 (label key) is active (credential_report source).",
-        write: |out, name, a, _| {
-            if let Some(root) = &a.snapshot.root {
-                for (slot, active) in ["1", "2"].iter().zip(root.access_keys_active) {
-                    let l = a.account.clone().with("key", slot);
-                    write_sample(out, name, l.as_str(), f64::from(u8::from(active)));
-                }
-            }
-        },
+        rows: Rows::Account(|s| {
+            s.root.as_ref().map_or(Vec::new(), |r| {
+                vec![
+                    (Some(("key", "1")), f64::from(u8::from(r.access_keys_active[0]))),
+                    (Some(("key", "2")), f64::from(u8::from(r.access_keys_active[1]))),
+                ]
+            })
+        }),
     },
     Family {
         name: "aws_iam_root_mfa_active",
         help: "1 if the root user has an active MFA device (credential_report source).",
-        write: |out, name, a, _| {
-            if let Some(root) = &a.snapshot.root {
-                write_sample(out, name, a.account.as_str(), f64::from(u8::from(root.mfa_active)));
-            }
-        },
+        rows: Rows::Account(|s| {
+            s.root.iter().map(|r| (None, f64::from(u8::from(r.mfa_active)))).collect()
+        }),
     },
     Family {
         name: "aws_iam_credential_report_generated_timestamp_seconds",
         help: "When the credential report the data comes from was generated, in Unix seconds (credential_report source).",
-        write: |out, name, a, _| {
-            if let Some(t) = a.snapshot.report_generated {
-                write_sample(out, name, a.account.as_str(), t);
-            }
-        },
+        rows: Rows::Account(|s| s.report_generated.iter().map(|t| (None, *t)).collect()),
     },
 ];
 
 struct Family {
     name: &'static str,
     help: &'static str,
-    write: fn(&mut Vec<u8>, &'static str, &Prepared, f64),
+    rows: Rows,
 }
 
-/// One account's snapshot with its label sets escaped once per scrape, not once per family.
+/// One extra label, name and value.
+type Label<'a> = (&'a str, &'a str);
+/// A key's value and, for the info metric, its service and region.
+type KeySample<'a> = (f64, Option<Label<'a>>);
+/// An account's samples, each with at most one extra label.
+type AccountSamples = Vec<(Option<Label<'static>>, f64)>;
+
+/// How a family's samples come out of a snapshot.
+enum Rows {
+    /// At most one sample per key: its value and, for the info metric, service and region.
+    Key(fn(&AccessKey, f64) -> Option<KeySample<'_>>),
+    /// At most one sample per user.
+    User(fn(&User) -> Option<f64>),
+    /// A few samples per account, each with at most one extra label.
+    Account(fn(&Snapshot) -> AccountSamples),
+}
+
+impl Family {
+    /// Writes this family's samples of one account from row `start` on, stopping once the
+    /// buffer holds a chunk. Returns the row to resume at, or None when the account is done.
+    fn write(&self, out: &mut Vec<u8>, a: &Prepared, now: f64, start: usize) -> Option<usize> {
+        let s = &*a.snapshot;
+        match self.rows {
+            Rows::Key(value) => {
+                for (i, k) in s.keys.iter().enumerate().skip(start) {
+                    if out.len() >= CHUNK {
+                        return Some(i);
+                    }
+                    let Some((v, extra)) = value(k, now) else {
+                        continue;
+                    };
+                    let status = if k.active { "Active" } else { "Inactive" };
+                    let key = [
+                        ("user", k.user.as_str()),
+                        ("access_key_id", &k.id),
+                        ("status", status),
+                    ];
+                    match extra {
+                        None => write_line(out, self.name, a.account.as_str(), &key, v),
+                        Some((service, region)) => {
+                            let [u, id, st] = key;
+                            let labels = [u, id, st, ("service", service), ("region", region)];
+                            write_line(out, self.name, a.account.as_str(), &labels, v)
+                        }
+                    }
+                }
+            }
+            Rows::User(value) => {
+                for (i, u) in s.users.iter().enumerate().skip(start) {
+                    if out.len() >= CHUNK {
+                        return Some(i);
+                    }
+                    if let Some(v) = value(u) {
+                        write_line(out, self.name, a.account.as_str(), &[("user", &u.name)], v);
+                    }
+                }
+            }
+            Rows::Account(samples) => {
+                for (label, v) in samples(s) {
+                    let labels: &[(&str, &str)] = match &label {
+                        Some(l) => std::slice::from_ref(l),
+                        None => &[],
+                    };
+                    write_line(out, self.name, a.account.as_str(), labels, v);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// One account's snapshot and its escaped `account_id, account_name` labels.
 struct Prepared {
     snapshot: Arc<Snapshot>,
     account: Labels,
-    key_labels: Vec<Labels>,
-    user_labels: Vec<Labels>,
-}
-
-impl Prepared {
-    fn new(state: &AccountState, snapshot: Arc<Snapshot>) -> Self {
-        let account = Labels::new()
-            .with("account_id", &state.account.id)
-            .with("account_name", &state.account.name);
-        let user_labels = snapshot
-            .users
-            .iter()
-            .map(|u| account.clone().with("user", &u.name))
-            .collect();
-        let key_labels = snapshot
-            .keys
-            .iter()
-            .map(|k| {
-                account
-                    .clone()
-                    .with("user", &k.user)
-                    .with("access_key_id", &k.id)
-                    .with("status", if k.active { "Active" } else { "Inactive" })
-            })
-            .collect();
-        Prepared {
-            snapshot,
-            account,
-            key_labels,
-            user_labels,
-        }
-    }
-
-    fn keys(&self) -> impl Iterator<Item = (&crate::inventory::AccessKey, &Labels)> {
-        self.snapshot.keys.iter().zip(&self.key_labels)
-    }
-
-    fn users(&self) -> impl Iterator<Item = (&crate::inventory::User, &Labels)> {
-        self.snapshot.users.iter().zip(&self.user_labels)
-    }
 }
 
 /// Version facts for `iam_key_exporter_build_info`.
@@ -199,6 +188,8 @@ pub struct Exposition {
     now: f64,
     family: usize,
     account: usize,
+    /// The key or user to resume at within the current account.
+    row: usize,
 }
 
 /// Renders everything: exporter health and process metrics first (small), then the per-key
@@ -253,7 +244,14 @@ pub fn render(
 
     let accounts = accounts
         .iter()
-        .filter_map(|s| s.snapshot.clone().map(|snap| Prepared::new(s, snap)))
+        .filter_map(|s| {
+            let account = Labels::new()
+                .with("account_id", &s.account.id)
+                .with("account_name", &s.account.name);
+            s.snapshot
+                .clone()
+                .map(|snapshot| Prepared { snapshot, account })
+        })
         .collect();
     Exposition {
         buf,
@@ -261,6 +259,7 @@ pub fn render(
         now,
         family: 0,
         account: 0,
+        row: 0,
     }
 }
 
@@ -323,16 +322,23 @@ impl Iterator for Exposition {
     fn next(&mut self) -> Option<Vec<u8>> {
         while self.family < SNAPSHOT_FAMILIES.len() && self.buf.len() < CHUNK {
             let family = &SNAPSHOT_FAMILIES[self.family];
-            if self.account == 0 {
+            if self.account == 0 && self.row == 0 {
                 write_header(&mut self.buf, family.name, "gauge", family.help);
             }
-            if let Some(a) = self.accounts.get(self.account) {
-                (family.write)(&mut self.buf, family.name, a, self.now);
-            }
-            self.account += 1;
-            if self.account >= self.accounts.len() {
-                self.account = 0;
-                self.family += 1;
+            let resume = match self.accounts.get(self.account) {
+                Some(a) => family.write(&mut self.buf, a, self.now, self.row),
+                None => None,
+            };
+            match resume {
+                Some(row) => self.row = row,
+                None => {
+                    self.row = 0;
+                    self.account += 1;
+                    if self.account >= self.accounts.len() {
+                        self.account = 0;
+                        self.family += 1;
+                    }
+                }
             }
         }
         if self.buf.is_empty() {
@@ -340,7 +346,7 @@ impl Iterator for Exposition {
         } else {
             Some(std::mem::replace(
                 &mut self.buf,
-                Vec::with_capacity(CHUNK * 2),
+                Vec::with_capacity(CHUNK + CHUNK / 4),
             ))
         }
     }

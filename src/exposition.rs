@@ -19,17 +19,10 @@ impl Labels {
         if !self.0.is_empty() {
             self.0.push(',');
         }
-        self.0.push_str(name);
-        self.0.push_str("=\"");
-        for c in value.chars() {
-            match c {
-                '\\' => self.0.push_str("\\\\"),
-                '"' => self.0.push_str("\\\""),
-                '\n' => self.0.push_str("\\n"),
-                c => self.0.push(c),
-            }
-        }
-        self.0.push('"');
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        write_label(&mut bytes, name, value);
+        // Only whole UTF-8 strings were written into it.
+        self.0 = String::from_utf8(bytes).expect("label text is UTF-8");
         self
     }
 
@@ -52,6 +45,48 @@ pub fn write_header(out: &mut Vec<u8>, name: &str, kind: &str, help: &str) {
     out.extend_from_slice(name.as_bytes());
     out.push(b' ');
     out.extend_from_slice(kind.as_bytes());
+    out.push(b'\n');
+}
+
+/// Writes `name="value"`, escaping the value as the text format requires.
+fn write_label(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"=\"");
+    // Almost no IAM name needs escaping; copying it whole is much faster than byte by byte.
+    if value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        for b in value.bytes() {
+            match b {
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b => out.push(b),
+            }
+        }
+    } else {
+        out.extend_from_slice(value.as_bytes());
+    }
+    out.push(b'"');
+}
+
+/// Writes one sample whose labels are a pre-escaped `prefix` followed by `labels`.
+pub fn write_line(
+    out: &mut Vec<u8>,
+    name: &str,
+    prefix: &str,
+    labels: &[(&str, &str)],
+    value: f64,
+) {
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'{');
+    out.extend_from_slice(prefix.as_bytes());
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 || !prefix.is_empty() {
+            out.push(b',');
+        }
+        write_label(out, k, v);
+    }
+    out.extend_from_slice(b"} ");
+    write_value(out, value);
     out.push(b'\n');
 }
 
@@ -87,6 +122,17 @@ mod tests {
     fn escapes_label_values() {
         let l = Labels::new().with("user", "a\"b\\c\nd").with("k", "v");
         assert_eq!(l.as_str(), r#"user="a\"b\\c\nd",k="v""#);
+    }
+
+    #[test]
+    fn writes_lines_with_prefix_and_escaped_labels() {
+        let mut out = Vec::new();
+        write_line(&mut out, "m", "a=\"1\"", &[("u", "x\"y")], 2.0);
+        write_line(&mut out, "m", "", &[("u", "v")], 3.0);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "m{a=\"1\",u=\"x\\\"y\"} 2\nm{u=\"v\"} 3\n"
+        );
     }
 
     #[test]
