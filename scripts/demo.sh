@@ -46,8 +46,13 @@ echo "iam-key-exporter demo is up:"
 echo "  $url/          accounts and their state"
 echo "  $url/metrics   metrics"
 echo
-echo "Active keys older than 90 days:"
-curl -s "$url/metrics" | awk '/^aws_iam_access_key_age_seconds/ && /status="Active"/ && $NF > 90*86400 {print "  " $0}'
+echo "Active keys older than 90 days (what the IAMAccessKeyTooOld alert pages on):"
+curl -s "$url/metrics" | awk '/^aws_iam_access_key_age_seconds/ && /status="Active"/ && $NF > 90*86400 {
+    match($0, /account_name="[^"]*"/); account = substr($0, RSTART + 14, RLENGTH - 15)
+    match($0, /user="[^"]*"/); user = substr($0, RSTART + 6, RLENGTH - 7)
+    match($0, /access_key_id="[^"]*"/); key = substr($0, RSTART + 15, RLENGTH - 16)
+    printf "  %-18s %-20s %-22s %4d days\n", account, user, key, $NF / 86400
+}'
 echo
 echo "Ctrl-C stops the demo."
 wait
