@@ -197,3 +197,52 @@ fn a_malformed_report_fails_only_its_account() {
         "the landing page should say where the report is broken: {page}"
     );
 }
+
+#[test]
+fn root_keys_and_mfa_come_from_the_report() {
+    let moto = Moto::start();
+    moto.seed(REPORT, json!([{"name": "alice", "keys": [{}]}]));
+    // AWS's report always has a <root_account> row; the launcher adds the one moto lacks.
+    moto.post(
+        "/_launcher/root",
+        json!({"account": REPORT, "mfa_active": false, "access_key_1_active": true}),
+    );
+    let exporter = Exporter::start(
+        &moto,
+        &format!("refresh_interval: 1h\nsource: credential_report\naccounts:\n  - {{id: \"{REPORT}\", name: legacy}}\n"),
+    );
+    exporter.wait_ready(Duration::from_secs(60));
+    let m = exporter.scrape();
+    let root_key = |slot: &str| {
+        m.get(
+            "aws_iam_root_access_key_active",
+            &[("account_id", REPORT), ("key", slot)],
+        )
+    };
+    assert_eq!(root_key("1"), Some(1.0));
+    assert_eq!(root_key("2"), Some(0.0));
+    assert_eq!(
+        m.get("aws_iam_root_mfa_active", &[("account_name", "legacy")]),
+        Some(0.0)
+    );
+    // The root user is not an IAM user: no per-user or per-key series for it.
+    assert!(m
+        .find(
+            "aws_iam_user_created_timestamp_seconds",
+            &[("user", "<root_account>")]
+        )
+        .is_empty());
+    assert_eq!(m.find(KEY_CREATED, &[("account_id", REPORT)]).len(), 1);
+    let generated = m
+        .get(
+            "aws_iam_credential_report_generated_timestamp_seconds",
+            &[("account_id", REPORT)],
+        )
+        .unwrap();
+    assert!(
+        (now() - generated).abs() < 120.0,
+        "report generated at {generated}, now {}",
+        now()
+    );
+    promtool_check_metrics(&m.raw).unwrap();
+}

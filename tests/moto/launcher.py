@@ -47,6 +47,10 @@ bad input answers 400 {"error": "..."} naming the field; nothing is changed then
   POST /_launcher/key                    {"account", "user", "access_key_id", "status"?, "create_date"?,
                                           "last_used"?: {...}|null (null = never used)}  -> the key
   POST /_launcher/delete_key             {"account", "user", "access_key_id"}
+  POST /_launcher/root                   {"account", "mfa_active", "access_key_1_active", "access_key_2_active"}
+                                         adds the <root_account> row (moto has none) to that account's
+                                         credential reports; GeneratedTime is also made real
+                                         (moto always answers 2015-02-02T20:02:02Z)
   POST /_launcher/delete_user            {"account", "user"}   (and its keys)
   GET  /_launcher/demo                   what --seed-demo made, with the base credentials
 moto's own /moto-api/reset still wipes everything.
@@ -316,6 +320,9 @@ class State:
         self.stall_release = threading.Event()  # set (and replaced) by faults/clear
         self.stopping = threading.Event()
         self.demo: dict | None = None
+        # Credential report gaps: moto has no <root_account> row and a fixed GeneratedTime.
+        self.root_rows: dict[str, dict[str, bool]] = {}
+        self.report_generated: dict[str, datetime] = {}
 
     def count(self, account: str, operation: str) -> None:
         with self.lock:
@@ -632,6 +639,8 @@ class Launcher:
 
         if operation in MARKER_TAGS and service == "iam":
             return self.paginated(environ, start_response, operation, params)
+        if operation in ("GenerateCredentialReport", "GetCredentialReport") and service == "iam":
+            return self.credential_report(environ, start_response, operation, account)
         return self.app(environ, start_response)
 
     @staticmethod
@@ -711,6 +720,15 @@ class Launcher:
             except ValueError:
                 return self.aws_error(start_response, "iam", 400, "InvalidInput", "Invalid Marker.")
 
+        status, headers, body = self.call_app(environ)
+        if status.startswith("200"):
+            short = self.state.short_pages and page % 3 == 1
+            size = max(1, max_items // 2) if short else max_items
+            body = self.slice_page(body, op, size, page, after)
+        return self.respond(start_response, status, headers, body)
+
+    def call_app(self, environ: dict) -> tuple[str, list, bytes]:
+        """Runs moto on the request and returns its whole answer, to be rewritten."""
         captured: dict[str, Any] = {}
         chunks: list[bytes] = []
 
@@ -725,16 +743,66 @@ class Launcher:
         finally:
             if hasattr(result, "close"):
                 result.close()
-        status, headers = captured["status"], captured["headers"]
-        body = b"".join(chunks)
-        if status.startswith("200"):
-            short = self.state.short_pages and page % 3 == 1
-            size = max(1, max_items // 2) if short else max_items
-            body = self.slice_page(body, op, size, page, after)
+        return captured["status"], captured["headers"], b"".join(chunks)
+
+    @staticmethod
+    def respond(start_response: Callable, status: str, headers: list, body: bytes) -> list[bytes]:
         headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
         headers.append(("Content-Length", str(len(body))))
         start_response(status, headers)
         return [body]
+
+    def credential_report(self, environ: dict, start_response: Callable, op: str, account: str) -> Iterable[bytes]:
+        """Closes moto's credential-report gaps: records when a report is really generated
+        (moto always says 2015-02-02T20:02:02Z) and adds the <root_account> row AWS always
+        has, as set through /_launcher/root."""
+        status, headers, body = self.call_app(environ)
+        if status.startswith("200") and op == "GenerateCredentialReport" and b"STARTED" in body:
+            with self.state.lock:
+                self.state.report_generated[account] = datetime.now(timezone.utc).replace(microsecond=0)
+        if status.startswith("200") and op == "GetCredentialReport":
+            body = self.rewrite_report(body, account)
+        return self.respond(start_response, status, headers, body)
+
+    def rewrite_report(self, body: bytes, account: str) -> bytes:
+        root = ET.fromstring(body)
+        ns = root.tag[1:].split("}", 1)[0] if root.tag.startswith("{") else ""
+        q = (lambda name: f"{{{ns}}}{name}") if ns else (lambda name: name)
+        result = root.find(q("GetCredentialReportResult"))
+        if result is None:
+            return body
+        with self.state.lock:
+            generated = self.state.report_generated.get(account)
+            root_row = self.state.root_rows.get(account)
+        if generated is not None:
+            for el in result.iter(q("GeneratedTime")):
+                el.text = fmt_date(generated)
+        content = result.find(q("Content"))
+        if root_row is not None and content is not None and content.text:
+            lines = base64.b64decode(content.text).decode("utf-8").split("\n")
+            header = lines[0].split(",")
+            created = (generated or datetime.now(timezone.utc)) - timedelta(days=3650)
+            values = dict.fromkeys(header, "N/A")
+            values.update({
+                "user": "<root_account>",
+                "arn": f"arn:aws:iam::{account}:root",
+                "user_creation_time": created.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+                "password_enabled": "not_supported",
+                "password_last_used": "no_information",
+                "password_last_changed": "not_supported",
+                "password_next_rotation": "not_supported",
+                "mfa_active": str(root_row["mfa_active"]).lower(),
+                "cert_1_active": "false",
+                "cert_2_active": "false",
+            })
+            for n in ("1", "2"):
+                active = root_row[f"access_key_{n}_active"]
+                values[f"access_key_{n}_active"] = str(active).lower()
+                if active:
+                    values[f"access_key_{n}_last_rotated"] = created.strftime("%Y-%m-%dT%H:%M:%S+00:00")
+            lines.insert(1, ",".join(values[h] for h in header))
+            content.text = base64.b64encode("\n".join(lines).encode("utf-8")).decode("ascii")
+        return ET.tostring(root, encoding="utf-8", xml_declaration=False)
 
     @staticmethod
     def slice_page(body: bytes, op: str, size: int, page: int, after: str | None) -> bytes:
@@ -792,6 +860,7 @@ class Launcher:
             ("POST", "/_launcher/key"): mutate_key,
             ("POST", "/_launcher/delete_key"): delete_key,
             ("POST", "/_launcher/delete_user"): delete_user,
+            ("POST", "/_launcher/root"): self.set_root,
             ("GET", "/_launcher/demo"): self.get_demo,
         }
         handler = routes.get((method, path))
@@ -825,6 +894,18 @@ class Launcher:
             ("Content-Length", str(len(data))),
         ])
         return [data]
+
+    def set_root(self, body: dict) -> dict:
+        account = want_account(body)
+        row = {}
+        for field in ("mfa_active", "access_key_1_active", "access_key_2_active"):
+            value = body.get(field, False)
+            if not isinstance(value, bool):
+                raise BadInput(f"{field}: expected true or false, got {value!r}")
+            row[field] = value
+        with self.state.lock:
+            self.state.root_rows[account] = row
+        return {"root": row}
 
     def get_counts(self, _: dict) -> dict:
         with self.state.lock:

@@ -8,6 +8,8 @@ Plain unittest; exits non-zero on failure. Timings go to stderr.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -480,6 +482,28 @@ class TestLauncher(unittest.TestCase):
         self.assertEqual(self.counts(OTHER), {"AssumeRole": 1, "ListUsers": 2})
         self.L.ok("/_launcher/counts/reset", {})
         self.assertEqual(self.L.ok("/_launcher/counts"), {})
+
+    def test_11_credential_report_root_row_and_generated_time(self) -> None:
+        account = "555555555555"
+        self.seed_users(account, 2, prefix="rep")
+        self.L.ok("/_launcher/root", {"account": account, "mfa_active": True, "access_key_1_active": True})
+        iam = self.iam(account)
+        before = datetime.now(timezone.utc).replace(microsecond=0)
+        self.assertEqual(iam.generate_credential_report()["State"], "STARTED")
+        self.assertEqual(iam.generate_credential_report()["State"], "COMPLETE")
+        report = iam.get_credential_report()
+        self.assertGreaterEqual(report["GeneratedTime"], before, "GeneratedTime should be real, not 2015")
+        rows = list(csv.DictReader(io.StringIO(report["Content"].decode())))
+        self.assertEqual(rows[0]["user"], "<root_account>")
+        self.assertEqual(rows[0]["arn"], f"arn:aws:iam::{account}:root")
+        self.assertEqual((rows[0]["mfa_active"], rows[0]["access_key_1_active"], rows[0]["access_key_2_active"]),
+                         ("true", "true", "false"))
+        self.assertNotEqual(rows[0]["access_key_1_last_rotated"], "N/A")
+        self.assertEqual(rows[0]["access_key_2_last_rotated"], "N/A")
+        self.assertEqual([r["user"] for r in rows[1:]], ["rep-00000", "rep-00001"])
+        self.assertEqual(len(rows[0]), len(rows[1]), "the root row has every column")
+        bad = self.L.control("/_launcher/root", {"account": account, "mfa_active": "yes"})
+        self.assertEqual(bad[0], 400)
 
 
 class TestLauncherProcess(unittest.TestCase):
