@@ -25,6 +25,11 @@ pub struct Cli {
     #[arg(long = "web.listen-address", default_value = ":9871", value_parser = parse_listen_address, value_name = "ADDR")]
     pub listen_address: SocketAddr,
 
+    /// Path to a web configuration file (exporter-toolkit format) enabling TLS and/or basic
+    /// authentication. Reloaded with the configuration (SIGHUP or /-/reload).
+    #[arg(long = "web.config.file", global = true, value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
+
     /// Path under which to expose metrics.
     #[arg(
         long = "web.telemetry-path",

@@ -25,6 +25,12 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    pub(crate) fn new(message: String) -> Self {
+        ConfigError(message)
+    }
+}
+
 /// The validated configuration with every default filled in.
 #[derive(Debug, Clone)]
 pub struct Config {

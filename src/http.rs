@@ -3,7 +3,8 @@
 
 use std::convert::Infallible;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use flate2::write::GzEncoder;
 use futures_util::stream;
@@ -12,6 +13,7 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -20,6 +22,10 @@ use crate::exposition::CONTENT_TYPE;
 use crate::health::Health;
 use crate::inventory::Inventory;
 use crate::refresher::unix_now;
+use crate::web_config::WebSecurity;
+
+/// A client that opens a connection and never completes the TLS handshake is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -32,6 +38,8 @@ pub struct Web {
     pub build: BuildInfo,
     pub telemetry_path: String,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// TLS and basic auth; replaced whole on reload.
+    pub security: RwLock<Arc<WebSecurity>>,
 }
 
 /// Serves until `shutdown` turns true.
@@ -48,22 +56,59 @@ pub async fn serve(listener: TcpListener, web: Arc<Web>, mut shutdown: watch::Re
             _ = shutdown.changed() => return,
         };
         let web = web.clone();
+        let tls = web.security.read().unwrap().tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let web = web.clone();
-                async move { Ok::<_, Infallible>(handle(&web, req).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match tls {
+                None => serve_connection(stream, web, peer).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, web, peer).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
 }
 
+async fn serve_connection<S>(io: S, web: Arc<Web>, peer: std::net::SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let web = web.clone();
+        async move { Ok::<_, Infallible>(handle(&web, req).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
 async fn handle(web: &Web, req: Request<Incoming>) -> Response<Body> {
+    let security = web.security.read().unwrap().clone();
+    if security.requires_auth() {
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        // bcrypt is deliberately slow: keep it off the async workers.
+        let header = header.map(str::to_string);
+        let ok = tokio::task::spawn_blocking(move || security.authorized(header.as_deref()))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            let mut resp = text(StatusCode::UNAUTHORIZED, "Unauthorized.\n");
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"iam-key-exporter\""),
+            );
+            return resp;
+        }
+    }
     let path = req.uri().path();
     let method = req.method();
     match path {

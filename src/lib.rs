@@ -14,3 +14,4 @@ pub mod inventory;
 pub mod logging;
 pub mod process;
 pub mod refresher;
+pub mod web_config;

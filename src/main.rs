@@ -17,6 +17,7 @@ use iam_key_exporter::config::{self, Config};
 use iam_key_exporter::health::Health;
 use iam_key_exporter::inventory::Inventory;
 use iam_key_exporter::refresher::{self, unix_now, Refresher};
+use iam_key_exporter::web_config::{self, WebSecurity};
 use iam_key_exporter::{http, logging};
 
 const BUILD: BuildInfo = BuildInfo {
@@ -32,8 +33,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_level, cli.log_format);
 
-    let cfg = match config::load(&cli.config_file) {
-        Ok(c) => Arc::new(c),
+    let (cfg, security) = match load_all(&cli) {
+        Ok((c, s)) => (Arc::new(c), s),
         Err(e) if matches!(cli.command, Some(Command::CheckConfig)) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -54,11 +55,24 @@ fn main() -> ExitCode {
                 cli.config_file.display(),
                 cfg.accounts.len()
             );
+            if let Some(web) = &cli.web_config_file {
+                println!("{}: valid", web.display());
+            }
             ExitCode::SUCCESS
         }
         Some(Command::Once { ref output }) => runtime.block_on(once(cfg, output)),
-        None => runtime.block_on(serve(cli, cfg)),
+        None => runtime.block_on(serve(cli, cfg, security)),
     }
+}
+
+/// Reads the configuration and, if given, the web configuration: both valid, or an error.
+fn load_all(cli: &Cli) -> Result<(Config, WebSecurity), config::ConfigError> {
+    let cfg = config::load(&cli.config_file)?;
+    let security = match &cli.web_config_file {
+        Some(path) => web_config::load(path)?,
+        None => WebSecurity::default(),
+    };
+    Ok((cfg, security))
 }
 
 /// Reads every account once and writes the exposition to `output` atomically.
@@ -91,7 +105,7 @@ async fn once(cfg: Arc<Config>, output: &Path) -> ExitCode {
     }
 }
 
-async fn serve(cli: Cli, cfg: Arc<Config>) -> ExitCode {
+async fn serve(cli: Cli, cfg: Arc<Config>, security: WebSecurity) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(cli.listen_address).await {
         Ok(l) => l,
         Err(e) => {
@@ -102,6 +116,8 @@ async fn serve(cli: Cli, cfg: Arc<Config>) -> ExitCode {
     tracing::info!(
         version = BUILD.version,
         address = %cli.listen_address,
+        tls = security.tls.is_some(),
+        basic_auth = security.requires_auth(),
         config = %cli.config_file.display(),
         accounts = cfg.accounts.len(),
         "starting iam-key-exporter"
@@ -117,8 +133,9 @@ async fn serve(cli: Cli, cfg: Arc<Config>) -> ExitCode {
         build: BUILD,
         telemetry_path: cli.telemetry_path.clone(),
         reload: reload_tx.clone(),
+        security: std::sync::RwLock::new(Arc::new(security)),
     });
-    let server = tokio::spawn(http::serve(listener, web, shutdown_rx));
+    let server = tokio::spawn(http::serve(listener, web.clone(), shutdown_rx));
     let mut refresher = Refresher::start(cfg, inventory.clone(), health.clone()).await;
 
     let mut sigterm = signal(SignalKind::terminate()).expect("cannot watch SIGTERM");
@@ -130,8 +147,9 @@ async fn serve(cli: Cli, cfg: Arc<Config>) -> ExitCode {
             _ = sighup.recv() => None,
             Some(reply) = reload_rx.recv() => Some(reply),
         };
-        let result = match config::load(&cli.config_file) {
-            Ok(next) => {
+        let result = match load_all(&cli) {
+            Ok((next, security)) => {
+                *web.security.write().unwrap() = Arc::new(security);
                 refresher.stop().await;
                 refresher =
                     Refresher::start(Arc::new(next), inventory.clone(), health.clone()).await;

@@ -1,4 +1,4 @@
-//! The background loop that keeps the inventory fresh. AWS is called here and nowhere else.
+//! The background loop that keeps the inventory fresh: the only caller of the AWS layer.
 //!
 //! Each account has its own task, so one account's timeout or throttling never delays
 //! another's schedule, and its refreshes run one after another, never overlapping. A shared
