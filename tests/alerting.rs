@@ -30,19 +30,15 @@ const PRODUCTION: &str = "111111111111";
 const STAGING: &str = "222222222222";
 /// Dashboard coverage: an account whose AssumeRole is denied (down, with errors).
 const SANDBOX: &str = "333333333333";
+/// Read through the credential report, whose `<root_account>` row (added by the launcher;
+/// moto has none) shows an active root access key.
+const ROOTED: &str = "444444444444";
 
 const TOO_OLD: &str = "IAMAccessKeyTooOld";
 const UNUSED: &str = "IAMAccessKeyUnused";
 const MULTIPLE: &str = "IAMUserMultipleActiveKeys";
 const ACCOUNT_DOWN: &str = "IAMKeyExporterAccountDown";
-
-/// Metrics only the `credential_report` source exports; this test reads accounts with `api`.
-const CREDENTIAL_REPORT_METRICS: &[&str] = &[
-    "aws_iam_root_access_key_active",
-    "aws_iam_root_mfa_active",
-    "aws_iam_user_mfa_active",
-    "aws_iam_credential_report_generated_timestamp_seconds",
-];
+const ROOT_KEY: &str = "IAMRootAccessKeyPresent";
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -90,6 +86,15 @@ fn shipped_rules_page_the_right_keys_and_every_dashboard_panel_has_data() {
     moto.faults(json!([
         {"kind": "access_denied", "operation": "AssumeRole", "account": SANDBOX}
     ]));
+    moto.seed(
+        ROOTED,
+        json!([{"name": "billing-export", "keys": [
+            {"status": "Active", "create_date": d5, "last_used": used(&d1, "s3")}]}]),
+    );
+    moto.post(
+        "/_launcher/root",
+        json!({"account": ROOTED, "mfa_active": false, "access_key_1_active": true}),
+    );
 
     // refresh_interval 1s: a key deleted in IAM is gone from /metrics a second later.
     let exporter = Exporter::start(
@@ -101,6 +106,7 @@ accounts:
   - {{id: "{PRODUCTION}", name: production, labels: {{team: platform}}}}
   - {{id: "{STAGING}", name: staging, labels: {{team: data}}}}
   - {{id: "{SANDBOX}", name: sandbox, labels: {{team: data}}}}
+  - {{id: "{ROOTED}", name: legacy-root, source: credential_report, labels: {{team: finance}}}}
 "#
         ),
     );
@@ -145,6 +151,7 @@ accounts:
     let mut expected_firing = expected_key_alerts.clone();
     expected_firing.insert(id(MULTIPLE, "staging", "legacy-batch", ""));
     expected_firing.insert(id(ACCOUNT_DOWN, "sandbox", "", ""));
+    expected_firing.insert(id(ROOT_KEY, "legacy-root", "", ""));
 
     // Prometheus' view: exactly these alerts fire (IAMKeyExporterDown fires for the few
     // seconds before the first scrape, with `for: 0s`, so this polls until it is gone).
@@ -218,6 +225,15 @@ accounts:
         description.contains(&format!("({staging_old_key}, {staging_new_key})"))
             || description.contains(&format!("({staging_new_key}, {staging_old_key})")),
         "IAMUserMultipleActiveKeys does not list both keys: {description:?}"
+    );
+    let root = wait_for("IAMRootAccessKeyPresent at the webhook", TIMEOUT, || {
+        webhook.find(&id(ROOT_KEY, "legacy-root", "", ""), "firing")
+    });
+    shipped.assert_annotations(&root, &["account_name", "account_id"]);
+    assert_eq!(root["labels"]["severity"], "critical");
+    assert_eq!(
+        root["labels"]["key"], "1",
+        "the alert names the root key slot"
     );
     let down = wait_for("IAMKeyExporterAccountDown at the webhook", TIMEOUT, || {
         webhook.find(&id(ACCOUNT_DOWN, "sandbox", "", ""), "firing")
@@ -329,28 +345,9 @@ fn check_dashboard(prometheus: &Prometheus) {
         path.display()
     );
 
-    let (needs_report, mut pending): (Vec<_>, Vec<_>) = queries
-        .into_iter()
-        .partition(|q| CREDENTIAL_REPORT_METRICS.iter().any(|m| q.expr.contains(m)));
-
-    // TODO(credential_report): aws_iam_root_access_key_active, aws_iam_root_mfa_active,
-    // aws_iam_user_mfa_active and aws_iam_credential_report_generated_timestamp_seconds come
-    // only from `source: credential_report`. Until this test reads an account with that source
-    // (for the root metrics, moto's report has no `<root_account>` row: the launcher must add
-    // one), these panels ("Active root access keys", "Root access keys present") are only
-    // checked to parse. Then drop this partition so they join `pending` (must return data).
-    for q in &needs_report {
-        let r = prometheus.query(&q.expr);
-        assert_eq!(
-            r["status"], "success",
-            "{}: query rejected by Prometheus: {}\n{r}",
-            q.what, q.expr
-        );
-        eprintln!(
-            "TODO(credential_report): only parsed, not checked for data: {}: {}",
-            q.what, q.expr
-        );
-    }
+    // Every panel, including the root-key and MFA ones, which the credential_report account
+    // feeds.
+    let mut pending = queries;
 
     // Queries over counters (rate, increase) need two scrapes in their window: poll.
     let mut last: BTreeMap<String, String> = BTreeMap::new();
