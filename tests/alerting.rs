@@ -162,18 +162,7 @@ accounts:
             .map(|s| AlertId::of(&s["metric"]))
             .collect()
     };
-    let mut last = BTreeSet::new();
-    wait_for_or(TIMEOUT, || {
-        last = firing_in_prometheus();
-        (last == expected_firing).then_some(())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "ALERTS{{alertstate=\"firing\"}} in Prometheus:\n  {}\nexpected:\n  {}",
-            fmt_ids(&last),
-            fmt_ids(&expected_firing)
-        )
-    });
+    wait_for_firing(&firing_in_prometheus, &expected_firing, "at first");
 
     // Alertmanager delivers each key alert to the webhook, firing, with the shipped labels
     // and annotations.
@@ -275,18 +264,11 @@ accounts:
         "resolved alert without endsAt: {resolved}"
     );
     expected_firing.remove(&too_old_prod);
-    let mut last = BTreeSet::new();
-    wait_for_or(TIMEOUT, || {
-        last = firing_in_prometheus();
-        (last == expected_firing).then_some(())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "after the deletion, ALERTS firing:\n  {}\nexpected:\n  {}",
-            fmt_ids(&last),
-            fmt_ids(&expected_firing)
-        )
-    });
+    wait_for_firing(
+        &firing_in_prometheus,
+        &expected_firing,
+        "after the deletion",
+    );
 
     // Nothing arrived late about the keys that must never page.
     webhook.assert_none_about(&forbidden_keys, &["former-admin", "new-service"]);
@@ -333,6 +315,26 @@ struct DashboardQuery {
 
 /// Sends every panel query of deploy/grafana/iam-key-exporter.json to Prometheus: each must
 /// return data, except those on credential-report-only metrics, which must parse.
+/// Polls until the alerts firing in Prometheus are exactly `expected`.
+fn wait_for_firing(
+    firing: &dyn Fn() -> BTreeSet<AlertId>,
+    expected: &BTreeSet<AlertId>,
+    when: &str,
+) {
+    let mut last = BTreeSet::new();
+    wait_for_or(TIMEOUT, || {
+        last = firing();
+        (last == *expected).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{when}, ALERTS{{alertstate=\"firing\"}} in Prometheus:\n  {}\nexpected:\n  {}",
+            fmt_ids(&last),
+            fmt_ids(expected)
+        )
+    });
+}
+
 fn check_dashboard(prometheus: &Prometheus) {
     let path = repo().join("deploy/grafana/iam-key-exporter.json");
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())

@@ -303,10 +303,7 @@ fn large_account_is_read_in_full_with_the_minimum_of_calls() {
 #[test]
 fn a_throttling_burst_is_retried_to_complete_data() {
     let moto = Moto::start();
-    let users: Vec<_> = (0..20)
-        .map(|i| json!({"name": format!("u{i:02}"), "keys": [{}]}))
-        .collect();
-    moto.seed(A, json!(users));
+    moto.seed(A, users("u", 20, 1));
     moto.faults(json!([
         {"kind": "throttle", "operation": "ListUsers", "account": A, "count": 2},
         {"kind": "throttle", "operation": "ListAccessKeys", "account": A, "count": 8},
@@ -507,10 +504,7 @@ fn once_mode_writes_the_metrics_file_atomically() {
 #[test]
 fn users_and_keys_deleted_during_a_scan_are_skipped() {
     let moto = Moto::start();
-    let users: Vec<_> = (0..6)
-        .map(|i| json!({"name": format!("u{i}"), "keys": [{}]}))
-        .collect();
-    moto.seed(A, json!(users));
+    moto.seed(A, users("u", 6, 1));
     // IAM answers NoSuchEntity for a user deleted after ListUsers listed it, and for a key
     // deleted after ListAccessKeys listed it.
     moto.faults(json!([

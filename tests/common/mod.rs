@@ -41,6 +41,16 @@ pub fn days_ago(days: f64) -> (f64, String) {
     (t, iso.to_string())
 }
 
+/// `n` users named `{prefix}{i:05}` for the launcher's seed, each with `keys` default keys.
+pub fn users(prefix: &str, n: usize, keys: usize) -> Value {
+    let keys: Vec<Value> = (0..keys).map(|_| json!({})).collect();
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"name": format!("{prefix}{i:05}"), "keys": keys}))
+            .collect(),
+    )
+}
+
 /// Polls `f` until it returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
