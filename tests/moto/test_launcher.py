@@ -34,6 +34,7 @@ KEYS = "555555555555"      # ListAccessKeys pagination
 FAULTY = "666666666666"    # faults
 OTHER = "777777777777"     # works while FAULTY is denied
 SEEDED = "888888888888"    # seeding/mutation round trips
+REPORT = "121212121212"    # credential report rewriting
 N_BIG = 2500
 
 NO_RETRY = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
@@ -484,7 +485,7 @@ class TestLauncher(unittest.TestCase):
         self.assertEqual(self.L.ok("/_launcher/counts"), {})
 
     def test_11_credential_report_root_row_and_generated_time(self) -> None:
-        account = "555555555555"
+        account = REPORT
         self.seed_users(account, 2, prefix="rep")
         self.L.ok("/_launcher/root", {"account": account, "mfa_active": True, "access_key_1_active": True})
         iam = self.iam(account)
