@@ -35,6 +35,7 @@ impl ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub refresh_interval: Duration,
+    pub refresh_timeout: Duration,
     pub concurrency: usize,
     pub max_staleness: Duration,
     pub sts: Sts,
@@ -106,6 +107,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 struct File {
     #[serde(default = "defaults::refresh_interval")]
     refresh_interval: HumanDuration,
+    #[serde(default = "defaults::refresh_timeout")]
+    refresh_timeout: HumanDuration,
     #[serde(default = "defaults::concurrency")]
     concurrency: Positive,
     #[serde(default = "defaults::max_staleness")]
@@ -217,6 +220,9 @@ mod defaults {
     pub fn refresh_interval() -> HumanDuration {
         HumanDuration(Duration::from_secs(15 * 60))
     }
+    pub fn refresh_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10 * 60))
+    }
     pub fn max_staleness() -> HumanDuration {
         HumanDuration(Duration::from_secs(2 * 3600))
     }
@@ -292,6 +298,7 @@ impl File {
             .collect();
         Ok(Config {
             refresh_interval: self.refresh_interval.0,
+            refresh_timeout: self.refresh_timeout.0,
             concurrency: self.concurrency.0,
             max_staleness: self.max_staleness.0,
             sts,

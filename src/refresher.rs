@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use crate::aws::{self, AccountReader};
 use crate::config::{Account, Config};
 use crate::health::Health;
-use crate::inventory::{AccountState, Inventory};
+use crate::inventory::{AccountState, Inventory, RefreshError};
 
 /// The running account tasks of one configuration.
 pub struct Refresher {
@@ -91,7 +91,20 @@ impl AccountTask {
 
     async fn refresh(&self) {
         let started = Instant::now();
-        let result = self.reader.read().await;
+        // Per-call timeouts bound each request, not a whole scan: without this an endpoint
+        // that stalls every call would hold a `concurrency` permit for users × timeout.
+        let limit = self.cfg.refresh_timeout;
+        let result = match tokio::time::timeout(limit, self.reader.read()).await {
+            Ok(r) => r,
+            Err(_) => Err(RefreshError {
+                stage: "refresh",
+                code: "RefreshTimeout".into(),
+                message: format!(
+                    "the refresh did not finish within refresh_timeout ({})",
+                    humantime::format_duration(limit)
+                ),
+            }),
+        };
         let duration = started.elapsed().as_secs_f64();
         let now = unix_now();
 

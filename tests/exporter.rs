@@ -537,3 +537,99 @@ fn users_and_keys_deleted_during_a_scan_are_skipped() {
         .find("iam_key_exporter_refresh_errors_total", &[])
         .is_empty());
 }
+
+#[test]
+fn a_refresh_that_runs_too_long_is_abandoned_and_frees_its_slot() {
+    let moto = Moto::start();
+    moto.seed(A, users("slow", 10, 1));
+    moto.seed(B, users("ok", 1, 1));
+    // Every ListAccessKeys of A hangs; each call alone is within its own timeout (30s), so
+    // only the refresh deadline ends A's scan. With concurrency 1, B waits for that slot.
+    moto.faults(json!([
+        {"kind": "stall", "operation": "ListAccessKeys", "account": A, "delay_seconds": 600}
+    ]));
+    let exporter = Exporter::start(
+        &moto,
+        &format!(
+            "refresh_interval: 1h\nrefresh_timeout: 3s\nconcurrency: 1\n\
+             aws: {{attempt_timeout: 30s, operation_timeout: 60s}}\n\
+             accounts:\n  - {{id: \"{A}\"}}\n  - {{id: \"{B}\"}}\n"
+        ),
+    );
+    exporter.wait_ready(Duration::from_secs(60));
+    let m = exporter.scrape();
+    assert_eq!(
+        m.get(
+            "iam_key_exporter_refresh_errors_total",
+            &[
+                ("account_id", A),
+                ("stage", "refresh"),
+                ("code", "RefreshTimeout")
+            ]
+        ),
+        Some(1.0),
+        "{}",
+        m.raw
+    );
+    assert_eq!(m.get(UP, &[("account_id", A)]), Some(0.0));
+    assert_eq!(m.get(UP, &[("account_id", B)]), Some(1.0));
+    assert_eq!(m.find(KEY_CREATED, &[("account_id", B)]).len(), 1);
+}
+
+#[test]
+fn no_secret_reaches_the_log_even_at_debug() {
+    let moto = Moto::start();
+    moto.seed(A, users("u", 2, 1));
+    moto.faults(json!([{"kind": "access_denied", "operation": "AssumeRole", "account": B}]));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("refresh_interval: 1s\naccounts:\n  - {{id: \"{A}\"}}\n  - {{id: \"{B}\"}}\n  - {{id: \"{BASE}\", assume_role: false}}\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut cmd = exporter_command(&moto);
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=debug");
+    let log = dir.path().join("exporter.log");
+    let _exporter = ChildGuard::spawn("exporter", cmd, &log);
+    // Several refreshes, one failing AssumeRole, one session, base credentials.
+    wait_for(
+        "three refreshes of the account",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            (text.matches("account_id=111111111111").count() >= 3 && text.contains("AccessDenied"))
+                .then_some(())
+        },
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("assumed role"),
+        "the debug log was not captured:\n{text}"
+    );
+    // The base secret the exporter was given.
+    let base_secret = exporter_command(&moto)
+        .get_envs()
+        .find(|(k, _)| *k == "AWS_SECRET_ACCESS_KEY")
+        .and_then(|(_, v)| v.map(|v| v.to_string_lossy().to_string()))
+        .unwrap();
+    assert!(
+        !text.contains(&base_secret),
+        "the secret access key is in the log"
+    );
+    for needle in [
+        "SecretAccessKey",
+        "secret_access_key",
+        "SessionToken",
+        "session_token",
+        "X-Amz-Security-Token",
+    ] {
+        assert!(
+            !text.to_lowercase().contains(&needle.to_lowercase()),
+            "{needle} in the log:\n{text}"
+        );
+    }
+}
