@@ -122,7 +122,8 @@ impl Family {
         match self.rows {
             Rows::Key(value) => {
                 for (i, k) in s.keys.iter().enumerate().skip(start) {
-                    if out.len() >= CHUNK {
+                    // Only after a row: yielding without progress would repeat the header.
+                    if i > start && out.len() >= CHUNK {
                         return Some(i);
                     }
                     let Some((v, extra)) = value(k, now) else {
@@ -146,7 +147,8 @@ impl Family {
             }
             Rows::User(value) => {
                 for (i, u) in s.users.iter().enumerate().skip(start) {
-                    if out.len() >= CHUNK {
+                    // Only after a row: yielding without progress would repeat the header.
+                    if i > start && out.len() >= CHUNK {
                         return Some(i);
                     }
                     if let Some(v) = value(u) {
@@ -348,6 +350,57 @@ impl Iterator for Exposition {
                 &mut self.buf,
                 Vec::with_capacity(CHUNK + CHUNK / 4),
             ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Account;
+    use crate::inventory::User;
+
+    fn state(users: usize, name_pad: usize) -> Arc<AccountState> {
+        let mut snapshot = Snapshot::default();
+        for i in 0..users {
+            let name = format!("{}{i}", "u".repeat(name_pad));
+            snapshot.users.push(User { name: name.clone(), created: 1e9, password_last_used: None, mfa_active: None });
+            snapshot.keys.push(AccessKey { user: name, id: format!("AKIA{i:016}"), active: true, created: 1e9, last_used: None });
+        }
+        let account = Account {
+            id: "111111111111".into(),
+            name: "a".into(),
+            source: Default::default(),
+            role: None,
+            labels: Default::default(),
+        };
+        let mut s = AccountState::new(Arc::new(account));
+        s.snapshot = Some(Arc::new(snapshot));
+        Arc::new(s)
+    }
+
+    #[test]
+    fn every_family_appears_once_and_contiguous_wherever_chunks_end() {
+        let health = Health::new(0.0);
+        let build = BuildInfo { version: "t", revision: "t", rustc_version: "t" };
+        // Varying name lengths move every chunk boundary across header and row positions.
+        for pad in 0..160 {
+            let accounts = [state(300, pad)];
+            let text: Vec<u8> = render(&accounts, &health, &build, 2e9).flatten().collect();
+            let text = String::from_utf8(text).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            let mut current = String::new();
+            for line in text.lines() {
+                if let Some(rest) = line.strip_prefix("# HELP ") {
+                    let name = rest.split(' ').next().unwrap().to_string();
+                    assert!(seen.insert(name.clone()), "pad {pad}: HELP for {name} twice");
+                    current = name;
+                } else if !line.starts_with('#') {
+                    let name = line.split(['{', ' ']).next().unwrap();
+                    assert_eq!(name, current, "pad {pad}: {name} outside its family");
+                }
+            }
+            assert_eq!(text.matches("aws_iam_access_key_age_seconds{").count(), 300);
         }
     }
 }
