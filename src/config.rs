@@ -31,6 +31,9 @@ impl ConfigError {
     }
 }
 
+/// Refresh intervals vary by ± this fraction, so many accounts do not hit AWS in lockstep.
+pub const REFRESH_JITTER: f64 = 0.1;
+
 /// The validated configuration with every default filled in.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -78,6 +81,13 @@ pub struct Account {
 pub struct Role {
     pub arn: String,
     pub external_id: Option<String>,
+}
+
+impl Config {
+    /// The longest wait between the end of one refresh of an account and the start of the next.
+    pub fn longest_refresh_gap(&self) -> Duration {
+        self.refresh_interval.mul_f64(1.0 + REFRESH_JITTER)
+    }
 }
 
 /// Reads and validates a configuration file.

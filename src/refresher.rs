@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::aws::{self, AccountReader};
-use crate::config::{Account, Config};
+use crate::config::{Account, Config, REFRESH_JITTER};
 use crate::health::Health;
 use crate::inventory::{AccountState, Inventory, RefreshError};
 
@@ -154,9 +154,9 @@ impl AccountTask {
     }
 }
 
-/// `interval` ± 10 %.
+/// `interval` ± `REFRESH_JITTER`.
 fn jittered(interval: Duration) -> Duration {
-    interval.mul_f64(0.9 + fastrand::f64() * 0.2)
+    interval.mul_f64(1.0 - REFRESH_JITTER + fastrand::f64() * 2.0 * REFRESH_JITTER)
 }
 
 pub fn unix(t: SystemTime) -> f64 {

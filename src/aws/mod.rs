@@ -123,6 +123,7 @@ impl AccountReader {
                 aws_sdk_sts::Client::from_conf(sts),
                 role.clone(),
                 &cfg.sts,
+                cfg.longest_refresh_gap(),
                 account,
                 health,
             ))

@@ -1,5 +1,10 @@
-//! Assumed-role sessions: one per account, reused across refreshes and renewed
-//! `renew_before` ahead of expiry.
+//! Assumed-role sessions: one per account, reused across refreshes and renewed ahead of
+//! expiry.
+//!
+//! A session is only used (and so only renewed) during refreshes. It is therefore renewed at
+//! the first refresh that would otherwise leave it within `renew_before` of expiry before the
+//! next refresh starts; the exported expiry then never comes that close unless renewal fails,
+//! which is what the session-expiry alert watches for.
 //!
 //! The SDK's `AssumeRoleProvider` behind its lazy identity cache would also renew, but it
 //! hides when it assumes, what failed and when the session ends. A refresh needs all three:
@@ -23,7 +28,9 @@ pub struct Session {
     role: Role,
     session_name: String,
     duration: Duration,
-    renew_before: Duration,
+    /// Renew when less than this is left: `renew_before` plus the longest wait until the
+    /// next refresh.
+    renew_within: Duration,
     account_id: String,
     account_name: String,
     health: Arc<Health>,
@@ -44,6 +51,7 @@ impl Session {
         sts: aws_sdk_sts::Client,
         role: Role,
         cfg: &Sts,
+        longest_refresh_gap: Duration,
         account: &Account,
         health: Arc<Health>,
     ) -> Self {
@@ -52,7 +60,7 @@ impl Session {
             role,
             session_name: cfg.session_name.clone(),
             duration: cfg.session_duration,
-            renew_before: cfg.renew_before,
+            renew_within: cfg.renew_before + longest_refresh_gap,
             account_id: account.id.clone(),
             account_name: account.name.clone(),
             health,
@@ -72,13 +80,13 @@ impl Session {
     }
 
     /// Valid credentials for the role, assuming it again only when the current ones are
-    /// missing or within `renew_before` of expiry.
+    /// missing or due for renewal.
     pub async fn credentials(&self) -> Result<Credentials, AwsError> {
         let mut current = self.current.lock().await;
         if let Some(c) = current.as_ref() {
             let fresh = c
                 .expiry()
-                .is_none_or(|e| e > SystemTime::now() + self.renew_before);
+                .is_none_or(|e| e > SystemTime::now() + self.renew_within);
             if fresh {
                 return Ok(c.clone());
             }
