@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use iam_key_exporter::collector::{self, BuildInfo};
+use iam_key_exporter::collector::{self, BuildInfo, Scope};
 use iam_key_exporter::config::Account;
 use iam_key_exporter::health::Health;
 use iam_key_exporter::inventory::{AccessKey, AccountState, LastUse, Snapshot, User};
@@ -80,14 +80,14 @@ fn main() {
         let runs = if keys >= 100_000 { 10 } else { 50 };
         // Size of the output, measured outside the timed runs.
         let (mut bytes, mut lines) = (0, 0);
-        for chunk in collector::render(&accounts, &health, &BUILD, NOW) {
+        for chunk in collector::render(&accounts, &health, &BUILD, Scope::Server, NOW) {
             bytes += chunk.len();
             lines += chunk.iter().filter(|c| **c == b'\n').count();
         }
         let mut times = Vec::new();
         for _ in 0..runs {
             let start = Instant::now();
-            for chunk in collector::render(&accounts, &health, &BUILD, NOW) {
+            for chunk in collector::render(&accounts, &health, &BUILD, Scope::Server, NOW) {
                 std::hint::black_box(&chunk);
             }
             times.push(start.elapsed().as_secs_f64() * 1000.0);

@@ -30,6 +30,10 @@ pub struct Cli {
     #[arg(long = "web.config.file", global = true, value_name = "PATH")]
     pub web_config_file: Option<PathBuf>,
 
+    /// Allow reloading the configuration with a POST or PUT to /-/reload (SIGHUP always works).
+    #[arg(long = "web.enable-lifecycle")]
+    pub enable_lifecycle: bool,
+
     /// Path under which to expose metrics.
     #[arg(
         long = "web.telemetry-path",

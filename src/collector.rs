@@ -183,6 +183,16 @@ pub struct BuildInfo {
     pub rustc_version: &'static str,
 }
 
+/// Where the exposition goes.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Scope {
+    /// `/metrics` of the running exporter: everything.
+    Server,
+    /// A file written by `once`: no `process_*` (the process is gone when the file is read,
+    /// and node_exporter's textfile collector would clash with its own) and no reload state.
+    File,
+}
+
 /// The exposition of one scrape, as an iterator of text chunks.
 pub struct Exposition {
     buf: Vec<u8>,
@@ -200,6 +210,7 @@ pub fn render(
     accounts: &[Arc<AccountState>],
     health: &Health,
     build: &BuildInfo,
+    scope: Scope,
     now: f64,
 ) -> Exposition {
     let mut buf = Vec::with_capacity(CHUNK * 2);
@@ -213,7 +224,7 @@ pub fn render(
         .with("version", build.version)
         .with("revision", build.revision)
         .with("rustc_version", build.rustc_version);
-    for (name, help, labels, value) in [
+    let gauges = [
         (
             "iam_key_exporter_accounts",
             "Accounts this exporter reads, by where they were found.",
@@ -238,11 +249,17 @@ pub fn render(
             build_labels.as_str(),
             1.0,
         ),
-    ] {
+    ];
+    for (name, help, labels, value) in gauges {
+        if scope == Scope::File && name.contains("config_last_reload") {
+            continue;
+        }
         write_header(&mut buf, name, "gauge", help);
         write_sample(&mut buf, name, labels, value);
     }
-    process::render(&mut buf);
+    if scope == Scope::Server {
+        process::render(&mut buf);
+    }
 
     let accounts = accounts
         .iter()
@@ -250,8 +267,11 @@ pub fn render(
             let account = Labels::new()
                 .with("account_id", &s.account.id)
                 .with("account_name", &s.account.name);
+            // Data past its max_staleness is gone even if no refresh has failed since.
+            let fresh = s.data_expires.is_none_or(|t| now <= t);
             s.snapshot
                 .clone()
+                .filter(|_| fresh)
                 .map(|snapshot| Prepared { snapshot, account })
         })
         .collect();
@@ -271,8 +291,8 @@ fn write_account_families(out: &mut Vec<u8>, accounts: &[Arc<AccountState>]) {
     let families: [(&str, &str, Value); 4] = [
         (
             "iam_key_exporter_account_up",
-            "1 if the last refresh of the account succeeded, else 0.",
-            |s| Some(if s.up { 1.0 } else { 0.0 }),
+            "1 if the last refresh of the account succeeded, else 0; absent before the first.",
+            |s| s.attempted.then_some(if s.up { 1.0 } else { 0.0 }),
         ),
         (
             "iam_key_exporter_account_last_success_timestamp_seconds",
@@ -364,8 +384,19 @@ mod tests {
         let mut snapshot = Snapshot::default();
         for i in 0..users {
             let name = format!("{}{i}", "u".repeat(name_pad));
-            snapshot.users.push(User { name: name.clone(), created: 1e9, password_last_used: None, mfa_active: None });
-            snapshot.keys.push(AccessKey { user: name, id: format!("AKIA{i:016}"), active: true, created: 1e9, last_used: None });
+            snapshot.users.push(User {
+                name: name.clone(),
+                created: 1e9,
+                password_last_used: None,
+                mfa_active: None,
+            });
+            snapshot.keys.push(AccessKey {
+                user: name,
+                id: format!("AKIA{i:016}"),
+                active: true,
+                created: 1e9,
+                last_used: None,
+            });
         }
         let account = Account {
             id: "111111111111".into(),
@@ -382,18 +413,27 @@ mod tests {
     #[test]
     fn every_family_appears_once_and_contiguous_wherever_chunks_end() {
         let health = Health::new(0.0);
-        let build = BuildInfo { version: "t", revision: "t", rustc_version: "t" };
+        let build = BuildInfo {
+            version: "t",
+            revision: "t",
+            rustc_version: "t",
+        };
         // Varying name lengths move every chunk boundary across header and row positions.
         for pad in 0..160 {
             let accounts = [state(300, pad)];
-            let text: Vec<u8> = render(&accounts, &health, &build, 2e9).flatten().collect();
+            let text: Vec<u8> = render(&accounts, &health, &build, Scope::Server, 2e9)
+                .flatten()
+                .collect();
             let text = String::from_utf8(text).unwrap();
             let mut seen = std::collections::HashSet::new();
             let mut current = String::new();
             for line in text.lines() {
                 if let Some(rest) = line.strip_prefix("# HELP ") {
                     let name = rest.split(' ').next().unwrap().to_string();
-                    assert!(seen.insert(name.clone()), "pad {pad}: HELP for {name} twice");
+                    assert!(
+                        seen.insert(name.clone()),
+                        "pad {pad}: HELP for {name} twice"
+                    );
                     current = name;
                 } else if !line.starts_with('#') {
                     let name = line.split(['{', ' ']).next().unwrap();

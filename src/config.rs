@@ -35,7 +35,7 @@ impl ConfigError {
 pub const REFRESH_JITTER: f64 = 0.1;
 
 /// The validated configuration with every default filled in.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub refresh_interval: Duration,
     pub refresh_timeout: Duration,
@@ -46,7 +46,7 @@ pub struct Config {
     pub accounts: Vec<Arc<Account>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sts {
     pub region: String,
     pub session_name: String,
@@ -55,7 +55,7 @@ pub struct Sts {
 }
 
 /// Timeouts, retries and per-account request concurrency for every AWS client.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AwsClient {
     pub connect_timeout: Duration,
     pub attempt_timeout: Duration,
@@ -84,6 +84,15 @@ pub struct Role {
 }
 
 impl Config {
+    /// Whether everything but the account list is the same.
+    pub fn same_settings(&self, other: &Config) -> bool {
+        let without_accounts = |c: &Config| Config {
+            accounts: Vec::new(),
+            ..c.clone()
+        };
+        without_accounts(self) == without_accounts(other)
+    }
+
     /// The longest wait between the end of one refresh of an account and the start of the next.
     pub fn longest_refresh_gap(&self) -> Duration {
         self.refresh_interval.mul_f64(1.0 + REFRESH_JITTER)

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::collector::{self, BuildInfo};
+use crate::collector::{self, BuildInfo, Scope};
 use crate::exposition::CONTENT_TYPE;
 use crate::health::Health;
 use crate::inventory::Inventory;
@@ -38,6 +38,8 @@ pub struct Web {
     pub build: BuildInfo,
     pub telemetry_path: String,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// `--web.enable-lifecycle`: whether /-/reload may be used.
+    pub lifecycle: bool,
     /// TLS and basic auth; replaced whole on reload.
     pub security: RwLock<Arc<WebSecurity>>,
 }
@@ -122,6 +124,10 @@ async fn handle(web: &Web, req: Request<Incoming>) -> Response<Body> {
             StatusCode::SERVICE_UNAVAILABLE,
             "Not ready: some accounts have not been read yet.\n",
         ),
+        "/-/reload" if !web.lifecycle => text(
+            StatusCode::FORBIDDEN,
+            "Lifecycle API is not enabled (--web.enable-lifecycle); SIGHUP reloads too.\n",
+        ),
         "/-/reload" if matches!(*method, Method::POST | Method::PUT) => reload(web).await,
         "/-/reload" => text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -136,6 +142,7 @@ fn metrics(web: &Web, req: &Request<Incoming>) -> Response<Body> {
         &web.inventory.accounts(),
         &web.health,
         &web.build,
+        Scope::Server,
         unix_now().floor(),
     );
     let gzip = accepts_gzip(req);

@@ -66,7 +66,7 @@ pub struct RefreshError {
 }
 
 /// Everything the collector and the landing page show about one account.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AccountState {
     pub account: Arc<Account>,
     /// The last successful snapshot, kept through failures until it is older than
@@ -75,6 +75,8 @@ pub struct AccountState {
     pub up: bool,
     pub attempted: bool,
     pub last_success: Option<Timestamp>,
+    /// When the snapshot becomes too old to show: the last success plus `max_staleness`.
+    pub data_expires: Option<Timestamp>,
     pub last_duration: Option<f64>,
     pub last_error: Option<RefreshError>,
     pub session_expiry: Option<Timestamp>,
@@ -88,6 +90,7 @@ impl AccountState {
             up: false,
             attempted: false,
             last_success: None,
+            data_expires: None,
             last_duration: None,
             last_error: None,
             session_expiry: None,
@@ -117,14 +120,19 @@ impl Inventory {
         self.accounts.write().unwrap().insert(id, Arc::new(state));
     }
 
-    /// Makes the store hold exactly `accounts`: states of accounts that stay (same id and
-    /// settings) are kept, new or changed ones start empty, removed ones are dropped.
+    /// Makes the store hold exactly `accounts`: an account that stays keeps its state (also
+    /// when its name, labels or role changed: its IAM data is the same), one whose source
+    /// changed or that is new starts empty, removed ones are dropped.
     pub fn retain_only(&self, accounts: &[Arc<Account>]) {
         let mut map = self.accounts.write().unwrap();
         let mut next = BTreeMap::new();
         for account in accounts {
             let state = match map.remove(&account.id) {
                 Some(s) if *s.account == **account => s,
+                Some(s) if s.account.source == account.source => Arc::new(AccountState {
+                    account: account.clone(),
+                    ..(*s).clone()
+                }),
                 _ => Arc::new(AccountState::new(account.clone())),
             };
             next.insert(account.id.clone(), state);

@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use iam_key_exporter::cli::{Cli, Command};
-use iam_key_exporter::collector::{self, BuildInfo};
+use iam_key_exporter::collector::{self, BuildInfo, Scope};
 use iam_key_exporter::config::{self, Config};
 use iam_key_exporter::health::Health;
 use iam_key_exporter::inventory::Inventory;
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("cannot start the async runtime");
-    match cli.command {
+    let code = match cli.command {
         Some(Command::CheckConfig) => {
             println!(
                 "{}: valid, {} account(s)",
@@ -62,7 +62,10 @@ fn main() -> ExitCode {
         }
         Some(Command::Once { ref output }) => runtime.block_on(once(cfg, output)),
         None => runtime.block_on(serve(cli, cfg, security)),
-    }
+    };
+    // Blocking work still running (a DNS lookup, a bcrypt check) must not delay the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 /// Reads the configuration and, if given, the web configuration: both valid, or an error.
@@ -86,7 +89,8 @@ async fn once(cfg: Arc<Config>, output: &Path) -> ExitCode {
     let tmp = output.with_extension("prom.tmp");
     let write = || -> std::io::Result<()> {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        for chunk in collector::render(&accounts, &health, &BUILD, unix_now().floor()) {
+        let now = unix_now().floor();
+        for chunk in collector::render(&accounts, &health, &BUILD, Scope::File, now) {
             f.write_all(&chunk)?;
         }
         f.into_inner()?.sync_all()?;
@@ -123,8 +127,14 @@ async fn serve(cli: Cli, cfg: Arc<Config>, security: WebSecurity) -> ExitCode {
         "starting iam-key-exporter"
     );
 
+    // Signal handlers first: a SIGHUP during start-up must not kill the process.
+    let mut sigterm = signal(SignalKind::terminate()).expect("cannot watch SIGTERM");
+    let mut sighup = signal(SignalKind::hangup()).expect("cannot watch SIGHUP");
     let inventory = Arc::new(Inventory::default());
     let health = Arc::new(Health::new(unix_now()));
+    // The refresher fills the inventory with every account before the server can answer
+    // /-/ready, so an empty inventory is never reported ready.
+    let mut refresher = Refresher::start(cfg, inventory.clone(), health.clone()).await;
     let (reload_tx, mut reload_rx) = mpsc::channel::<http::ReloadRequest>(4);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let web = Arc::new(http::Web {
@@ -132,14 +142,12 @@ async fn serve(cli: Cli, cfg: Arc<Config>, security: WebSecurity) -> ExitCode {
         health: health.clone(),
         build: BUILD,
         telemetry_path: cli.telemetry_path.clone(),
-        reload: reload_tx.clone(),
+        reload: reload_tx,
+        lifecycle: cli.enable_lifecycle,
         security: std::sync::RwLock::new(Arc::new(security)),
     });
     let server = tokio::spawn(http::serve(listener, web.clone(), shutdown_rx));
-    let mut refresher = Refresher::start(cfg, inventory.clone(), health.clone()).await;
 
-    let mut sigterm = signal(SignalKind::terminate()).expect("cannot watch SIGTERM");
-    let mut sighup = signal(SignalKind::hangup()).expect("cannot watch SIGHUP");
     loop {
         let reply = tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -150,9 +158,7 @@ async fn serve(cli: Cli, cfg: Arc<Config>, security: WebSecurity) -> ExitCode {
         let result = match load_all(&cli) {
             Ok((next, security)) => {
                 *web.security.write().unwrap() = Arc::new(security);
-                refresher.stop().await;
-                refresher =
-                    Refresher::start(Arc::new(next), inventory.clone(), health.clone()).await;
+                refresher.reload(Arc::new(next)).await;
                 tracing::info!(config = %cli.config_file.display(), "configuration reloaded");
                 Ok(())
             }

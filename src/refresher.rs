@@ -5,44 +5,111 @@
 //! semaphore bounds how many accounts are read at once (`concurrency`); start times and
 //! intervals are jittered so many accounts do not hit AWS in lockstep.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::aws::{self, AccountReader};
 use crate::config::{Account, Config, REFRESH_JITTER};
 use crate::health::Health;
 use crate::inventory::{AccountState, Inventory, RefreshError};
 
-/// The running account tasks of one configuration.
+/// The running account tasks. A reload restarts only the tasks of accounts that were added or
+/// changed: unchanged accounts keep their session, their schedule and their data.
 pub struct Refresher {
-    tasks: JoinSet<()>,
+    cfg: Arc<Config>,
+    base: aws::Base,
+    permits: Arc<Semaphore>,
+    inventory: Arc<Inventory>,
+    health: Arc<Health>,
+    tasks: HashMap<String, (Arc<Account>, JoinHandle<()>)>,
 }
 
 impl Refresher {
     /// Starts refreshing every account of `cfg` in the background.
     pub async fn start(cfg: Arc<Config>, inventory: Arc<Inventory>, health: Arc<Health>) -> Self {
-        let permits = Arc::new(Semaphore::new(cfg.concurrency));
-        let mut tasks = JoinSet::new();
-        for task in AccountTask::all(cfg, inventory, health).await {
-            tasks.spawn(task.run(permits.clone()));
+        let mut refresher = Refresher {
+            base: aws::base(&cfg).await,
+            permits: Arc::new(Semaphore::new(cfg.concurrency)),
+            cfg,
+            inventory,
+            health,
+            tasks: HashMap::new(),
+        };
+        refresher.spawn_missing();
+        refresher
+    }
+
+    /// Switches to a new configuration.
+    pub async fn reload(&mut self, cfg: Arc<Config>) {
+        if self.cfg.same_settings(&cfg) {
+            let wanted: HashMap<&str, &Account> =
+                cfg.accounts.iter().map(|a| (a.id.as_str(), &**a)).collect();
+            self.stop_where(|a| wanted.get(a.id.as_str()) != Some(&a))
+                .await;
+        } else {
+            // Timeouts, retries, STS settings or concurrency changed: every account restarts.
+            self.stop_where(|_| true).await;
+            self.base = aws::base(&cfg).await;
+            self.permits = Arc::new(Semaphore::new(cfg.concurrency));
         }
-        Refresher { tasks }
+        self.cfg = cfg;
+        self.spawn_missing();
     }
 
     /// Stops every account task and waits until none can touch the inventory any more.
     pub async fn stop(mut self) {
-        self.tasks.shutdown().await;
+        self.stop_where(|_| true).await;
+    }
+
+    /// Makes the inventory hold exactly the configured accounts and starts the tasks missing.
+    fn spawn_missing(&mut self) {
+        self.inventory.retain_only(&self.cfg.accounts);
+        for account in &self.cfg.accounts {
+            if self.tasks.contains_key(&account.id) {
+                continue;
+            }
+            let task = AccountTask::new(
+                account,
+                &self.base,
+                &self.cfg,
+                &self.inventory,
+                &self.health,
+            );
+            let handle = tokio::spawn(task.run(self.permits.clone()));
+            self.tasks
+                .insert(account.id.clone(), (account.clone(), handle));
+        }
+    }
+
+    /// Stops the tasks of the accounts matching `stop`, and waits until they have stopped.
+    async fn stop_where(&mut self, stop: impl Fn(&Account) -> bool) {
+        let ids: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|(_, (account, _))| stop(account))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            if let Some((_, handle)) = self.tasks.remove(&id) {
+                handle.abort();
+                let _ = handle.await;
+            }
+        }
     }
 }
 
 /// Reads every account of `cfg` once, all in parallel up to `concurrency` (the one-shot mode).
 pub async fn refresh_all_once(cfg: Arc<Config>, inventory: Arc<Inventory>, health: Arc<Health>) {
+    inventory.retain_only(&cfg.accounts);
+    let base = aws::base(&cfg).await;
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let mut tasks = JoinSet::new();
-    for task in AccountTask::all(cfg, inventory, health).await {
+    for account in &cfg.accounts {
+        let task = AccountTask::new(account, &base, &cfg, &inventory, &health);
         let permits = permits.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire().await;
@@ -61,20 +128,20 @@ struct AccountTask {
 }
 
 impl AccountTask {
-    /// One task per account of `cfg`; the inventory is made to hold exactly those accounts.
-    async fn all(cfg: Arc<Config>, inventory: Arc<Inventory>, health: Arc<Health>) -> Vec<Self> {
-        inventory.retain_only(&cfg.accounts);
-        let base = aws::base_config(&cfg).await;
-        cfg.accounts
-            .iter()
-            .map(|account| AccountTask {
-                account: account.clone(),
-                reader: AccountReader::new(&base, &cfg, account, health.clone()),
-                cfg: cfg.clone(),
-                inventory: inventory.clone(),
-                health: health.clone(),
-            })
-            .collect()
+    fn new(
+        account: &Arc<Account>,
+        base: &aws::Base,
+        cfg: &Arc<Config>,
+        inventory: &Arc<Inventory>,
+        health: &Arc<Health>,
+    ) -> Self {
+        AccountTask {
+            account: account.clone(),
+            reader: AccountReader::new(base, cfg, account, health.clone()),
+            cfg: cfg.clone(),
+            inventory: inventory.clone(),
+            health: health.clone(),
+        }
     }
 
     async fn run(self, permits: Arc<Semaphore>) {
@@ -113,6 +180,7 @@ impl AccountTask {
         if let Some(p) = &previous {
             state.snapshot = p.snapshot.clone();
             state.last_success = p.last_success;
+            state.data_expires = p.data_expires;
         }
         state.attempted = true;
         state.last_duration = Some(duration);
@@ -134,11 +202,9 @@ impl AccountTask {
                 self.health
                     .refresh_errors
                     .inc(&[id, name, e.stage, &e.code]);
-                // Last good data stays visible (with account_up 0) until it is too old to
-                // trust; it is dropped at the first failed refresh past max_staleness.
-                let stale = state
-                    .last_success
-                    .is_none_or(|t| now - t > self.cfg.max_staleness.as_secs_f64());
+                // Last good data stays visible (with account_up 0) until `data_expires`; the
+                // collector hides it from then on, and here it is freed.
+                let stale = state.data_expires.is_none_or(|t| now > t);
                 if stale {
                     state.snapshot = None;
                 }
@@ -150,6 +216,9 @@ impl AccountTask {
                 state.last_error = Some(e);
             }
         }
+        state.data_expires = state
+            .last_success
+            .map(|t| t + self.cfg.max_staleness.as_secs_f64());
         self.inventory.put(state);
     }
 }

@@ -633,3 +633,36 @@ fn no_secret_reaches_the_log_even_at_debug() {
         );
     }
 }
+
+#[test]
+fn a_failing_account_keeps_its_data_until_max_staleness() {
+    let moto = Moto::start();
+    moto.seed(A, users("u", 2, 1));
+    let exporter = Exporter::start(
+        &moto,
+        &format!("refresh_interval: 1s\nmax_staleness: 5s\naccounts:\n  - id: \"{A}\"\n"),
+    );
+    exporter.wait_ready(Duration::from_secs(30));
+    assert_eq!(exporter.scrape().find(KEY_CREATED, &[]).len(), 2);
+    moto.faults(json!([{"kind": "access_denied", "operation": "ListUsers", "account": A}]));
+    // Down, but the last good keys are still shown...
+    let m = exporter.scrape_until("A down", Duration::from_secs(10), |m| {
+        m.get(UP, &[("account_id", A)]) == Some(0.0)
+    });
+    assert_eq!(
+        m.find(KEY_CREATED, &[]).len(),
+        2,
+        "last good data dropped too early"
+    );
+    // ...until they are older than max_staleness.
+    let m = exporter.scrape_until("stale data dropped", Duration::from_secs(20), |m| {
+        m.find(KEY_CREATED, &[]).is_empty()
+    });
+    assert_eq!(m.get(UP, &[("account_id", A)]), Some(0.0));
+    assert!(m
+        .get(
+            "iam_key_exporter_account_last_success_timestamp_seconds",
+            &[("account_id", A)]
+        )
+        .is_some());
+}

@@ -81,7 +81,8 @@ fn tls_and_basic_auth_protect_every_endpoint() {
     let mut cmd = exporter_command(&moto);
     cmd.arg(format!("--config.file={}", config.display()))
         .arg(format!("--web.config.file={}", web.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--web.enable-lifecycle");
     let _exporter = ChildGuard::spawn("exporter", cmd, &dir.path().join("exporter.log"));
 
     let url = |path: &str| format!("https://127.0.0.1:{port}{path}");

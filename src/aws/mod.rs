@@ -31,12 +31,15 @@ use crate::inventory::{RefreshError, Snapshot};
 
 pub use session::Session;
 
+/// The base AWS configuration every account's clients are built from.
+pub struct Base(SdkConfig);
+
 /// Loads the base AWS configuration: credentials from the SDK default chain (environment,
 /// profile, web identity / IRSA, ECS, IMDS), endpoints from the standard `AWS_ENDPOINT_URL*`
 /// variables, and the exporter's timeouts and retries.
-pub async fn base_config(cfg: &Config) -> SdkConfig {
+pub async fn base(cfg: &Config) -> Base {
     let t = &cfg.aws;
-    aws_config::defaults(BehaviorVersion::latest())
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(cfg.sts.region.clone()))
         .timeout_config(
             TimeoutConfig::builder()
@@ -52,7 +55,8 @@ pub async fn base_config(cfg: &Config) -> SdkConfig {
                 .with_max_backoff(t.max_backoff),
         )
         .load()
-        .await
+        .await;
+    Base(sdk)
 }
 
 /// An AWS error reduced to what metrics and logs need.
@@ -105,7 +109,8 @@ pub struct AccountReader {
 }
 
 impl AccountReader {
-    pub fn new(base: &SdkConfig, cfg: &Config, account: &Account, health: Arc<Health>) -> Self {
+    pub fn new(base: &Base, cfg: &Config, account: &Account, health: Arc<Health>) -> Self {
+        let base = &base.0;
         let counter = RequestCounter {
             account_id: account.id.clone(),
             account_name: account.name.clone(),
@@ -143,7 +148,7 @@ impl AccountReader {
     /// One full read of the account's IAM users and keys.
     pub async fn read(&self) -> Result<Snapshot, RefreshError> {
         if let Some(s) = &self.session {
-            s.credentials().await.map_err(|e| RefreshError {
+            s.begin_refresh().await.map_err(|e| RefreshError {
                 stage: "assume_role",
                 code: e.code,
                 message: e.message,

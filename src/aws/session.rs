@@ -28,9 +28,10 @@ pub struct Session {
     role: Role,
     session_name: String,
     duration: Duration,
-    /// Renew when less than this is left: `renew_before` plus the longest wait until the
-    /// next refresh.
-    renew_within: Duration,
+    renew_before: Duration,
+    /// At the start of a refresh, renew when less than this is left: `renew_before` plus the
+    /// longest wait until the next refresh.
+    renew_at_refresh: Duration,
     account_id: String,
     account_name: String,
     health: Arc<Health>,
@@ -60,7 +61,8 @@ impl Session {
             role,
             session_name: cfg.session_name.clone(),
             duration: cfg.session_duration,
-            renew_within: cfg.renew_before + longest_refresh_gap,
+            renew_before: cfg.renew_before,
+            renew_at_refresh: cfg.renew_before + longest_refresh_gap,
             account_id: account.id.clone(),
             account_name: account.name.clone(),
             health,
@@ -79,14 +81,18 @@ impl Session {
             .identity_cache(IdentityCache::no_cache())
     }
 
+    /// Called once at the start of each refresh: renews the session if it would otherwise
+    /// come within `renew_before` of expiry before the next refresh.
+    pub async fn begin_refresh(&self) -> Result<(), AwsError> {
+        self.credentials(self.renew_at_refresh).await.map(|_| ())
+    }
+
     /// Valid credentials for the role, assuming it again only when the current ones are
-    /// missing or due for renewal.
-    pub async fn credentials(&self) -> Result<Credentials, AwsError> {
+    /// missing or have less than `margin` left. Concurrent callers share one AssumeRole.
+    async fn credentials(&self, margin: Duration) -> Result<Credentials, AwsError> {
         let mut current = self.current.lock().await;
         if let Some(c) = current.as_ref() {
-            let fresh = c
-                .expiry()
-                .is_none_or(|e| e > SystemTime::now() + self.renew_within);
+            let fresh = c.expiry().is_none_or(|e| e > SystemTime::now() + margin);
             if fresh {
                 return Ok(c.clone());
             }
@@ -148,9 +154,10 @@ impl ProvideCredentials for Provider {
     where
         Self: 'a,
     {
+        // Every IAM request asks; within a refresh only an expiring session is renewed.
         future::ProvideCredentials::new(async move {
             self.0
-                .credentials()
+                .credentials(self.0.renew_before)
                 .await
                 .map_err(|e| provider::error::CredentialsError::provider_error(e.to_string()))
         })

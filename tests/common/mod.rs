@@ -210,6 +210,7 @@ impl Exporter {
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=info")
+            .arg("--web.enable-lifecycle")
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
