@@ -161,7 +161,7 @@ pub enum Source {
 struct StsFile {
     region: Region,
     session_name: SessionName,
-    session_duration: HumanDuration,
+    session_duration: SessionDuration,
     renew_before: HumanDuration,
 }
 
@@ -170,7 +170,7 @@ impl Default for StsFile {
         StsFile {
             region: Region("us-east-1".into()),
             session_name: SessionName("iam-key-exporter".into()),
-            session_duration: HumanDuration(Duration::from_secs(3600)),
+            session_duration: SessionDuration(Duration::from_secs(3600)),
             renew_before: HumanDuration(Duration::from_secs(300)),
         }
     }
@@ -207,7 +207,7 @@ impl Default for AwsFile {
 struct DefaultsFile {
     #[serde(default = "defaults::role_name")]
     role_name: RoleName,
-    external_id: Option<String>,
+    external_id: Option<ExternalId>,
 }
 
 impl Default for DefaultsFile {
@@ -226,7 +226,7 @@ struct AccountFile {
     name: Option<String>,
     role_arn: Option<RoleArn>,
     role_name: Option<RoleName>,
-    external_id: Option<String>,
+    external_id: Option<ExternalId>,
     source: Option<Source>,
     #[serde(default = "defaults::yes")]
     assume_role: bool,
@@ -260,7 +260,7 @@ impl File {
     /// Checks that span fields and fills in each account's role.
     fn resolve(self) -> Result<Config, String> {
         if self.accounts.0.is_empty() {
-            return Err("accounts: the list is empty; name at least one account to read".into());
+            return Err("accounts: missing; name at least one account to read".into());
         }
         let sts = Sts {
             region: self.sts.region.0,
@@ -268,12 +268,6 @@ impl File {
             session_duration: self.sts.session_duration.0,
             renew_before: self.sts.renew_before.0,
         };
-        if !(900..=43200).contains(&sts.session_duration.as_secs()) {
-            return Err(format!(
-                "sts.session_duration: {} is outside what STS allows (15m to 12h)",
-                humantime::format_duration(sts.session_duration)
-            ));
-        }
         if sts.renew_before >= sts.session_duration {
             return Err("sts.renew_before must be shorter than sts.session_duration".into());
         }
@@ -304,7 +298,10 @@ impl File {
                             name.unwrap_or_else(|| self.defaults.role_name.clone()).0
                         ),
                     },
-                    external_id: a.external_id.or_else(|| self.defaults.external_id.clone()),
+                    external_id: a
+                        .external_id
+                        .or_else(|| self.defaults.external_id.clone())
+                        .map(|e| e.0),
                 });
                 Arc::new(Account {
                     name: a.name.unwrap_or_else(|| a.id.0.clone()),
@@ -365,12 +362,54 @@ struct HumanDuration(Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_string(d, |s| match humantime::parse_duration(s.trim()) {
-            Ok(v) if !v.is_zero() => Ok(HumanDuration(v)),
-            Ok(_) => Err(format!("duration {s:?} must be longer than zero")),
-            Err(_) => Err(format!(
-                "invalid duration {s:?}: expected a number and a unit, like 90s, 15m or 1h"
-            )),
+        checked_string(d, |s| parse_duration(s).map(HumanDuration))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s.trim()) {
+        Ok(v) if !v.is_zero() => Ok(v),
+        Ok(_) => Err(format!("duration {s:?} must be longer than zero")),
+        Err(_) => Err(format!(
+            "invalid duration {s:?}: expected a number and a unit, like 90s, 15m or 1h"
+        )),
+    }
+}
+
+/// An AssumeRole DurationSeconds: what STS accepts.
+#[derive(Clone, Copy)]
+struct SessionDuration(Duration);
+
+impl<'de> Deserialize<'de> for SessionDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, |s| {
+            let v = parse_duration(s)?;
+            if (900..=43200).contains(&v.as_secs()) {
+                Ok(SessionDuration(v))
+            } else {
+                Err(format!("{s:?} is outside what STS allows (15m to 12h)"))
+            }
+        })
+    }
+}
+
+/// An ExternalId as STS accepts it: 2-1224 of `A-Za-z0-9 +=,.@:/-_`.
+#[derive(Clone)]
+struct ExternalId(String);
+
+impl<'de> Deserialize<'de> for ExternalId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_string(d, |s| {
+            let ok = (2..=1224).contains(&s.len())
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@:/-_".contains(&b));
+            if ok {
+                Ok(ExternalId(s.to_string()))
+            } else {
+                Err(format!(
+                    "external id {s:?} must be 2-1224 of A-Z a-z 0-9 +=,.@:/-_"
+                ))
+            }
         })
     }
 }
@@ -565,6 +604,11 @@ impl<'de> Deserialize<'de> for Accounts {
                     check_account(&out, &a).map_err(de::Error::custom)?;
                     out.push(a);
                 }
+                if out.is_empty() {
+                    return Err(de::Error::custom(
+                        "the list is empty; name at least one account to read",
+                    ));
+                }
                 Ok(Accounts(out))
             }
         }
@@ -593,6 +637,12 @@ fn check_account(before: &[AccountFile], a: &AccountFile) -> Result<(), String> 
             "accounts[{i}]: set role_arn or role_name, not both"
         ));
     }
+    if !a.assume_role && (a.role_arn.is_some() || a.role_name.is_some() || a.external_id.is_some())
+    {
+        return Err(format!(
+            "accounts[{i}]: assume_role is false, so role_arn, role_name and external_id would be ignored; remove them or the assume_role line"
+        ));
+    }
     match &a.role_arn {
         Some(arn) if arn.0.split(':').nth(4) != Some(a.id.0.as_str()) => Err(format!(
             "accounts[{i}].role_arn: {:?} is in another account than id {:?}",
@@ -615,7 +665,7 @@ mod tests {
         let c = parse(
             r#"
 sts: {region: us-gov-west-1}
-defaults: {role_name: Audit, external_id: x}
+defaults: {role_name: Audit, external_id: ext-42}
 accounts:
   - {id: "111111111111", name: prod, labels: {team: platform}}
   - {id: "222222222222", role_arn: "arn:aws-us-gov:iam::222222222222:role/path/Custom"}
@@ -627,7 +677,7 @@ accounts:
         assert_eq!(c.refresh_interval, Duration::from_secs(900));
         let role = c.accounts[0].role.as_ref().unwrap();
         assert_eq!(role.arn, "arn:aws-us-gov:iam::111111111111:role/Audit");
-        assert_eq!(role.external_id.as_deref(), Some("x"));
+        assert_eq!(role.external_id.as_deref(), Some("ext-42"));
         assert_eq!(c.accounts[1].name, "222222222222");
         assert_eq!(
             c.accounts[1].role.as_ref().unwrap().arn,

@@ -159,8 +159,31 @@ fn unparsable_role_arn() {
 
 #[test]
 fn empty_account_list() {
-    rejects("accounts: []\n", &["accounts", "empty"]);
-    rejects("refresh_interval: 5m\n", &["accounts", "empty"]);
+    rejects(
+        "refresh_interval: 5m\naccounts: []\n",
+        &["accounts", "empty", "line 2"],
+    );
+    rejects("refresh_interval: 5m\n", &["accounts: missing"]);
+}
+
+#[test]
+fn values_sts_would_refuse() {
+    rejects(
+        &format!("sts:\n  session_duration: 13h\n{GOOD_ACCOUNT}"),
+        &["sts.session_duration", "outside what STS allows", "line 2"],
+    );
+    rejects(
+        "accounts:\n  - id: \"111111111111\"\n    external_id: x\n",
+        &["accounts[0].external_id", "2-1224", "line 3"],
+    );
+}
+
+#[test]
+fn a_role_for_an_account_read_without_one() {
+    rejects(
+        "accounts:\n  - id: \"111111111111\"\n    assume_role: false\n    role_name: Audit\n",
+        &["accounts[0]", "assume_role is false", "would be ignored"],
+    );
 }
 
 #[test]
