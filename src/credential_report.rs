@@ -197,11 +197,14 @@ impl Row<'_> {
             let Some(created) = self.date(rotated)? else {
                 continue;
             };
-            let last_used = self.date(used)?.map(|at| LastUse {
-                at,
-                service: self.text(service).ok().flatten(),
-                region: self.text(region).ok().flatten(),
-            });
+            let last_used = match self.date(used)? {
+                Some(at) => Some(LastUse {
+                    at,
+                    service: self.text(service)?,
+                    region: self.text(region)?,
+                }),
+                None => None,
+            };
             snapshot.keys.push(AccessKey {
                 user: user.to_string(),
                 id: slot.to_string(),

@@ -109,6 +109,8 @@ fn write_value(out: &mut Vec<u8>, value: f64) {
         out.extend_from_slice(itoa::Buffer::new().format(value as i64).as_bytes());
     } else if value.is_nan() {
         out.extend_from_slice(b"NaN");
+    } else if value.is_infinite() {
+        out.extend_from_slice(if value > 0.0 { b"+Inf" } else { b"-Inf" });
     } else {
         let _ = write!(out, "{value}");
     }
@@ -140,9 +142,10 @@ mod tests {
         let mut out = Vec::new();
         write_sample(&mut out, "m", "", 1700000000.0);
         write_sample(&mut out, "m", "a=\"b\"", 0.25);
+        write_sample(&mut out, "m", "", f64::INFINITY);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "m 1700000000\nm{a=\"b\"} 0.25\n"
+            "m 1700000000\nm{a=\"b\"} 0.25\nm +Inf\n"
         );
     }
 }

@@ -1,8 +1,10 @@
 //! The exporter's own health counters, shared by the AWS layer (which counts) and the
 //! collector (which renders). Per-account gauges live in the inventory instead.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crate::config::Account;
 
 use crate::exposition::{write_header, write_sample, Labels};
 
@@ -33,6 +35,15 @@ impl CounterVec {
         debug_assert_eq!(label_values.len(), self.label_names.len());
         let key = label_values.iter().map(|v| v.to_string()).collect();
         *self.values.lock().unwrap().entry(key).or_default() += 1;
+    }
+
+    /// Forgets the series whose first label (the account id) is not in `accounts`.
+    fn retain_accounts(&self, accounts: &HashSet<&str>) {
+        self.values.lock().unwrap().retain(|labels, _| {
+            labels
+                .first()
+                .is_some_and(|id| accounts.contains(id.as_str()))
+        });
     }
 
     pub fn render(&self, out: &mut Vec<u8>) {
@@ -83,6 +94,14 @@ impl Health {
                 successful: true,
                 last_success: started,
             }),
+        }
+    }
+
+    /// Drops the counters of accounts no longer configured, so they do not stay forever.
+    pub fn retain_accounts(&self, accounts: &[Arc<Account>]) {
+        let ids: HashSet<&str> = accounts.iter().map(|a| a.id.as_str()).collect();
+        for counter in [&self.assume_role, &self.refresh_errors, &self.aws_requests] {
+            counter.retain_accounts(&ids);
         }
     }
 

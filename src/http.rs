@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -24,7 +24,8 @@ use crate::inventory::Inventory;
 use crate::refresher::unix_now;
 use crate::web_config::WebSecurity;
 
-/// A client that opens a connection and never completes the TLS handshake is dropped.
+/// A client that opens a connection and never completes the TLS handshake, or never sends
+/// its request headers, is dropped after this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -51,7 +52,9 @@ pub async fn serve(listener: TcpListener, web: Arc<Web>, mut shutdown: watch::Re
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
                 Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
                     tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -82,7 +85,10 @@ where
         let web = web.clone();
         async move { Ok::<_, Infallible>(handle(&web, req).await) }
     });
+    // A client that never finishes sending its headers does not hold the connection forever.
     if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
         .serve_connection(TokioIo::new(io), service)
         .await
     {

@@ -68,6 +68,7 @@ impl Refresher {
     /// Makes the inventory hold exactly the configured accounts and starts the tasks missing.
     fn spawn_missing(&mut self) {
         self.inventory.retain_only(&self.cfg.accounts);
+        self.health.retain_accounts(&self.cfg.accounts);
         for account in &self.cfg.accounts {
             if self.tasks.contains_key(&account.id) {
                 continue;

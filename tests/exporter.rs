@@ -456,11 +456,17 @@ fn reload_keeps_the_running_config_on_a_bad_file() {
         "running config lost"
     );
 
-    std::fs::write(&exporter.config, format!("accounts:\n  - id: \"{B}\"\n")).unwrap();
-    let resp = ureq::post(&format!("{}/-/reload", exporter.url))
-        .send_empty()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    // Adding B and relabelling A: A keeps its session (no new AssumeRole) and its data.
+    let reload = |config: String| {
+        std::fs::write(&exporter.config, config).unwrap();
+        let resp = ureq::post(&format!("{}/-/reload", exporter.url))
+            .send_empty()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    };
+    reload(format!(
+        "accounts:\n  - {{id: \"{A}\", labels: {{team: x}}}}\n  - id: \"{B}\"\n"
+    ));
     let m = exporter.scrape_until("B after reload", Duration::from_secs(30), |m| {
         m.get(UP, &[("account_id", B)]) == Some(1.0)
     });
@@ -469,11 +475,31 @@ fn reload_keeps_the_running_config_on_a_bad_file() {
         Some(1.0)
     );
     assert_eq!(
-        m.get(UP, &[("account_id", A)]),
-        None,
-        "removed account still shown"
+        m.find(KEY_CREATED, &[("account_id", A)]).len(),
+        1,
+        "A's data was dropped"
     );
+    assert_eq!(
+        m.find("aws_iam_account_info", &[("account_id", A), ("team", "x")])
+            .len(),
+        1
+    );
+    assert_eq!(
+        moto.count(A, "AssumeRole"),
+        1,
+        "the reload re-assumed A's role"
+    );
+
+    // Removing A: its series and its counters go.
+    reload(format!("accounts:\n  - id: \"{B}\"\n"));
+    let m = exporter.scrape_until("A gone", Duration::from_secs(30), |m| {
+        m.get(UP, &[("account_id", A)]).is_none()
+    });
     assert!(m.find(KEY_CREATED, &[("account_id", A)]).is_empty());
+    assert!(m
+        .find("iam_key_exporter_aws_requests_total", &[("account_id", A)])
+        .is_empty());
+    assert_eq!(m.get(UP, &[("account_id", B)]), Some(1.0));
 }
 
 #[test]
@@ -493,6 +519,8 @@ fn once_mode_writes_the_metrics_file_atomically() {
     assert!(status.success());
     let m = Metrics::parse(&read(&out));
     assert_eq!(m.find(KEY_CREATED, &[("account_id", A)]).len(), 1);
+    // The file outlives the process: no process_* (node_exporter has its own) or reload state.
+    assert!(!m.raw.contains("process_") && !m.raw.contains("config_last_reload"));
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         2,

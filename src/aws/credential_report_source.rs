@@ -30,7 +30,16 @@ pub async fn read(iam: &aws_sdk_iam::Client, timeout: Duration) -> Result<Snapsh
         if complete {
             match iam.get_credential_report().send().await {
                 Ok(out) => {
-                    let generated = out.generated_time.as_ref().map_or(0.0, secs);
+                    let generated =
+                        out.generated_time
+                            .as_ref()
+                            .map(secs)
+                            .ok_or_else(|| RefreshError {
+                                stage: "get_credential_report",
+                                code: "InvalidResponse".into(),
+                                message: "GetCredentialReport answered without GeneratedTime"
+                                    .into(),
+                            })?;
                     let content = out.content.map(|b| b.into_inner()).unwrap_or_default();
                     return credential_report::parse(&content, generated).map_err(|e| {
                         RefreshError {
