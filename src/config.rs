@@ -400,16 +400,7 @@ struct ExternalId(String);
 impl<'de> Deserialize<'de> for ExternalId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked_string(d, |s| {
-            let ok = (2..=1224).contains(&s.len())
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@:/-_".contains(&b));
-            if ok {
-                Ok(ExternalId(s.to_string()))
-            } else {
-                Err(format!(
-                    "external id {s:?} must be 2-1224 of A-Z a-z 0-9 +=,.@:/-_"
-                ))
-            }
+            aws_name("external id", s, 2..=1224, "+=,.@:/-_").map(ExternalId)
         })
     }
 }
@@ -496,12 +487,32 @@ impl<'de> Deserialize<'de> for RoleArn {
     }
 }
 
-/// IAM role names: 1-64 of `A-Za-z0-9+=,.@_-`.
+/// Characters IAM allows in a role name besides letters and digits.
+const ROLE_NAME_CHARS: &str = "+=,.@_-";
+
 fn valid_role_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+    aws_name("", n, 1..=64, ROLE_NAME_CHARS).is_ok()
+}
+
+/// Checks a name as AWS does: a length in `len`, letters, digits and the characters `extra`.
+fn aws_name(
+    what: &str,
+    s: &str,
+    len: std::ops::RangeInclusive<usize>,
+    extra: &str,
+) -> Result<String, String> {
+    let ok = len.contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.as_bytes().contains(&b));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{what} {s:?} must be {}-{} of A-Z a-z 0-9 {extra}",
+            len.start(),
+            len.end()
+        ))
+    }
 }
 
 #[derive(Clone)]
@@ -510,13 +521,7 @@ struct RoleName(String);
 impl<'de> Deserialize<'de> for RoleName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked_string(d, |s| {
-            if valid_role_name(s) {
-                Ok(RoleName(s.to_string()))
-            } else {
-                Err(format!(
-                    "role name {s:?} is not a valid IAM role name (1-64 of A-Z a-z 0-9 +=,.@_-)"
-                ))
-            }
+            aws_name("role name", s, 1..=64, ROLE_NAME_CHARS).map(RoleName)
         })
     }
 }
@@ -526,16 +531,7 @@ struct SessionName(String);
 impl<'de> Deserialize<'de> for SessionName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked_string(d, |s| {
-            let ok = (2..=64).contains(&s.len())
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@-_".contains(&b));
-            if ok {
-                Ok(SessionName(s.to_string()))
-            } else {
-                Err(format!(
-                    "session name {s:?} must be 2-64 of A-Z a-z 0-9 +=,.@-_"
-                ))
-            }
+            aws_name("session name", s, 2..=64, "+=,.@-_").map(SessionName)
         })
     }
 }
