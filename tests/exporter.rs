@@ -673,7 +673,7 @@ fn a_failing_account_keeps_its_data_until_max_staleness() {
     moto.seed(A, users("u", 2, 1));
     let exporter = Exporter::start(
         &moto,
-        &format!("refresh_interval: 1s\nmax_staleness: 5s\naccounts:\n  - id: \"{A}\"\n"),
+        &format!("refresh_interval: 1s\nmax_staleness: 8s\naccounts:\n  - id: \"{A}\"\n"),
     );
     exporter.wait_ready(Duration::from_secs(30));
     assert_eq!(exporter.scrape().find(KEY_CREATED, &[]).len(), 2);
