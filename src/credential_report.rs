@@ -92,11 +92,7 @@ pub fn parse(csv_bytes: &[u8], generated: Timestamp) -> Result<Snapshot, ReportE
         };
         row.read_into(&mut snapshot)?;
     }
-    snapshot.users.sort_by(|a, b| a.name.cmp(&b.name));
-    snapshot
-        .keys
-        .sort_by(|a, b| (&a.user, &a.id).cmp(&(&b.user, &b.id)));
-    Ok(snapshot)
+    Ok(snapshot.sorted())
 }
 
 struct Row<'a> {

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::collector::{self, BuildInfo, Scope};
 use crate::exposition::CONTENT_TYPE;
 use crate::health::Health;
+use crate::inventory::unix_now;
 use crate::inventory::Inventory;
-use crate::refresher::unix_now;
 use crate::web_config::WebSecurity;
 
 /// A client that opens a connection and never completes the TLS handshake, or never sends

@@ -7,11 +7,21 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Account;
 
 /// Seconds since the Unix epoch.
 pub type Timestamp = f64;
+
+pub fn unix(t: SystemTime) -> Timestamp {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+pub fn unix_now() -> Timestamp {
+    unix(SystemTime::now())
+}
 
 /// One account's IAM users and access keys, as read in one refresh.
 #[derive(Debug, Default)]
@@ -22,6 +32,17 @@ pub struct Snapshot {
     pub root: Option<Root>,
     /// When the credential report was generated (credential_report source only).
     pub report_generated: Option<Timestamp>,
+}
+
+impl Snapshot {
+    /// Users by name, keys by user then id: the order every source delivers, so that
+    /// scrapes and diffs of the exposition are stable.
+    pub fn sorted(mut self) -> Self {
+        self.users.sort_by(|a, b| a.name.cmp(&b.name));
+        self.keys
+            .sort_by(|a, b| (&a.user, &a.id).cmp(&(&b.user, &b.id)));
+        self
+    }
 }
 
 #[derive(Debug)]

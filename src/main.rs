@@ -15,8 +15,8 @@ use iam_key_exporter::cli::{Cli, Command};
 use iam_key_exporter::collector::{self, BuildInfo, Scope};
 use iam_key_exporter::config::{self, Config};
 use iam_key_exporter::health::Health;
-use iam_key_exporter::inventory::Inventory;
-use iam_key_exporter::refresher::{self, unix_now, Refresher};
+use iam_key_exporter::inventory::{unix_now, Inventory};
+use iam_key_exporter::refresher::{self, Refresher};
 use iam_key_exporter::web_config::{self, WebSecurity};
 use iam_key_exporter::{http, logging};
 

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
@@ -15,7 +15,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::aws::{self, AccountReader};
 use crate::config::{Account, Config, REFRESH_JITTER};
 use crate::health::Health;
-use crate::inventory::{AccountState, Inventory, RefreshError};
+use crate::inventory::{unix_now, AccountState, Inventory, RefreshError};
 
 /// The running account tasks. A reload restarts only the tasks of accounts that were added or
 /// changed: unchanged accounts keep their session, their schedule and their data.
@@ -185,7 +185,7 @@ impl AccountTask {
         }
         state.attempted = true;
         state.last_duration = Some(duration);
-        state.session_expiry = self.reader.session_expiry().map(unix);
+        state.session_expiry = self.reader.session_expiry();
 
         let (id, name) = (&self.account.id, &self.account.name);
         match result {
@@ -227,13 +227,4 @@ impl AccountTask {
 /// `interval` ± `REFRESH_JITTER`.
 fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(1.0 - REFRESH_JITTER + fastrand::f64() * 2.0 * REFRESH_JITTER)
-}
-
-pub fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-pub fn unix_now() -> f64 {
-    unix(SystemTime::now())
 }

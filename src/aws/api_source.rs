@@ -48,10 +48,8 @@ pub async fn scan(iam: &aws_sdk_iam::Client, concurrency: usize) -> Result<Snaps
             }
         }
     }
-    drop(per_user);
-    keys.sort_by(|a: &AccessKey, b| (&a.user, &a.id).cmp(&(&b.user, &b.id)));
 
-    let mut users: Vec<User> = users
+    let users = users
         .into_iter()
         .filter(|u| !vanished.contains(&u.user_name))
         .map(|u| User {
@@ -61,12 +59,12 @@ pub async fn scan(iam: &aws_sdk_iam::Client, concurrency: usize) -> Result<Snaps
             name: u.user_name,
         })
         .collect();
-    users.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Snapshot {
         users,
         keys,
         ..Snapshot::default()
-    })
+    }
+    .sorted())
 }
 
 /// One user's keys with their last use, or None if the user was deleted since ListUsers.

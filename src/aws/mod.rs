@@ -12,7 +12,6 @@ mod session;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -27,9 +26,9 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::config::{Account, Config, Source};
 use crate::health::Health;
-use crate::inventory::{RefreshError, Snapshot};
+use crate::inventory::{unix, RefreshError, Snapshot, Timestamp};
 
-pub use session::Session;
+use session::Session;
 
 /// The base AWS configuration every account's clients are built from.
 pub struct Base(SdkConfig);
@@ -61,7 +60,7 @@ pub async fn base(cfg: &Config) -> Base {
 
 /// An AWS error reduced to what metrics and logs need.
 #[derive(Debug, Clone)]
-pub struct AwsError {
+struct AwsError {
     /// The AWS error code (`AccessDenied`, `Throttling`, ...) or, for failures that never got
     /// an answer, `Timeout`, `ConnectionError` or `DispatchFailure`.
     pub code: String,
@@ -148,11 +147,7 @@ impl AccountReader {
     /// One full read of the account's IAM users and keys.
     pub async fn read(&self) -> Result<Snapshot, RefreshError> {
         if let Some(s) = &self.session {
-            s.begin_refresh().await.map_err(|e| RefreshError {
-                stage: "assume_role",
-                code: e.code,
-                message: e.message,
-            })?;
+            s.begin_refresh().await.map_err(stage("assume_role"))?;
         }
         match self.source {
             Source::Api => api_source::scan(&self.iam, self.requests_per_account).await,
@@ -163,8 +158,8 @@ impl AccountReader {
     }
 
     /// When the current assumed-role session expires, if there is one.
-    pub fn session_expiry(&self) -> Option<SystemTime> {
-        self.session.as_ref().and_then(|s| s.expiry())
+    pub fn session_expiry(&self) -> Option<Timestamp> {
+        self.session.as_ref().and_then(|s| s.expiry()).map(unix)
     }
 }
 
