@@ -116,7 +116,7 @@ accounts:
     let webhook = Webhook::start();
     let alertmanager = Alertmanager::start(&webhook.url);
     let prometheus = Prometheus::start(
-        exporter.url.trim_start_matches("http://"),
+        exporter.address(),
         alertmanager.url.trim_start_matches("http://"),
         &shipped.with_for_zero(),
     );

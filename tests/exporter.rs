@@ -151,13 +151,14 @@ accounts:
         ),
         None
     );
+    // Two more refreshes of A (counted by moto as they start), then one seen to finish.
     let list_users_before = moto.count(A, "ListUsers");
-    exporter.next_refresh(A, Duration::from_secs(20));
-    let m = exporter.next_refresh(A, Duration::from_secs(20));
-    assert!(
-        moto.count(A, "ListUsers") >= list_users_before + 2,
-        "A was not refreshed again"
+    wait_for(
+        "A to be refreshed twice more",
+        Duration::from_secs(20),
+        || (moto.count(A, "ListUsers") >= list_users_before + 2).then_some(()),
     );
+    let m = exporter.next_refresh(A, Duration::from_secs(20));
     assert_eq!(moto.count(A, "AssumeRole"), 1, "the session was not reused");
     assert_eq!(
         m.get(
@@ -614,31 +615,22 @@ fn no_secret_reaches_the_log_even_at_debug() {
     let moto = Moto::start();
     moto.seed(A, users("u", 2, 1));
     moto.faults(json!([{"kind": "access_denied", "operation": "AssumeRole", "account": B}]));
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("refresh_interval: 1s\naccounts:\n  - {{id: \"{A}\"}}\n  - {{id: \"{B}\"}}\n  - {{id: \"{BASE}\", assume_role: false}}\n"),
-    )
-    .unwrap();
-    let port = free_port();
-    let mut cmd = exporter_command(&moto);
-    cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=debug");
-    let log = dir.path().join("exporter.log");
-    let _exporter = ChildGuard::spawn("exporter", cmd, &log);
+    let exporter = Exporter::spawn(
+        &moto,
+        &format!("refresh_interval: 1s\naccounts:\n  - {{id: \"{A}\"}}\n  - {{id: \"{B}\"}}\n  - {{id: \"{BASE}\", assume_role: false}}\n"),
+        &["--log.level=debug"],
+    );
     // Several refreshes, one failing AssumeRole, one session, base credentials.
     wait_for(
         "three refreshes of the account",
         Duration::from_secs(30),
         || {
-            let text = std::fs::read_to_string(&log).ok()?;
+            let text = exporter.log();
             (text.matches("account_id=111111111111").count() >= 3 && text.contains("AccessDenied"))
                 .then_some(())
         },
     );
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = exporter.log();
     assert!(
         text.contains("assumed role"),
         "the debug log was not captured:\n{text}"

@@ -71,21 +71,15 @@ fn tls_and_basic_auth_protect_every_endpoint() {
     self_signed_cert(dir.path());
     let web = dir.path().join("web.yml");
     std::fs::write(&web, web_config("s3cret")).unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("refresh_interval: 1h\naccounts:\n  - id: \"{A}\"\n"),
-    )
-    .unwrap();
-    let port = free_port();
-    let mut cmd = exporter_command(&moto);
-    cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!("--web.config.file={}", web.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--web.enable-lifecycle");
-    let _exporter = ChildGuard::spawn("exporter", cmd, &dir.path().join("exporter.log"));
+    let web_flag = format!("--web.config.file={}", web.display());
+    let exporter = Exporter::spawn(
+        &moto,
+        &format!("refresh_interval: 1h\naccounts:\n  - id: \"{A}\"\n"),
+        &[&web_flag, "--web.enable-lifecycle"],
+    );
+    let address = exporter.address();
 
-    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let url = |path: &str| format!("https://{address}{path}");
     let cacert = dir.path().join("cert.pem");
     let cacert = cacert.to_str().unwrap();
     let ready = wait_for(
@@ -135,7 +129,7 @@ fn tls_and_basic_auth_protect_every_endpoint() {
         }
     }
     // Plain HTTP on the TLS port gets no HTTP answer.
-    let (status, _) = curl(&[&format!("http://127.0.0.1:{port}/metrics")]);
+    let (status, _) = curl(&[&format!("http://{address}/metrics")]);
     assert_ne!(status, 200);
     // Neither does a client that does not trust the certificate.
     let (status, _) = curl(&["-u", "prometheus:s3cret", &url("/metrics")]);

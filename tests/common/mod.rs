@@ -173,7 +173,7 @@ impl Drop for Moto {
 
 /// The real exporter binary, pointed at moto through the standard AWS SDK environment.
 pub struct Exporter {
-    child: Child,
+    child: ChildGuard,
     pub url: String,
     _dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -201,29 +201,48 @@ pub fn exporter_command(moto: &Moto) -> Command {
 }
 
 impl Exporter {
-    pub fn start(moto: &Moto, config_yaml: &str) -> Exporter {
+    /// Starts the exporter with `config_yaml` and `extra_args`, its log in a file (printed if
+    /// the test fails), and does not wait: for tests that need TLS or their own flags.
+    pub fn spawn(moto: &Moto, config_yaml: &str, extra_args: &[&str]) -> Exporter {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, config_yaml).unwrap();
         let port = free_port();
-        let child = exporter_command(moto)
-            .arg(format!("--config.file={}", config.display()))
+        let mut cmd = exporter_command(moto);
+        cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=info")
-            .arg("--web.enable-lifecycle")
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let e = Exporter {
+            .args(extra_args);
+        let child = ChildGuard::spawn("exporter", cmd, &dir.path().join("exporter.log"));
+        Exporter {
             child,
             url: format!("http://127.0.0.1:{port}"),
             _dir: dir,
             config,
-        };
+        }
+    }
+
+    /// Starts the exporter (reloadable over HTTP) and waits until it answers.
+    pub fn start(moto: &Moto, config_yaml: &str) -> Exporter {
+        let mut e = Exporter::spawn(
+            moto,
+            config_yaml,
+            &["--log.level=info", "--web.enable-lifecycle"],
+        );
         wait_for("the exporter to listen", Duration::from_secs(20), || {
+            e.child.assert_running();
             e.try_get("/-/healthy").filter(|(s, _)| *s == 200)
         });
         e
+    }
+
+    /// `host:port` the exporter listens on.
+    pub fn address(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// Everything the exporter has logged so far.
+    pub fn log(&self) -> String {
+        self.child.log()
     }
 
     /// GET a path: (status, body), or None if the server does not answer.
@@ -287,16 +306,9 @@ impl Exporter {
             .status()
             .unwrap();
         let status = wait_for("the exporter to exit", Duration::from_secs(30), || {
-            self.child.try_wait().unwrap()
+            self.child.try_wait()
         });
         (start.elapsed(), status)
-    }
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -482,9 +494,18 @@ impl ChildGuard {
         self.child.try_wait().unwrap()
     }
 
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last `lines` lines of the log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self.log();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
