@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use iam_key_exporter::accounts::{Account, Origin, Shard};
 use iam_key_exporter::collector::{self, BuildInfo, Scope};
-use iam_key_exporter::config::Account;
 use iam_key_exporter::health::Health;
 use iam_key_exporter::inventory::{AccessKey, AccountState, LastUse, Snapshot, User};
 
@@ -29,6 +29,7 @@ fn inventory(keys: usize) -> Vec<Arc<AccountState>> {
                 source: Default::default(),
                 role: None,
                 labels: Default::default(),
+                origin: Origin::Static,
             });
             let per_account = keys / accounts;
             let mut snapshot = Snapshot::default();
@@ -72,7 +73,7 @@ fn rss_mib() -> f64 {
 }
 
 fn main() {
-    let health = Health::new(NOW);
+    let health = Health::new(NOW, Shard::default());
     for keys in [1_000, 10_000, 100_000] {
         let rss_before = rss_mib();
         let accounts = inventory(keys);

@@ -21,6 +21,17 @@ pub struct Cli {
     )]
     pub config_file: PathBuf,
 
+    /// Re-read the configuration file (and the web configuration file) this often and
+    /// reload when their content changed, as after a Kubernetes ConfigMap update. 0 = never
+    /// (SIGHUP and /-/reload still work).
+    #[arg(
+        long = "config.auto-reload-interval",
+        default_value = "0s",
+        value_parser = parse_interval,
+        value_name = "DURATION"
+    )]
+    pub auto_reload_interval: std::time::Duration,
+
     /// Address to listen on for the web interface and telemetry (`:9871` means every interface).
     #[arg(long = "web.listen-address", default_value = ":9871", value_parser = parse_listen_address, value_name = "ADDR")]
     pub listen_address: SocketAddr,
@@ -38,9 +49,29 @@ pub struct Cli {
     #[arg(
         long = "web.telemetry-path",
         default_value = "/metrics",
+        value_parser = parse_telemetry_path,
         value_name = "PATH"
     )]
     pub telemetry_path: String,
+
+    /// How many replicas share the accounts; each reads only its shard of them.
+    #[arg(
+        long = "shard.total",
+        global = true,
+        default_value_t = 1,
+        value_name = "M"
+    )]
+    pub shard_total: u32,
+
+    /// This replica's shard, 0 to M-1, or `auto`: the number at the end of the hostname, as
+    /// a StatefulSet names its pods (`iam-key-exporter-2` → 2).
+    #[arg(
+        long = "shard.index",
+        global = true,
+        default_value = "0",
+        value_name = "N|auto"
+    )]
+    pub shard_index: String,
 
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", global = true, value_enum, default_value_t = LogLevel::Info)]
@@ -91,4 +122,36 @@ fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
     full.parse().map_err(|_| {
         format!("{s:?} is not a listen address like :9871, 127.0.0.1:9871 or [::]:9871")
     })
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|_| format!("{s:?} is not a duration like 30s or 1m (0s turns it off)"))?;
+    if !d.is_zero() && d < std::time::Duration::from_secs(1) {
+        return Err(format!(
+            "{s:?} is shorter than 1s; use 1s or more, or 0s for never"
+        ));
+    }
+    Ok(d)
+}
+
+/// The paths the exporter serves itself; metrics cannot live there.
+pub const RESERVED_PATHS: &[&str] = &["/", "/-/healthy", "/-/ready", "/-/reload"];
+
+fn parse_telemetry_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!("{s:?} must start with / (like /metrics)"));
+    }
+    if s.starts_with("/-/") || RESERVED_PATHS.contains(&s) {
+        return Err(format!(
+            "{s:?} is one of the exporter's own paths ({}, everything under /-/); pick another, like /metrics",
+            RESERVED_PATHS.join(", ")
+        ));
+    }
+    if s.contains(['?', '#', ' ']) {
+        return Err(format!(
+            "{s:?} must be a plain path, without ?, # or spaces"
+        ));
+    }
+    Ok(s.to_string())
 }

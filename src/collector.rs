@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use crate::accounts::Origin;
 use crate::exposition::{write_header, write_line, write_sample, Labels};
 use crate::health::Health;
 use crate::inventory::{AccessKey, AccountState, Snapshot, User};
@@ -16,7 +17,7 @@ use crate::process;
 
 const CHUNK: usize = 64 * 1024;
 
-/// The families drawn from snapshots, as DESIGN.md's metric contract names them.
+/// The families drawn from snapshots, as the README's metric table names them.
 const SNAPSHOT_FAMILIES: &[Family] = &[
     Family {
         name: "aws_iam_access_key_created_timestamp_seconds",
@@ -219,18 +220,14 @@ pub fn render(
     health.refresh_errors.render(&mut buf);
     health.aws_requests.render(&mut buf);
 
+    write_scope_families(&mut buf, accounts, health);
+
     let reload = health.reload();
     let build_labels = Labels::new()
         .with("version", build.version)
         .with("revision", build.revision)
         .with("rustc_version", build.rustc_version);
     let gauges = [
-        (
-            "iam_key_exporter_accounts",
-            "Accounts this exporter reads, by where they were found.",
-            "origin=\"static\"",
-            accounts.len() as f64,
-        ),
         (
             "iam_key_exporter_config_last_reload_successful",
             "Whether the last configuration reload succeeded.",
@@ -267,8 +264,9 @@ pub fn render(
             let account = Labels::new()
                 .with("account_id", &s.account.id)
                 .with("account_name", &s.account.name);
-            // Data past its max_staleness is gone even if no refresh has failed since.
-            let fresh = s.data_expires.is_none_or(|t| now <= t);
+            // A failing account's data is shown until max_staleness after its last success;
+            // a healthy account's always, however long its refreshes are apart.
+            let fresh = s.up || s.data_expires.is_none_or(|t| now <= t);
             s.snapshot
                 .clone()
                 .filter(|_| fresh)
@@ -282,6 +280,60 @@ pub fn render(
         family: 0,
         account: 0,
         row: 0,
+    }
+}
+
+/// What this replica reads: its shard, its accounts by origin, and discovery's state.
+fn write_scope_families(out: &mut Vec<u8>, accounts: &[Arc<AccountState>], health: &Health) {
+    let name = "iam_key_exporter_accounts";
+    write_header(out, name, "gauge", "Accounts this replica reads, by where they were found (static: only in the configuration file; organizations: found by discovery).");
+    for origin in [Origin::Static, Origin::Organizations] {
+        let n = accounts
+            .iter()
+            .filter(|s| s.account.origin == origin)
+            .count();
+        let labels = Labels::new().with("origin", origin.label());
+        write_sample(out, name, labels.as_str(), n as f64);
+    }
+    let shard = health.shard;
+    for (name, help, value) in [
+        (
+            "iam_key_exporter_shards",
+            "How many replicas share the accounts (--shard.total).",
+            shard.total,
+        ),
+        (
+            "iam_key_exporter_shard_index",
+            "This replica's shard, from 0 (--shard.index).",
+            shard.index,
+        ),
+    ] {
+        write_header(out, name, "gauge", help);
+        write_sample(out, name, "", f64::from(value));
+    }
+    let Some(d) = health.discovery() else {
+        return;
+    };
+    let name = "iam_key_exporter_discovered_accounts";
+    write_header(out, name, "gauge", "Accounts the last successful discovery found in the configured part of the organization (all replicas together read the ACTIVE ones), by state.");
+    for (state, n) in &d.by_state {
+        let labels = Labels::new().with("state", state);
+        write_sample(out, name, labels.as_str(), *n as f64);
+    }
+    let name = "iam_key_exporter_discovery_up";
+    write_header(out, name, "gauge", "1 if the last discovery through AWS Organizations succeeded, else 0; absent before the first.");
+    if d.attempted {
+        write_sample(out, name, "", if d.up { 1.0 } else { 0.0 });
+    }
+    let name = "iam_key_exporter_discovery_last_success_timestamp_seconds";
+    write_header(
+        out,
+        name,
+        "gauge",
+        "When discovery through AWS Organizations last succeeded, in Unix seconds.",
+    );
+    if let Some(t) = d.last_success {
+        write_sample(out, name, "", t);
     }
 }
 
@@ -377,7 +429,7 @@ impl Iterator for Exposition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Account;
+    use crate::accounts::{Account, Origin, Shard};
     use crate::inventory::User;
 
     fn state(users: usize, name_pad: usize) -> Arc<AccountState> {
@@ -404,6 +456,7 @@ mod tests {
             source: Default::default(),
             role: None,
             labels: Default::default(),
+            origin: Origin::Static,
         };
         let mut s = AccountState::new(Arc::new(account));
         s.snapshot = Some(Arc::new(snapshot));
@@ -412,7 +465,7 @@ mod tests {
 
     #[test]
     fn every_family_appears_once_and_contiguous_wherever_chunks_end() {
-        let health = Health::new(0.0);
+        let health = Health::new(0.0, Shard::default());
         let build = BuildInfo {
             version: "t",
             revision: "t",

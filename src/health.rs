@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use crate::config::Account;
-
+use crate::accounts::{Account, Shard};
 use crate::exposition::{write_header, write_sample, Labels};
+use crate::inventory::{RefreshError, Timestamp};
 
 /// A monotonic counter family with a fixed set of label names.
 pub struct CounterVec {
@@ -37,13 +37,16 @@ impl CounterVec {
         *self.values.lock().unwrap().entry(key).or_default() += 1;
     }
 
-    /// Forgets the series whose first label (the account id) is not in `accounts`.
-    fn retain_accounts(&self, accounts: &HashSet<&str>) {
-        self.values.lock().unwrap().retain(|labels, _| {
-            labels
-                .first()
-                .is_some_and(|id| accounts.contains(id.as_str()))
-        });
+    /// Forgets the series whose first two labels (account id and name) are not a pair in
+    /// `accounts`: removed accounts, and the old name of a renamed one.
+    fn retain_accounts(&self, accounts: &HashSet<(&str, &str)>) {
+        self.values
+            .lock()
+            .unwrap()
+            .retain(|labels, _| match &labels[..] {
+                [id, name, ..] => accounts.contains(&(id.as_str(), name.as_str())),
+                _ => false,
+            });
     }
 
     pub fn render(&self, out: &mut Vec<u8>) {
@@ -58,12 +61,27 @@ impl CounterVec {
     }
 }
 
-/// Counters and reload state of the running exporter.
+/// Counters, reload and discovery state of the running exporter.
 pub struct Health {
     pub assume_role: CounterVec,
     pub refresh_errors: CounterVec,
     pub aws_requests: CounterVec,
+    pub shard: Shard,
     reload: Mutex<Reload>,
+    /// None while discovery is not configured.
+    discovery: Mutex<Option<DiscoveryStatus>>,
+}
+
+/// How the last discoveries went.
+#[derive(Clone, Debug, Default)]
+pub struct DiscoveryStatus {
+    /// Whether a discovery has finished since discovery was configured.
+    pub attempted: bool,
+    pub up: bool,
+    pub last_success: Option<Timestamp>,
+    /// Accounts the last successful discovery found, by state.
+    pub by_state: BTreeMap<String, usize>,
+    pub last_error: Option<RefreshError>,
 }
 
 #[derive(Clone, Copy)]
@@ -73,7 +91,7 @@ pub struct Reload {
 }
 
 impl Health {
-    pub fn new(started: f64) -> Self {
+    pub fn new(started: f64, shard: Shard) -> Self {
         Health {
             assume_role: CounterVec::new(
                 "iam_key_exporter_assume_role_total",
@@ -90,16 +108,24 @@ impl Health {
                 "AWS API request attempts (retries included), by operation and outcome.",
                 &["account_id", "account_name", "operation", "outcome"],
             ),
+            shard,
             reload: Mutex::new(Reload {
                 successful: true,
                 last_success: started,
             }),
+            discovery: Mutex::new(None),
         }
     }
 
-    /// Drops the counters of accounts no longer configured, so they do not stay forever.
-    pub fn retain_accounts(&self, accounts: &[Arc<Account>]) {
-        let ids: HashSet<&str> = accounts.iter().map(|a| a.id.as_str()).collect();
+    /// Drops the counters of accounts no longer read (or read under another name), so they
+    /// do not stay forever; `also` names an owner to keep besides them (discovery's, which
+    /// has no account name).
+    pub fn retain_accounts(&self, accounts: &[Arc<Account>], also: Option<&str>) {
+        let mut ids: HashSet<(&str, &str)> = accounts
+            .iter()
+            .map(|a| (a.id.as_str(), a.name.as_str()))
+            .collect();
+        ids.extend(also.map(|id| (id, "")));
         for counter in [&self.assume_role, &self.refresh_errors, &self.aws_requests] {
             counter.retain_accounts(&ids);
         }
@@ -115,5 +141,49 @@ impl Health {
 
     pub fn reload(&self) -> Reload {
         *self.reload.lock().unwrap()
+    }
+
+    /// Turns discovery's status on (kept if it already was) or off.
+    pub fn discovery_configured(&self, configured: bool) {
+        let mut d = self.discovery.lock().unwrap();
+        match (configured, d.is_some()) {
+            (true, false) => *d = Some(DiscoveryStatus::default()),
+            (false, true) => *d = None,
+            _ => {}
+        }
+    }
+
+    /// Records a discovery: the accounts found by state, or why it failed (also counted as
+    /// a refresh error of `owner`, discovery's account). A failure keeps the counts of the
+    /// last success, as the account list keeps its accounts.
+    pub fn record_discovery(
+        &self,
+        result: Result<BTreeMap<String, usize>, RefreshError>,
+        owner: &str,
+        now: f64,
+    ) {
+        if let Err(e) = &result {
+            self.refresh_errors
+                .inc(&[owner, "", e.stage.as_str(), &e.code]);
+        }
+        let mut d = self.discovery.lock().unwrap();
+        let status = d.get_or_insert_with(DiscoveryStatus::default);
+        status.attempted = true;
+        match result {
+            Ok(by_state) => {
+                status.up = true;
+                status.last_success = Some(now);
+                status.by_state = by_state;
+                status.last_error = None;
+            }
+            Err(e) => {
+                status.up = false;
+                status.last_error = Some(e);
+            }
+        }
+    }
+
+    pub fn discovery(&self) -> Option<DiscoveryStatus> {
+        self.discovery.lock().unwrap().clone()
     }
 }

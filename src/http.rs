@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -43,6 +44,28 @@ pub struct Web {
     pub lifecycle: bool,
     /// TLS and basic auth; replaced whole on reload.
     pub security: RwLock<Arc<WebSecurity>>,
+    /// Set once ready: accounts added later (a reload, a discovery) do not take a serving
+    /// replica out of its Service while they get their first refresh.
+    pub ready: AtomicBool,
+}
+
+impl Web {
+    /// Ready once every account known has had a refresh attempt and, with discovery, once a
+    /// discovery has succeeded (until then the account list is not known).
+    fn is_ready(&self) -> bool {
+        if self.ready.load(Ordering::Relaxed) {
+            return true;
+        }
+        let discovered = self
+            .health
+            .discovery()
+            .is_none_or(|d| d.last_success.is_some());
+        let ready = discovered && self.inventory.all_attempted();
+        if ready {
+            self.ready.store(true, Ordering::Relaxed);
+        }
+        ready
+    }
 }
 
 /// Serves until `shutdown` turns true.
@@ -125,10 +148,10 @@ async fn handle(web: &Web, req: Request<Incoming>) -> Response<Body> {
         }
         "/" if matches!(*method, Method::GET | Method::HEAD) => landing_page(web),
         "/-/healthy" => text(StatusCode::OK, "Healthy.\n"),
-        "/-/ready" if web.inventory.all_attempted() => text(StatusCode::OK, "Ready.\n"),
+        "/-/ready" if web.is_ready() => text(StatusCode::OK, "Ready.\n"),
         "/-/ready" => text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "Not ready: some accounts have not been read yet.\n",
+            "Not ready: the account list is not known yet (discovery), or some accounts have not been read yet.\n",
         ),
         "/-/reload" if !web.lifecycle => text(
             StatusCode::FORBIDDEN,
@@ -248,7 +271,7 @@ fn landing_page(web: &Web) -> Response<Body> {
             format!("{}s ago", (now - t).max(0.0).round())
         });
         let error = s.last_error.as_ref().map_or(String::new(), |e| {
-            format!("{} ({}): {}", e.code, e.stage, e.message)
+            format!("{} ({}): {}", e.code, e.stage.as_str(), e.message)
         });
         let keys = s.snapshot.as_ref().map_or(0, |snap| snap.keys.len());
         rows.push_str(&format!(
@@ -258,6 +281,34 @@ fn landing_page(web: &Web) -> Response<Body> {
             html(&error),
         ));
     }
+    let discovery = web.health.discovery().map_or(String::new(), |d| {
+        let state = match (d.attempted, d.up) {
+            (false, _) => "pending".to_string(),
+            (true, true) => "up".to_string(),
+            (true, false) => "down".to_string(),
+        };
+        let last = d.last_success.map_or("never".to_string(), |t| {
+            format!("{}s ago", (now - t).max(0.0).round())
+        });
+        let found: Vec<String> = d.by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        let error = d.last_error.as_ref().map_or(String::new(), |e| {
+            format!("; last error: {} ({}): {}", e.code, e.stage.as_str(), e.message)
+        });
+        format!(
+            "<p>Discovery (AWS Organizations): <span class=\"{state}\">{state}</span>, last success {last}, found {}{}</p>\n",
+            html(&found.join(", ")),
+            html(&error)
+        )
+    });
+    let shard = web.health.shard;
+    let sharding = if shard.total > 1 {
+        format!(
+            "<p>Shard {} of {} (indexes from 0).</p>\n",
+            shard.index, shard.total
+        )
+    } else {
+        String::new()
+    };
     let page = format!(
         r#"<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>IAM Key Exporter</title>
@@ -266,7 +317,7 @@ fn landing_page(web: &Web) -> Response<Body> {
 <body><h1>IAM Key Exporter</h1>
 <p>Version {version} (revision {revision}). <a href="{path}">Metrics</a> ·
 <a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
-<table><tr><th>Account</th><th>Name</th><th>State</th><th>Keys</th><th>Last success</th><th>Last error</th></tr>
+{sharding}{discovery}<table><tr><th>Account</th><th>Name</th><th>State</th><th>Keys</th><th>Last success</th><th>Last error</th></tr>
 {rows}</table></body></html>
 "#,
         version = html(web.build.version),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::Account;
+use crate::accounts::Account;
 
 /// Seconds since the Unix epoch.
 pub type Timestamp = f64;
@@ -81,9 +81,43 @@ pub struct LastUse {
 /// Why a refresh failed: the step that failed and the AWS error code, for metrics and logs.
 #[derive(Debug, Clone)]
 pub struct RefreshError {
-    pub stage: &'static str,
+    pub stage: Stage,
+    /// The AWS error code (`AccessDenied`, `Throttling`, ...), or the exporter's own name for
+    /// a failure that has none (`Timeout`, `ConnectionError`, `RefreshTimeout`, ...).
     pub code: String,
     pub message: String,
+}
+
+/// The step of a refresh (or of discovery) that failed: the `stage` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The whole refresh outlived `refresh_timeout`.
+    Refresh,
+    AssumeRole,
+    ListUsers,
+    ListAccessKeys,
+    GetAccessKeyLastUsed,
+    GenerateCredentialReport,
+    GetCredentialReport,
+    ParseCredentialReport,
+    /// Listing the organization's accounts or their tags.
+    Discovery,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Refresh => "refresh",
+            Stage::AssumeRole => "assume_role",
+            Stage::ListUsers => "list_users",
+            Stage::ListAccessKeys => "list_access_keys",
+            Stage::GetAccessKeyLastUsed => "get_access_key_last_used",
+            Stage::GenerateCredentialReport => "generate_credential_report",
+            Stage::GetCredentialReport => "get_credential_report",
+            Stage::ParseCredentialReport => "parse_credential_report",
+            Stage::Discovery => "discovery",
+        }
+    }
 }
 
 /// Everything the collector and the landing page show about one account.

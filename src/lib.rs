@@ -1,12 +1,15 @@
 //! iam-key-exporter as a library, for the binary in `main.rs` and the benchmarks.
 //! ARCHITECTURE.md has the code map; data flows down this list, never back up:
-//! config → refresher → aws → inventory → collector (via exposition) → http.
+//! config → accounts (+ discovery) → refresher → aws → inventory → collector (via
+//! exposition) → http.
 
+pub mod accounts;
 pub mod aws;
 pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod credential_report;
+pub mod discovery;
 pub mod exposition;
 pub mod health;
 pub mod http;

@@ -1,6 +1,7 @@
 //! iam-key-exporter: wires the configuration, refresher, inventory and HTTP server together.
 //! See ARCHITECTURE.md for the code map.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
+use iam_key_exporter::accounts::{self, Shard};
 use iam_key_exporter::cli::{Cli, Command};
 use iam_key_exporter::collector::{self, BuildInfo, Scope};
 use iam_key_exporter::config::{self, Config};
@@ -32,40 +34,79 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_level, cli.log_format);
+    let checking = matches!(cli.command, Some(Command::CheckConfig));
+    let fail = |e: &dyn std::fmt::Display| {
+        if checking {
+            eprintln!("error: {e}");
+        } else {
+            tracing::error!(error = %e, "cannot start; fix this and start again");
+        }
+        ExitCode::from(EXIT_CONFIG)
+    };
 
+    let shard = match Shard::from_flags(cli.shard_total, &cli.shard_index, &hostname()) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
     let (cfg, security) = match load_all(&cli) {
         Ok((c, s)) => (Arc::new(c), s),
-        Err(e) if matches!(cli.command, Some(Command::CheckConfig)) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "invalid configuration; fix the file and start again");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(e) => return fail(&e),
     };
+    for w in &cfg.warnings {
+        let text = w.located(&cli.config_file);
+        if checking {
+            eprintln!("warning: {text}");
+        } else {
+            tracing::warn!(warning = %text, "configuration works, but probably not as meant");
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("cannot start the async runtime");
     let code = match cli.command {
         Some(Command::CheckConfig) => {
-            println!(
-                "{}: valid, {} account(s)",
-                cli.config_file.display(),
-                cfg.accounts.len()
-            );
-            if let Some(web) = &cli.web_config_file {
-                println!("{}: valid", web.display());
-            }
+            check_config(&cli, &cfg, shard);
             ExitCode::SUCCESS
         }
-        Some(Command::Once { ref output }) => runtime.block_on(once(cfg, output)),
-        None => runtime.block_on(serve(cli, cfg, security)),
+        Some(Command::Once { ref output }) => runtime.block_on(once(cfg, shard, output)),
+        None => runtime.block_on(serve(cli, cfg, shard, security)),
     };
     // Blocking work still running (a DNS lookup, a bcrypt check) must not delay the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// The machine's hostname, for `--shard.index=auto`.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn check_config(cli: &Cli, cfg: &Config, shard: Shard) {
+    let listed = cfg.accounts.len();
+    let mine = accounts::plan(cfg, None, shard).len();
+    let mut summary = format!(
+        "{}: valid, {listed} account(s) listed",
+        cli.config_file.display()
+    );
+    if shard.total > 1 {
+        summary.push_str(&format!(
+            ", {mine} of them in shard {} of {}",
+            shard.index, shard.total
+        ));
+    }
+    if cfg.discovery.is_some() {
+        summary.push_str(", more from AWS Organizations when running");
+    }
+    println!("{summary}");
+    if let Some(web) = &cli.web_config_file {
+        println!("{}: valid", web.display());
+    }
 }
 
 /// Reads the configuration and, if given, the web configuration: both valid, or an error.
@@ -79,10 +120,11 @@ fn load_all(cli: &Cli) -> Result<(Config, WebSecurity), config::ConfigError> {
 }
 
 /// Reads every account once and writes the exposition to `output` atomically.
-async fn once(cfg: Arc<Config>, output: &Path) -> ExitCode {
+async fn once(cfg: Arc<Config>, shard: Shard, output: &Path) -> ExitCode {
     let inventory = Arc::new(Inventory::default());
-    let health = Arc::new(Health::new(unix_now()));
-    refresher::refresh_all_once(cfg, inventory.clone(), health.clone()).await;
+    let health = Arc::new(Health::new(unix_now(), shard));
+    let discovered =
+        refresher::refresh_all_once(cfg, shard, inventory.clone(), health.clone()).await;
     let accounts = inventory.accounts();
     let failed = accounts.iter().filter(|s| !s.up).count();
 
@@ -102,14 +144,14 @@ async fn once(cfg: Arc<Config>, output: &Path) -> ExitCode {
         return ExitCode::FAILURE;
     }
     tracing::info!(path = %output.display(), accounts = accounts.len(), failed, "wrote metrics");
-    if failed > 0 {
+    if failed > 0 || !discovered {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
 }
 
-async fn serve(cli: Cli, cfg: Arc<Config>, security: WebSecurity) -> ExitCode {
+async fn serve(cli: Cli, cfg: Arc<Config>, shard: Shard, security: WebSecurity) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(cli.listen_address).await {
         Ok(l) => l,
         Err(e) => {
@@ -124,6 +166,9 @@ async fn serve(cli: Cli, cfg: Arc<Config>, security: WebSecurity) -> ExitCode {
         basic_auth = security.requires_auth(),
         config = %cli.config_file.display(),
         accounts = cfg.accounts.len(),
+        discovery = cfg.discovery.is_some(),
+        shard = shard.index,
+        shards = shard.total,
         "starting iam-key-exporter"
     );
 
@@ -131,10 +176,8 @@ async fn serve(cli: Cli, cfg: Arc<Config>, security: WebSecurity) -> ExitCode {
     let mut sigterm = signal(SignalKind::terminate()).expect("cannot watch SIGTERM");
     let mut sighup = signal(SignalKind::hangup()).expect("cannot watch SIGHUP");
     let inventory = Arc::new(Inventory::default());
-    let health = Arc::new(Health::new(unix_now()));
-    // The refresher fills the inventory with every account before the server can answer
-    // /-/ready, so an empty inventory is never reported ready.
-    let mut refresher = Refresher::start(cfg, inventory.clone(), health.clone()).await;
+    let health = Arc::new(Health::new(unix_now(), shard));
+    let refresher = Refresher::start(cfg, shard, inventory.clone(), health.clone()).await;
     let (reload_tx, mut reload_rx) = mpsc::channel::<http::ReloadRequest>(4);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let web = Arc::new(http::Web {
@@ -145,18 +188,36 @@ async fn serve(cli: Cli, cfg: Arc<Config>, security: WebSecurity) -> ExitCode {
         reload: reload_tx,
         lifecycle: cli.enable_lifecycle,
         security: std::sync::RwLock::new(Arc::new(security)),
+        ready: Default::default(),
     });
     let server = tokio::spawn(http::serve(listener, web.clone(), shutdown_rx));
 
+    // Files are compared by content: a ConfigMap update swaps symlinks, so times lie.
+    let mut loaded = files_digest(&cli);
+    let mut auto_reload = (!cli.auto_reload_interval.is_zero())
+        .then(|| tokio::time::interval(cli.auto_reload_interval));
     loop {
         let reply = tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => None,
             Some(reply) = reload_rx.recv() => Some(reply),
+            _ = tick(&mut auto_reload) => {
+                let now = files_digest(&cli);
+                if now == loaded {
+                    continue;
+                }
+                tracing::info!("configuration files changed; reloading");
+                None
+            }
         };
+        // Remembered before loading, so a bad file is reported once, not at every tick.
+        loaded = files_digest(&cli);
         let result = match load_all(&cli) {
             Ok((next, security)) => {
+                for w in &next.warnings {
+                    tracing::warn!(warning = %w.located(&cli.config_file), "configuration works, but probably not as meant");
+                }
                 *web.security.write().unwrap() = Arc::new(security);
                 refresher.reload(Arc::new(next)).await;
                 tracing::info!(config = %cli.config_file.display(), "configuration reloaded");
@@ -186,4 +247,23 @@ async fn serve(cli: Cli, cfg: Arc<Config>, security: WebSecurity) -> ExitCode {
         tracing::warn!("shutdown took longer than 5s; exiting anyway");
     }
     ExitCode::SUCCESS
+}
+
+/// The next tick of the auto-reload timer, or never when auto-reload is off.
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// A digest of the configuration files' content (an unreadable file counts as empty).
+fn files_digest(cli: &Cli) -> u64 {
+    let mut h = DefaultHasher::new();
+    for path in std::iter::once(&cli.config_file).chain(&cli.web_config_file) {
+        std::fs::read(path).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
 }

@@ -9,67 +9,144 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::aws::{self, AccountReader};
-use crate::config::{Account, Config, REFRESH_JITTER};
+use crate::accounts::{self, Account, Discovered, Shard};
+use crate::aws::{self, AccountReader, OrgReader};
+use crate::config::{jittered, Config};
+use crate::discovery::{self, Found};
 use crate::health::Health;
-use crate::inventory::{unix_now, AccountState, Inventory, RefreshError};
+use crate::inventory::{unix_now, AccountState, Inventory, RefreshError, Stage};
 
-/// The running account tasks. A reload restarts only the tasks of accounts that were added or
-/// changed: unchanged accounts keep their session, their schedule and their data.
+/// The running account tasks and the discovery task, owned by a supervisor task that applies
+/// reloads and discovery results one at a time. A change restarts only the tasks of accounts
+/// that were added or changed: unchanged accounts keep their session, schedule and data.
 pub struct Refresher {
+    commands: mpsc::Sender<Reload>,
+    supervisor: JoinHandle<()>,
+}
+
+/// A new configuration, and who to tell once it is in force.
+type Reload = (Arc<Config>, oneshot::Sender<()>);
+
+impl Refresher {
+    /// Starts discovery (if configured) and the static accounts' tasks. Every account known
+    /// now is in the inventory when this returns, so readiness never sees an empty one.
+    pub async fn start(
+        cfg: Arc<Config>,
+        shard: Shard,
+        inventory: Arc<Inventory>,
+        health: Arc<Health>,
+    ) -> Self {
+        let (found_tx, found_rx) = mpsc::channel(1);
+        let mut supervisor = Supervisor {
+            base: aws::base(&cfg).await,
+            permits: Arc::new(Semaphore::new(cfg.concurrency)),
+            cfg,
+            shard,
+            inventory,
+            health,
+            tasks: HashMap::new(),
+            discovered: None,
+            discovery: None,
+            generation: 0,
+            found_tx,
+        };
+        supervisor.restart_discovery().await;
+        supervisor.apply().await;
+        let (commands, rx) = mpsc::channel(1);
+        Refresher {
+            commands,
+            supervisor: tokio::spawn(supervisor.run(rx, found_rx)),
+        }
+    }
+
+    /// Switches to a new configuration; returns once it is in force.
+    pub async fn reload(&self, cfg: Arc<Config>) {
+        let (ack, done) = oneshot::channel();
+        if self.commands.send((cfg, ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Stops every task and waits until none can touch the inventory any more.
+    pub async fn stop(self) {
+        drop(self.commands);
+        let _ = self.supervisor.await;
+    }
+}
+
+struct Supervisor {
     cfg: Arc<Config>,
+    shard: Shard,
     base: aws::Base,
     permits: Arc<Semaphore>,
     inventory: Arc<Inventory>,
     health: Arc<Health>,
     tasks: HashMap<String, (Arc<Account>, JoinHandle<()>)>,
+    /// The last successful discovery under the current discovery settings' task, or an
+    /// earlier one until that task succeeds.
+    discovered: Option<Discovered>,
+    discovery: Option<JoinHandle<()>>,
+    generation: u64,
+    found_tx: mpsc::Sender<Found>,
 }
 
-impl Refresher {
-    /// Starts refreshing every account of `cfg` in the background.
-    pub async fn start(cfg: Arc<Config>, inventory: Arc<Inventory>, health: Arc<Health>) -> Self {
-        let mut refresher = Refresher {
-            base: aws::base(&cfg).await,
-            permits: Arc::new(Semaphore::new(cfg.concurrency)),
-            cfg,
-            inventory,
-            health,
-            tasks: HashMap::new(),
-        };
-        refresher.spawn_missing();
-        refresher
+impl Supervisor {
+    async fn run(mut self, mut commands: mpsc::Receiver<Reload>, mut found: mpsc::Receiver<Found>) {
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some((cfg, ack)) => {
+                        self.reload(cfg).await;
+                        let _ = ack.send(());
+                    }
+                    None => break,
+                },
+                Some((generation, discovered)) = found.recv() => {
+                    if generation == self.generation {
+                        self.discovered = Some(discovered);
+                        self.apply().await;
+                    }
+                }
+            }
+        }
+        self.stop_discovery().await;
+        self.stop_where(|_| true).await;
     }
 
-    /// Switches to a new configuration.
-    pub async fn reload(&mut self, cfg: Arc<Config>) {
-        if self.cfg.same_settings(&cfg) {
-            let wanted: HashMap<&str, &Account> =
-                cfg.accounts.iter().map(|a| (a.id.as_str(), &**a)).collect();
-            self.stop_where(|a| wanted.get(a.id.as_str()) != Some(&a))
-                .await;
-        } else {
+    async fn reload(&mut self, cfg: Arc<Config>) {
+        let same_reading = self.cfg.same_reading(&cfg);
+        let same_discovery = same_reading && self.cfg.discovery == cfg.discovery;
+        if !same_reading {
             // Timeouts, retries, STS settings or concurrency changed: every account restarts.
             self.stop_where(|_| true).await;
             self.base = aws::base(&cfg).await;
             self.permits = Arc::new(Semaphore::new(cfg.concurrency));
         }
         self.cfg = cfg;
-        self.spawn_missing();
+        if !same_discovery {
+            if self.cfg.discovery.is_none() {
+                self.discovered = None;
+            }
+            self.restart_discovery().await;
+        }
+        self.apply().await;
     }
 
-    /// Stops every account task and waits until none can touch the inventory any more.
-    pub async fn stop(mut self) {
-        self.stop_where(|_| true).await;
-    }
-
-    /// Makes the inventory hold exactly the configured accounts and starts the tasks missing.
-    fn spawn_missing(&mut self) {
-        self.inventory.retain_only(&self.cfg.accounts);
-        self.health.retain_accounts(&self.cfg.accounts);
-        for account in &self.cfg.accounts {
+    /// Makes the running tasks and the inventory match the account list the configuration
+    /// and the last discovery give.
+    async fn apply(&mut self) {
+        let accounts = accounts::plan(&self.cfg, self.discovered.as_ref(), self.shard);
+        let wanted: HashMap<&str, &Account> =
+            accounts.iter().map(|a| (a.id.as_str(), &**a)).collect();
+        self.stop_where(|a| wanted.get(a.id.as_str()) != Some(&a))
+            .await;
+        self.inventory.retain_only(&accounts);
+        let owner = self.cfg.discovery.as_ref().map(OrgReader::owner_id);
+        self.health.retain_accounts(&accounts, owner.as_deref());
+        for account in &accounts {
             if self.tasks.contains_key(&account.id) {
                 continue;
             }
@@ -83,6 +160,33 @@ impl Refresher {
             let handle = tokio::spawn(task.run(self.permits.clone()));
             self.tasks
                 .insert(account.id.clone(), (account.clone(), handle));
+        }
+    }
+
+    /// Starts a discovery task for the current settings, stopping the old one; its results
+    /// are told apart from the old task's by a new generation.
+    async fn restart_discovery(&mut self) {
+        self.stop_discovery().await;
+        self.generation += 1;
+        self.health
+            .discovery_configured(self.cfg.discovery.is_some());
+        if let Some(d) = &self.cfg.discovery {
+            let reader = OrgReader::new(&self.base, &self.cfg, d, self.health.clone());
+            self.discovery = Some(tokio::spawn(discovery::run(
+                self.cfg.clone(),
+                self.shard,
+                reader,
+                self.health.clone(),
+                self.found_tx.clone(),
+                self.generation,
+            )));
+        }
+    }
+
+    async fn stop_discovery(&mut self) {
+        if let Some(task) = self.discovery.take() {
+            task.abort();
+            let _ = task.await;
         }
     }
 
@@ -103,13 +207,27 @@ impl Refresher {
     }
 }
 
-/// Reads every account of `cfg` once, all in parallel up to `concurrency` (the one-shot mode).
-pub async fn refresh_all_once(cfg: Arc<Config>, inventory: Arc<Inventory>, health: Arc<Health>) {
-    inventory.retain_only(&cfg.accounts);
+/// Reads every account once, all in parallel up to `concurrency` (the one-shot mode), after
+/// one discovery if it is configured. Returns false if that discovery failed (the static
+/// accounts are read anyway).
+pub async fn refresh_all_once(
+    cfg: Arc<Config>,
+    shard: Shard,
+    inventory: Arc<Inventory>,
+    health: Arc<Health>,
+) -> bool {
     let base = aws::base(&cfg).await;
+    health.discovery_configured(cfg.discovery.is_some());
+    let mut discovered = None;
+    if let Some(d) = &cfg.discovery {
+        let reader = OrgReader::new(&base, &cfg, d, health.clone());
+        discovered = discovery::once(&cfg, d, shard, &reader, &health).await;
+    }
+    let accounts = accounts::plan(&cfg, discovered.as_ref(), shard);
+    inventory.retain_only(&accounts);
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let mut tasks = JoinSet::new();
-    for account in &cfg.accounts {
+    for account in &accounts {
         let task = AccountTask::new(account, &base, &cfg, &inventory, &health);
         let permits = permits.clone();
         tasks.spawn(async move {
@@ -118,6 +236,7 @@ pub async fn refresh_all_once(cfg: Arc<Config>, inventory: Arc<Inventory>, healt
         });
     }
     tasks.join_all().await;
+    cfg.discovery.is_none() || discovered.is_some()
 }
 
 struct AccountTask {
@@ -165,7 +284,7 @@ impl AccountTask {
         let result = match tokio::time::timeout(limit, self.reader.read()).await {
             Ok(r) => r,
             Err(_) => Err(RefreshError {
-                stage: "refresh",
+                stage: Stage::Refresh,
                 code: "RefreshTimeout".into(),
                 message: format!(
                     "the refresh did not finish within refresh_timeout ({})",
@@ -202,7 +321,7 @@ impl AccountTask {
             Err(e) => {
                 self.health
                     .refresh_errors
-                    .inc(&[id, name, e.stage, &e.code]);
+                    .inc(&[id, name, e.stage.as_str(), &e.code]);
                 // Last good data stays visible (with account_up 0) until `data_expires`; the
                 // collector hides it from then on, and here it is freed.
                 let stale = state.data_expires.is_none_or(|t| now > t);
@@ -211,7 +330,7 @@ impl AccountTask {
                 }
                 tracing::warn!(
                     account_id = %id, account_name = %name, duration_seconds = duration,
-                    stage = e.stage, code = %e.code, error = %e.message, kept_stale_data = !stale && state.snapshot.is_some(),
+                    stage = e.stage.as_str(), code = %e.code, error = %e.message, kept_stale_data = !stale && state.snapshot.is_some(),
                     "account refresh failed"
                 );
                 state.last_error = Some(e);
@@ -222,9 +341,4 @@ impl AccountTask {
             .map(|t| t + self.cfg.max_staleness.as_secs_f64());
         self.inventory.put(state);
     }
-}
-
-/// `interval` ± `REFRESH_JITTER`.
-fn jittered(interval: Duration) -> Duration {
-    interval.mul_f64(1.0 - REFRESH_JITTER + fastrand::f64() * 2.0 * REFRESH_JITTER)
 }

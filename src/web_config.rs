@@ -17,36 +17,23 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use serde::Deserialize;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::ConfigError;
+use crate::config::{self, ConfigError, Map, Problems, Value};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    tls_server_config: Option<TlsFile>,
-    #[serde(default)]
-    basic_auth_users: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct TlsFile {
     cert_file: PathBuf,
     key_file: PathBuf,
-    #[serde(default)]
     client_auth_type: ClientAuth,
     client_ca_file: Option<PathBuf>,
-    #[serde(default)]
     min_version: TlsVersion,
 }
 
-#[derive(Deserialize, Default, PartialEq)]
+#[derive(Default, PartialEq, Clone, Copy)]
 enum ClientAuth {
     #[default]
     NoClientCert,
@@ -54,11 +41,101 @@ enum ClientAuth {
     RequireAndVerifyClientCert,
 }
 
-#[derive(Deserialize, Default, PartialEq)]
+#[derive(Default, PartialEq, Clone, Copy)]
 enum TlsVersion {
     #[default]
     TLS12,
     TLS13,
+}
+
+/// The whole file: the TLS server configuration (certificates read, relative to `dir`) and
+/// the bcrypt hash of each user.
+fn read_file(
+    root: Value,
+    dir: &Path,
+    p: &mut Problems,
+) -> Option<(Option<ServerConfig>, BTreeMap<String, String>)> {
+    let mut top = root.map(p)?;
+    let tls = top.get("tls_server_config").and_then(|v| tls(&v, dir, p));
+    let mut users = BTreeMap::new();
+    let entries = top.get("basic_auth_users").and_then(|v| v.entries(p));
+    for (user, hash) in entries.unwrap_or_default() {
+        let Some(text) = hash.string(p) else { continue };
+        match text.parse::<bcrypt::HashParts>() {
+            Ok(h) if (4..=31).contains(&h.get_cost()) => {
+                users.insert(user.as_str().to_string(), text);
+            }
+            _ => p.add(
+                hash.pos(),
+                &hash.path,
+                "not a bcrypt hash (make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)",
+            ),
+        }
+    }
+    top.finish(p);
+    Some((tls, users))
+}
+
+fn tls(v: &Value, dir: &Path, p: &mut Problems) -> Option<ServerConfig> {
+    let mut m = v.map(p)?;
+    let mut files = Vec::new();
+    let mut path = |key: &'static str, m: &mut Map, p: &mut Problems| {
+        let v = m.get(key)?;
+        let file = PathBuf::from(v.string(p)?);
+        files.push((key, v.pos(), v.path.clone()));
+        Some(file)
+    };
+    let cert_file = path("cert_file", &mut m, p);
+    let key_file = path("key_file", &mut m, p);
+    let client_ca_file = path("client_ca_file", &mut m, p);
+    let client_auth_type = m
+        .get("client_auth_type")
+        .map_or(Some(ClientAuth::default()), |v| {
+            v.parse(p, |s| match s {
+                "NoClientCert" => Ok(ClientAuth::NoClientCert),
+                "VerifyClientCertIfGiven" => Ok(ClientAuth::VerifyClientCertIfGiven),
+                "RequireAndVerifyClientCert" => Ok(ClientAuth::RequireAndVerifyClientCert),
+                _ => Err(format!(
+                    "{s:?} is not supported: expected NoClientCert, VerifyClientCertIfGiven or \
+                 RequireAndVerifyClientCert"
+                )),
+            })
+        });
+    let min_version = m
+        .get("min_version")
+        .map_or(Some(TlsVersion::default()), |v| {
+            v.parse(p, |s| match s {
+                "TLS12" => Ok(TlsVersion::TLS12),
+                "TLS13" => Ok(TlsVersion::TLS13),
+                _ => Err(format!("{s:?} is not supported: expected TLS12 or TLS13")),
+            })
+        });
+    for (key, value) in [("cert_file", &cert_file), ("key_file", &key_file)] {
+        if value.is_none() && !files.iter().any(|(k, _, _)| *k == key) {
+            p.add(m.pos(), &format!("{}.{key}", m.path()), "missing");
+        }
+    }
+    let (at, path) = (m.pos(), m.path().to_string());
+    m.finish(p);
+    let file = TlsFile {
+        cert_file: cert_file?,
+        key_file: key_file?,
+        client_auth_type: client_auth_type?,
+        client_ca_file,
+        min_version: min_version?,
+    };
+    // A file that cannot be used is reported at the field naming it.
+    server_config(&file, dir)
+        .map_err(|(key, message)| {
+            let (at, path) = files
+                .iter()
+                .find(|(k, _, _)| *k == key)
+                .map_or((at, format!("{path}.{key}")), |(_, at, path)| {
+                    (*at, path.clone())
+                });
+            p.add(at, &path, message)
+        })
+        .ok()
 }
 
 /// TLS and authentication for the HTTP server; the default is neither.
@@ -78,51 +155,41 @@ pub struct WebSecurity {
 const VERIFIED_CACHE: usize = 64;
 
 pub fn load(path: &Path) -> Result<WebSecurity, ConfigError> {
-    let err = |msg: String| ConfigError::new(format!("{}: {msg}", path.display()));
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err(format!("cannot read the web configuration file: {e}")))?;
-    let file: File = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
-    // The dummy hash costs as much as the most expensive real one: bcrypt's minimum is 4.
-    let mut cost = 4;
-    for (user, hash) in &file.basic_auth_users {
-        match hash.parse::<bcrypt::HashParts>() {
-            Ok(parts) => cost = cost.max(parts.get_cost()),
-            Err(_) => {
-                return Err(err(format!(
-                    "basic_auth_users.{user}: not a bcrypt hash (make one with `htpasswd -nBC 10 \"\"`)"
-                )))
-            }
-        }
-    }
-    let dummy_hash = if file.basic_auth_users.is_empty() {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let (tls, users) = config::document(&text, path, |root, p| read_file(root, dir, p))?;
+    // The dummy hash costs as much as the most expensive real one (costs were checked).
+    let cost = users
+        .values()
+        .filter_map(|h| h.parse::<bcrypt::HashParts>().ok())
+        .map(|h| h.get_cost())
+        .fold(4, u32::max);
+    let dummy_hash = if users.is_empty() {
         String::new()
     } else {
         let unguessable = fastrand::u64(..).to_string();
-        bcrypt::hash(unguessable, cost).map_err(|e| err(format!("basic_auth_users: {e}")))?
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tls = match file.tls_server_config {
-        Some(t) => Some(TlsAcceptor::from(Arc::new(
-            server_config(&t, dir).map_err(|m| err(format!("tls_server_config.{m}")))?,
-        ))),
-        None => None,
+        bcrypt::hash(unguessable, cost).unwrap_or_default()
     };
     Ok(WebSecurity {
-        tls,
-        users: file.basic_auth_users,
+        tls: tls.map(|c| TlsAcceptor::from(Arc::new(c))),
+        users,
         dummy_hash,
         verified: Mutex::default(),
     })
 }
 
-fn server_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig, String> {
+/// The rustls configuration; an error names the field whose file or value is unusable.
+fn server_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig, (&'static str, String)> {
     let certs: Vec<CertificateDer> = read_pem(dir, "cert_file", &t.cert_file, |p| {
         CertificateDer::pem_file_iter(p)?.collect()
     })?;
     if certs.is_empty() {
-        return Err(format!(
-            "cert_file: no certificate in {}",
-            t.cert_file.display()
+        return Err((
+            "cert_file",
+            format!("no certificate in {}", t.cert_file.display()),
         ));
     }
     let key = read_pem(dir, "key_file", &t.key_file, |p| {
@@ -136,10 +203,10 @@ fn server_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig, String> {
     let builder = match (&t.client_auth_type, &t.client_ca_file) {
         (ClientAuth::NoClientCert, _) => builder.with_no_client_auth(),
         (_, None) => {
-            return Err(
-                "client_ca_file: required when client_auth_type verifies client certificates"
-                    .into(),
-            )
+            return Err((
+                "client_ca_file",
+                "missing: client_auth_type verifies client certificates against it".into(),
+            ))
         }
         (auth, Some(ca)) => {
             let mut roots = RootCertStore::empty();
@@ -147,7 +214,9 @@ fn server_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig, String> {
                 CertificateDer::pem_file_iter(p)?.collect()
             })?;
             for c in cas {
-                roots.add(c).map_err(|e| format!("client_ca_file: {e}"))?;
+                roots
+                    .add(c)
+                    .map_err(|e| ("client_ca_file", format!("unusable certificate: {e}")))?;
             }
             let verifier = WebPkiClientVerifier::builder(Arc::new(roots));
             let verifier = if *auth == ClientAuth::VerifyClientCertIfGiven {
@@ -158,13 +227,16 @@ fn server_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig, String> {
             builder.with_client_cert_verifier(
                 verifier
                     .build()
-                    .map_err(|e| format!("client_ca_file: {e}"))?,
+                    .map_err(|e| ("client_ca_file", format!("unusable: {e}")))?,
             )
         }
     };
-    let mut cfg = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("key_file: does not match cert_file or is unusable: {e}"))?;
+    let mut cfg = builder.with_single_cert(certs, key).map_err(|e| {
+        (
+            "key_file",
+            format!("does not match cert_file or is unusable: {e}"),
+        )
+    })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -172,12 +244,12 @@ fn server_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig, String> {
 /// Reads a PEM file (relative to the web config's directory), naming the field on error.
 fn read_pem<T>(
     dir: &Path,
-    field: &str,
+    field: &'static str,
     path: &Path,
     read: impl FnOnce(&Path) -> Result<T, rustls::pki_types::pem::Error>,
-) -> Result<T, String> {
+) -> Result<T, (&'static str, String)> {
     let full = dir.join(path);
-    read(&full).map_err(|e| format!("{field}: cannot read {}: {e}", full.display()))
+    read(&full).map_err(|e| (field, format!("cannot read {}: {e}", full.display())))
 }
 
 impl WebSecurity {

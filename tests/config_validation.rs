@@ -58,11 +58,7 @@ fn accepts_the_shipped_configs() {
 fn thirteen_digit_account_id() {
     rejects(
         "accounts:\n  - id: \"1234567890123\"\n",
-        &[
-            "accounts[0].id",
-            "must be exactly 12 digits",
-            "line 2 column 9",
-        ],
+        &[":2:9: accounts[0].id: ", "must be exactly 12 digits"],
     );
 }
 
@@ -70,7 +66,7 @@ fn thirteen_digit_account_id() {
 fn non_numeric_account_id() {
     rejects(
         "accounts:\n  - id: \"12345678901x\"\n",
-        &["accounts[0].id", "12 digits", "line 2"],
+        &[":2:9: accounts[0].id: ", "12 digits"],
     );
 }
 
@@ -78,7 +74,11 @@ fn non_numeric_account_id() {
 fn unquoted_account_id() {
     rejects(
         "accounts:\n  - id: 11111111111\n",
-        &["accounts[0].id", "must be quoted", "\"011111111111\""],
+        &[
+            ":2:9: accounts[0].id: ",
+            "must be quoted",
+            "\"011111111111\"",
+        ],
     );
 }
 
@@ -87,9 +87,8 @@ fn duplicate_account_id() {
     rejects(
         "accounts:\n  - {id: \"111111111111\", name: a}\n  - {id: \"111111111111\", name: b}\n",
         &[
-            "accounts[1].id",
-            "\"111111111111\" is listed twice (also accounts[0])",
-            "line 2",
+            ":3:10: accounts[1].id: ",
+            "\"111111111111\" is listed twice (also accounts[0], line 2)",
         ],
     );
 }
@@ -98,7 +97,10 @@ fn duplicate_account_id() {
 fn duplicate_account_name() {
     rejects(
         "accounts:\n  - {id: \"111111111111\", name: prod}\n  - {id: \"222222222222\", name: prod}\n",
-        &["accounts[1].name", "name \"prod\" is used twice (also accounts[0])", "line 2"],
+        &[
+            ":3:32: accounts[1].name: ",
+            "name \"prod\" is used twice (also accounts[0], line 2)",
+        ],
     );
 }
 
@@ -107,15 +109,17 @@ fn unknown_key() {
     rejects(
         &format!("{GOOD_ACCOUNT}refresh_intervall: 5m\n"),
         &[
-            "unknown field `refresh_intervall`",
+            ":4:1: refresh_intervall: unknown field `refresh_intervall`",
+            "did you mean `refresh_interval`?",
             "expected one of",
-            "refresh_interval",
-            "line 4",
         ],
     );
     rejects(
         "accounts:\n  - id: \"111111111111\"\n    rolearn: x\n",
-        &["accounts[0]", "unknown field `rolearn`", "line 3"],
+        &[
+            ":3:5: accounts[0].rolearn: unknown field `rolearn`",
+            "did you mean `role_arn`?",
+        ],
     );
 }
 
@@ -124,15 +128,14 @@ fn malformed_duration() {
     rejects(
         &format!("refresh_interval: 15q\n{GOOD_ACCOUNT}"),
         &[
-            "refresh_interval",
+            ":1:19: refresh_interval: ",
             "invalid duration \"15q\"",
             "like 90s, 15m or 1h",
-            "line 1",
         ],
     );
     rejects(
         &format!("sts:\n  session_duration: forever\n{GOOD_ACCOUNT}"),
-        &["sts.session_duration", "invalid duration", "line 2"],
+        &[":2:21: sts.session_duration: ", "invalid duration"],
     );
 }
 
@@ -141,18 +144,16 @@ fn unparsable_role_arn() {
     rejects(
         "accounts:\n  - id: \"111111111111\"\n    role_arn: arn:aws:iam:111111111111:role/X\n",
         &[
-            "accounts[0].role_arn",
+            ":3:15: accounts[0].role_arn: ",
             "does not parse",
             "arn:<partition>:iam::<12-digit account id>:role/<name>",
-            "line 3",
         ],
     );
     rejects(
         "accounts:\n  - id: \"111111111111\"\n    role_arn: arn:aws:iam::222222222222:role/X\n",
         &[
-            "accounts[0].role_arn",
+            ":3:15: accounts[0].role_arn: ",
             "in another account than id",
-            "line 2",
         ],
     );
 }
@@ -161,20 +162,30 @@ fn unparsable_role_arn() {
 fn empty_account_list() {
     rejects(
         "refresh_interval: 5m\naccounts: []\n",
-        &["accounts", "empty", "line 2"],
+        &[
+            ":2:11: accounts: ",
+            "no account to read",
+            "discovery.organizations",
+        ],
     );
-    rejects("refresh_interval: 5m\n", &["accounts: missing"]);
+    rejects(
+        "refresh_interval: 5m\n",
+        &[":1:1: accounts: no account to read"],
+    );
 }
 
 #[test]
 fn values_sts_would_refuse() {
     rejects(
         &format!("sts:\n  session_duration: 13h\n{GOOD_ACCOUNT}"),
-        &["sts.session_duration", "outside what STS allows", "line 2"],
+        &[
+            ":2:21: sts.session_duration: ",
+            "outside the allowed range 15m to 12h",
+        ],
     );
     rejects(
         "accounts:\n  - id: \"111111111111\"\n    external_id: x\n",
-        &["accounts[0].external_id", "2-1224", "line 3"],
+        &[":3:18: accounts[0].external_id: ", "2-1224"],
     );
 }
 
@@ -182,7 +193,11 @@ fn values_sts_would_refuse() {
 fn a_role_for_an_account_read_without_one() {
     rejects(
         "accounts:\n  - id: \"111111111111\"\n    assume_role: false\n    role_name: Audit\n",
-        &["accounts[0]", "assume_role is false", "would be ignored"],
+        &[
+            ":3:18: accounts[0].assume_role: ",
+            "assume_role is false",
+            "would be ignored",
+        ],
     );
 }
 
@@ -190,27 +205,219 @@ fn a_role_for_an_account_read_without_one() {
 fn yaml_syntax_error() {
     rejects(
         "accounts:\n  - id: \"111111111111\n    name: x\n",
-        &["line"],
+        &[":2:9: not valid YAML here: "],
     );
-    rejects("accounts: [\n", &["line"]);
+    rejects("accounts: [\n", &[":2:1: not valid YAML here: "]);
+}
+
+/// Runs the exporter (serve mode) with `yaml` and `args` while this test holds its port:
+/// a configuration error must come first (exit 2, the config's message); an exporter that
+/// bound before validating would instead fail with "cannot listen" (exit 1).
+fn serve_fails_before_binding(yaml: &str, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let out = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+        .arg(format!("--config.file={}", path.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("cannot listen"), "{stderr}");
+    stderr
 }
 
 #[test]
 fn serve_mode_exits_2_before_binding() {
+    let stderr = serve_fails_before_binding("accounts: []\n", &[]);
+    assert!(stderr.contains("no account to read"), "{stderr}");
+}
+
+#[test]
+fn every_problem_of_a_file_at_once() {
+    let (code, stderr, path) = check(
+        "concurrency: 0\nrefresh_interval: 10ms\nsts:\n  region: moon\naccounts:\n  - {id: \"1\"}\n  - {id: \"111111111111\", bogus: 1}\n",
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("5 problems"), "{stderr}");
+    for want in [
+        format!("{path}:1:14: concurrency: \"0\" is not a whole number from 1 to 1024"),
+        format!("{path}:2:19: refresh_interval: \"10ms\" is outside the allowed range 1s to 1day"),
+        format!("{path}:4:11: sts.region: "),
+        format!("{path}:6:10: accounts[0].id: "),
+        format!("{path}:7:26: accounts[1].bogus: unknown field `bogus`"),
+    ] {
+        assert!(stderr.contains(&want), "{want:?} missing in:\n{stderr}");
+    }
+}
+
+#[test]
+fn durations_have_bounds() {
+    for (value, range) in [
+        ("10ms", "1s to 1day"),
+        ("1y", "1s to 1day"),
+        ("99999999999999h", ""),
+    ] {
+        rejects(
+            &format!("refresh_interval: {value}\n{GOOD_ACCOUNT}"),
+            &[":1:19: refresh_interval: ", range],
+        );
+    }
+    rejects(
+        &format!("aws:\n  max_attempts: 500\n{GOOD_ACCOUNT}"),
+        &[":2:17: aws.max_attempts: ", "from 1 to 20"],
+    );
+}
+
+#[test]
+fn settings_that_would_mute_alerts_or_cut_work_short() {
+    // A failed refresh would drop the data before the next attempt.
+    rejects(
+        &format!("refresh_interval: 1h\nmax_staleness: 30m\n{GOOD_ACCOUNT}"),
+        &[
+            ":2:16: max_staleness: ",
+            "shorter than the longest time between two refreshes",
+            "1h 16m",
+        ],
+    );
+    rejects(
+        &format!("aws:\n  attempt_timeout: 2m\n  operation_timeout: 1m\n{GOOD_ACCOUNT}"),
+        &[
+            ":2:20: aws.attempt_timeout: ",
+            "must not be longer than aws.operation_timeout",
+        ],
+    );
+    rejects(
+        &format!("sts:\n  session_duration: 15m\n  renew_before: 20m\n{GOOD_ACCOUNT}"),
+        &[
+            ":3:17: sts.renew_before: ",
+            "shorter than sts.session_duration",
+        ],
+    );
+}
+
+#[test]
+fn settings_without_effect_are_warnings() {
+    let (code, stderr, path) = check(&format!(
+        "refresh_timeout: 2m\naws:\n  operation_timeout: 3m\n{GOOD_ACCOUNT}"
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    for want in [
+        format!("warning: {path}:3:22: aws.operation_timeout: aws.operation_timeout (3m) is longer than refresh_timeout (2m)"),
+        format!("warning: {path}:1:18: refresh_timeout: aws.credential_report_timeout (5m) must be shorter"),
+    ] {
+        assert!(stderr.contains(&want), "{want:?} missing in:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_costly_but_working_setting_is_a_warning() {
+    let (code, stderr, path) = check(&format!(
+        "refresh_interval: 1h\nmax_staleness: 3h\n{GOOD_ACCOUNT}"
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: {path}:1:19: refresh_interval: sessions of 1h"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("every refresh assumes the role again"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn discovery_settings() {
+    let (code, stderr, _) = check(
+        "discovery:\n  organizations:\n    role_arn: arn:aws:iam::123456789012:role/OrgReader\n    include_ous: [ou-ab12-prod0001]\n    tags_as_labels: [team, cost-center]\naccounts: []\n",
+    );
+    assert_eq!(code, 0, "accounts may be empty with discovery: {stderr}");
+    rejects(
+        "discovery:\n  organizations:\n    include_ous: [ou-AB12-prod]\n",
+        &[
+            ":3:19: discovery.organizations.include_ous[0]: ",
+            "organizational unit id like ou-ab12-cdef3456",
+        ],
+    );
+    rejects(
+        "discovery:\n  organizations:\n    tags_as_labels: [cost-center, cost_center]\n",
+        &[
+            ":3:35: discovery.organizations.tags_as_labels[1]: ",
+            "would both become label tag_cost_center",
+        ],
+    );
+    rejects(
+        "discovery:\n  organizations:\n    exclude_accounts: [\"111111111111\"]\naccounts:\n  - id: \"111111111111\"\n",
+        &[":3:24: discovery.organizations.exclude_accounts[0]: ", "listed in accounts[0]"],
+    );
+    rejects(
+        "discovery:\n  organizations:\n    tags_as_labels: [team]\naccounts:\n  - id: \"111111111111\"\n    labels: {tag_team: x}\n",
+        &[":6:14: accounts[0].labels.tag_team: ", "also made from the tag \"team\"", "line 3"],
+    );
+    rejects(
+        "discovery:\n  organizations:\n    include_ous: [ou-ab12-prod0001]\n    exclude_ous: [ou-ab12-prod0001]\n",
+        &[":4:19: discovery.organizations.exclude_ous[0]: ", "in both include_ous and exclude_ous"],
+    );
+    rejects("discovery: {}\n", &[":1:12: discovery: ", "organizations"]);
+    rejects(
+        "discovery:\n  organizations:\n    refresh_interval: 1s\n",
+        &[
+            ":3:23: discovery.organizations.refresh_interval: ",
+            "5s to 7days",
+        ],
+    );
+}
+
+#[test]
+fn shard_flags_are_checked_before_binding() {
+    for (args, want) in [
+        (
+            &["--shard.total=3", "--shard.index=3"][..],
+            "--shard.index=3 is not below --shard.total=3",
+        ),
+        (&["--shard.total=0"][..], "--shard.total must be at least 1"),
+        (
+            &["--shard.total=3", "--shard.index=x"][..],
+            "neither a number nor",
+        ),
+    ] {
+        let stderr = serve_fails_before_binding(GOOD_ACCOUNT, args);
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.yaml");
-    std::fs::write(&path, "accounts: []\n").unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let path = dir.path().join("ok.yaml");
+    std::fs::write(&path, GOOD_ACCOUNT).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+        .args(["check-config", "--shard.total=3", "--shard.index=auto"])
         .arg(format!("--config.file={}", path.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .env("HOSTNAME", "iam-key-exporter")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    // Never bound: the port is still free.
-    TcpListener::bind(("127.0.0.1", port)).expect("the port was left bound");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("hostname ending in -<number>"), "{stderr}");
+    assert!(stderr.contains("\"iam-key-exporter\""), "{stderr}");
+}
+
+#[test]
+fn telemetry_paths_that_would_hide_metrics_or_health() {
+    for path in ["metrics", "", "/-/healthy", "/", "/-/anything"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+            .arg(format!("--web.telemetry-path={path}"))
+            .arg("--config.file=/nonexistent.yaml")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{path:?}: {stderr}");
+        assert!(
+            stderr.contains("--web.telemetry-path"),
+            "{path:?}: {stderr}"
+        );
+    }
 }

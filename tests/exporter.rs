@@ -496,8 +496,31 @@ fn reload_keeps_the_running_config_on_a_bad_file() {
         1
     );
 
+    // Renaming B: its counters follow the new name; none stay frozen under the old one.
+    let requests = "iam_key_exporter_aws_requests_total";
+    assert!(!m.find(requests, &[("account_name", B)]).is_empty());
+    reload(format!(
+        "accounts:\n  - {{id: \"{A}\", labels: {{team: x}}}}\n  - {{id: \"{B}\", name: beta2}}\n"
+    ));
+    let m = exporter.scrape_until(
+        "B's counters under its new name",
+        Duration::from_secs(30),
+        |m| !m.find(requests, &[("account_name", "beta2")]).is_empty(),
+    );
+    for s in m
+        .samples
+        .iter()
+        .filter(|s| s.name.starts_with("iam_key_exporter_"))
+    {
+        assert_ne!(
+            s.labels.get("account_name").map(String::as_str),
+            Some(B),
+            "a series kept the old name: {s:?}"
+        );
+    }
+
     // Removing A: its series and its counters go.
-    reload(format!("accounts:\n  - id: \"{B}\"\n"));
+    reload(format!("accounts:\n  - {{id: \"{B}\", name: beta2}}\n"));
     let m = exporter.scrape_until("A gone", Duration::from_secs(30), |m| {
         m.get(UP, &[("account_id", A)]).is_none()
     });
@@ -665,7 +688,11 @@ fn a_failing_account_keeps_its_data_until_max_staleness() {
     moto.seed(A, users("u", 2, 1));
     let exporter = Exporter::start(
         &moto,
-        &format!("refresh_interval: 1s\nmax_staleness: 8s\naccounts:\n  - id: \"{A}\"\n"),
+        &format!(
+            "refresh_interval: 1s\nrefresh_timeout: 5s\nmax_staleness: 8s\n\
+             aws: {{attempt_timeout: 3s, operation_timeout: 4s, credential_report_timeout: 4s}}\n\
+             accounts:\n  - id: \"{A}\"\n"
+        ),
     );
     exporter.wait_ready(Duration::from_secs(30));
     assert_eq!(exporter.scrape().find(KEY_CREATED, &[]).len(), 2);

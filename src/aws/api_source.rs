@@ -10,7 +10,7 @@ use std::future::Future;
 use futures_util::stream::{self, StreamExt};
 
 use super::{secs, stage, AwsError};
-use crate::inventory::{AccessKey, LastUse, RefreshError, Snapshot, User};
+use crate::inventory::{AccessKey, LastUse, RefreshError, Snapshot, Stage, User};
 
 /// The most IAM accepts as `MaxItems`.
 const MAX_ITEMS: i32 = 1000;
@@ -30,7 +30,7 @@ pub async fn scan(iam: &aws_sdk_iam::Client, concurrency: usize) -> Result<Snaps
         })
     })
     .await
-    .map_err(stage("list_users"))?;
+    .map_err(stage(Stage::ListUsers))?;
 
     let mut keys = Vec::new();
     let mut vanished = HashSet::new();
@@ -91,7 +91,7 @@ async fn user_keys(
     .await;
     let listed = match listed {
         Err(e) if e.code == "NoSuchEntity" => return Ok(None),
-        other => other.map_err(stage("list_access_keys"))?,
+        other => other.map_err(stage(Stage::ListAccessKeys))?,
     };
 
     let mut keys = Vec::with_capacity(listed.len());
@@ -114,7 +114,7 @@ async fn user_keys(
             }),
             Err(e) => match AwsError::from(e) {
                 e if e.code == "NoSuchEntity" => continue,
-                e => return Err(stage("get_access_key_last_used")(e)),
+                e => return Err(stage(Stage::GetAccessKeyLastUsed)(e)),
             },
         };
         keys.push(AccessKey {

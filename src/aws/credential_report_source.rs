@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{secs, stage, AwsError};
 use crate::credential_report;
-use crate::inventory::{RefreshError, Snapshot};
+use crate::inventory::{RefreshError, Snapshot, Stage};
 
 const FIRST_POLL: Duration = Duration::from_secs(1);
 const MAX_POLL: Duration = Duration::from_secs(15);
@@ -24,7 +24,7 @@ pub async fn read(iam: &aws_sdk_iam::Client, timeout: Duration) -> Result<Snapsh
             // Too many Generate calls in a short time: wait, like for a report in progress.
             Err(e) => match AwsError::from(e) {
                 e if e.code == "LimitExceeded" => false,
-                e => return Err(stage("generate_credential_report")(e)),
+                e => return Err(stage(Stage::GenerateCredentialReport)(e)),
             },
         };
         if complete {
@@ -35,7 +35,7 @@ pub async fn read(iam: &aws_sdk_iam::Client, timeout: Duration) -> Result<Snapsh
                             .as_ref()
                             .map(secs)
                             .ok_or_else(|| RefreshError {
-                                stage: "get_credential_report",
+                                stage: Stage::GetCredentialReport,
                                 code: "InvalidResponse".into(),
                                 message: "GetCredentialReport answered without GeneratedTime"
                                     .into(),
@@ -43,7 +43,7 @@ pub async fn read(iam: &aws_sdk_iam::Client, timeout: Duration) -> Result<Snapsh
                     let content = out.content.map(|b| b.into_inner()).unwrap_or_default();
                     return credential_report::parse(&content, generated).map_err(|e| {
                         RefreshError {
-                            stage: "parse_credential_report",
+                            stage: Stage::ParseCredentialReport,
                             code: "MalformedReport".into(),
                             message: e.0,
                         }
@@ -56,7 +56,7 @@ pub async fn read(iam: &aws_sdk_iam::Client, timeout: Duration) -> Result<Snapsh
                         e.code.as_str(),
                         "ReportInProgress" | "ReportNotPresent" | "ReportExpired"
                     ) => {}
-                    e => return Err(stage("get_credential_report")(e)),
+                    e => return Err(stage(Stage::GetCredentialReport)(e)),
                 },
             }
         }
@@ -64,7 +64,7 @@ pub async fn read(iam: &aws_sdk_iam::Client, timeout: Duration) -> Result<Snapsh
         let wait = delay.mul_f64(0.5 + fastrand::f64() * 0.5);
         if Instant::now() + wait > deadline {
             return Err(RefreshError {
-                stage: "generate_credential_report",
+                stage: Stage::GenerateCredentialReport,
                 code: "ReportTimeout".into(),
                 message: format!(
                     "the credential report was not ready within {} (aws.credential_report_timeout)",

@@ -8,6 +8,7 @@
 
 mod api_source;
 mod credential_report_source;
+mod organizations;
 mod session;
 
 use std::fmt;
@@ -18,16 +19,21 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_iam::config::interceptors::FinalizerInterceptorContextRef;
 use aws_sdk_iam::config::retry::RetryPartition;
-use aws_sdk_iam::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_iam::config::{ConfigBag, IdentityCache, Intercept, RuntimeComponents};
+use aws_smithy_runtime::client::retries::classifiers::run_classifiers_on_ctx;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::retries::classifiers::{RetryAction, RetryReason};
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use aws_smithy_types::retry::ErrorKind;
 
-use crate::config::{Account, Config, Source};
+use crate::accounts::Account;
+use crate::config::{Config, Source};
 use crate::health::Health;
-use crate::inventory::{unix, RefreshError, Snapshot, Timestamp};
+use crate::inventory::{unix, RefreshError, Snapshot, Stage, Timestamp};
 
+pub use organizations::OrgReader;
 use session::Session;
 
 /// The base AWS configuration every account's clients are built from.
@@ -109,31 +115,24 @@ pub struct AccountReader {
 
 impl AccountReader {
     pub fn new(base: &Base, cfg: &Config, account: &Account, health: Arc<Health>) -> Self {
-        let base = &base.0;
         let counter = RequestCounter {
-            account_id: account.id.clone(),
-            account_name: account.name.clone(),
+            owner: Owner {
+                account_id: account.id.clone(),
+                account_name: account.name.clone(),
+            },
             health: health.clone(),
         };
-        let mut iam = aws_sdk_iam::config::Builder::from(base)
+        let mut iam = aws_sdk_iam::config::Builder::from(&base.0)
             .retry_partition(RetryPartition::new(format!("iam-{}", account.id)))
             .interceptor(counter.clone());
-        let session = account.role.as_ref().map(|role| {
-            let sts = aws_sdk_sts::config::Builder::from(base)
-                .retry_partition(RetryPartition::new(format!("sts-{}", account.id)))
-                .interceptor(counter)
-                .build();
-            Arc::new(Session::new(
-                aws_sdk_sts::Client::from_conf(sts),
-                role.clone(),
-                &cfg.sts,
-                cfg.longest_refresh_gap(),
-                account,
-                health,
-            ))
-        });
+        let session = account
+            .role
+            .as_ref()
+            .map(|role| Session::new(base, role.clone(), cfg, counter, health));
         if let Some(s) = &session {
-            iam = s.install(iam);
+            iam = iam
+                .credentials_provider(s.provider())
+                .identity_cache(IdentityCache::no_cache());
         }
         AccountReader {
             iam: aws_sdk_iam::Client::from_conf(iam.build()),
@@ -147,7 +146,7 @@ impl AccountReader {
     /// One full read of the account's IAM users and keys.
     pub async fn read(&self) -> Result<Snapshot, RefreshError> {
         if let Some(s) = &self.session {
-            s.begin_refresh().await.map_err(stage("assume_role"))?;
+            s.begin_refresh().await.map_err(stage(Stage::AssumeRole))?;
         }
         match self.source {
             Source::Api => api_source::scan(&self.iam, self.requests_per_account).await,
@@ -164,7 +163,7 @@ impl AccountReader {
 }
 
 /// Turns an AWS error into the refresh error of `stage`.
-fn stage(stage: &'static str) -> impl Fn(AwsError) -> RefreshError {
+fn stage(stage: Stage) -> impl Fn(AwsError) -> RefreshError {
     move |e| RefreshError {
         stage,
         code: e.code,
@@ -176,31 +175,25 @@ fn secs(t: &aws_smithy_types::DateTime) -> f64 {
     t.as_secs_f64()
 }
 
+/// Whose calls a client makes: the labels its requests and sessions are counted under.
+#[derive(Clone, Debug)]
+struct Owner {
+    account_id: String,
+    account_name: String,
+}
+
 /// Counts every request attempt, retries included, by operation and outcome.
 #[derive(Clone)]
 struct RequestCounter {
-    account_id: String,
-    account_name: String,
+    owner: Owner,
     health: Arc<Health>,
 }
 
 impl fmt::Debug for RequestCounter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RequestCounter({})", self.account_id)
+        write!(f, "RequestCounter({})", self.owner.account_id)
     }
 }
-
-/// Error codes AWS uses for request-rate throttling.
-const THROTTLING_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "SlowDown",
-];
 
 impl Intercept for RequestCounter {
     fn name(&self) -> &'static str {
@@ -210,45 +203,30 @@ impl Intercept for RequestCounter {
     fn read_after_attempt(
         &self,
         context: &FinalizerInterceptorContextRef<'_>,
-        _: &RuntimeComponents,
+        components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let operation = cfg.load::<Metadata>().map_or("unknown", |m| m.name());
-        let outcome = match context.response() {
-            Some(r) if r.status().is_success() => "ok",
-            Some(r) if r.status().as_u16() == 429 => "throttled",
-            // The body of an error response is already in memory after deserialization; the
-            // Query protocol puts the code in `<Code>...</Code>`.
-            Some(r) => match r.body().bytes().map(error_code) {
-                Some(Some(code)) if THROTTLING_CODES.contains(&code) => "throttled",
+        let succeeded = context.response().is_some_and(|r| r.status().is_success());
+        // The SDK's own retry classifiers say whether this attempt was throttled, for every
+        // protocol and every code the SDK knows (IAM's Query XML, Organizations' JSON).
+        let outcome = if succeeded {
+            "ok"
+        } else {
+            match run_classifiers_on_ctx(components.retry_classifiers(), context.inner()) {
+                RetryAction::RetryIndicated(RetryReason::RetryableError {
+                    kind: ErrorKind::ThrottlingError,
+                    ..
+                }) => "throttled",
                 _ => "error",
-            },
-            None => "error",
+            }
         };
-        self.health
-            .aws_requests
-            .inc(&[&self.account_id, &self.account_name, operation, outcome]);
+        self.health.aws_requests.inc(&[
+            &self.owner.account_id,
+            &self.owner.account_name,
+            operation,
+            outcome,
+        ]);
         Ok(())
-    }
-}
-
-/// The `<Code>` of a Query-protocol (IAM, STS) XML error body.
-fn error_code(body: &[u8]) -> Option<&str> {
-    let text = std::str::from_utf8(body).ok()?;
-    let start = text.find("<Code>")? + "<Code>".len();
-    let end = start + text[start..].find("</Code>")?;
-    Some(text[start..end].trim())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_query_protocol_error_code() {
-        let body = b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code>\
-                     <Message>Rate exceeded</Message></Error></ErrorResponse>";
-        assert_eq!(error_code(body), Some("Throttling"));
-        assert_eq!(error_code(b"not xml"), None);
     }
 }

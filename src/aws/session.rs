@@ -15,12 +15,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::provider::{self, future, ProvideCredentials};
+use aws_credential_types::provider::{self, future, ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
-use aws_sdk_iam::config::IdentityCache;
+use aws_sdk_iam::config::retry::RetryPartition;
 
-use super::AwsError;
-use crate::config::{Account, Role, Sts};
+use super::{AwsError, Base, Owner, RequestCounter};
+use crate::accounts::Role;
+use crate::config::Config;
 use crate::health::Health;
 
 pub struct Session {
@@ -32,8 +33,7 @@ pub struct Session {
     /// At the start of a refresh, renew when less than this is left: `renew_before` plus the
     /// longest wait until the next refresh.
     renew_at_refresh: Duration,
-    account_id: String,
-    account_name: String,
+    owner: Owner,
     health: Arc<Health>,
     /// An async mutex: concurrent requests wait for one AssumeRole instead of each making one.
     current: tokio::sync::Mutex<Option<Credentials>>,
@@ -48,37 +48,38 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// A session for `role`, with an STS client of its own (its own retry partition) that
+    /// counts its requests under `counter`'s owner.
     pub fn new(
-        sts: aws_sdk_sts::Client,
+        base: &Base,
         role: Role,
-        cfg: &Sts,
-        longest_refresh_gap: Duration,
-        account: &Account,
+        cfg: &Config,
+        counter: RequestCounter,
         health: Arc<Health>,
-    ) -> Self {
-        Session {
-            sts,
+    ) -> Arc<Self> {
+        let owner = counter.owner.clone();
+        let sts = aws_sdk_sts::config::Builder::from(&base.0)
+            .retry_partition(RetryPartition::new(format!("sts-{}", owner.account_id)))
+            .interceptor(counter)
+            .build();
+        Arc::new(Session {
+            sts: aws_sdk_sts::Client::from_conf(sts),
             role,
-            session_name: cfg.session_name.clone(),
-            duration: cfg.session_duration,
-            renew_before: cfg.renew_before,
-            renew_at_refresh: cfg.renew_before + longest_refresh_gap,
-            account_id: account.id.clone(),
-            account_name: account.name.clone(),
+            session_name: cfg.sts.session_name.clone(),
+            duration: cfg.sts.session_duration,
+            renew_before: cfg.sts.renew_before,
+            renew_at_refresh: cfg.sts.renew_before + cfg.longest_refresh_gap(),
+            owner,
             health,
             current: tokio::sync::Mutex::new(None),
             expiry: Mutex::new(None),
-        }
+        })
     }
 
-    /// Makes an IAM client configuration use this session's credentials. The SDK's identity
-    /// cache is turned off because the session is the cache.
-    pub fn install(
-        self: &Arc<Self>,
-        iam: aws_sdk_iam::config::Builder,
-    ) -> aws_sdk_iam::config::Builder {
-        iam.credentials_provider(Provider(self.clone()))
-            .identity_cache(IdentityCache::no_cache())
+    /// The credentials provider for a client that calls as this role. Give the client no
+    /// identity cache of its own (`IdentityCache::no_cache()`): the session is the cache.
+    pub fn provider(self: &Arc<Self>) -> SharedCredentialsProvider {
+        SharedCredentialsProvider::new(Provider(self.clone()))
     }
 
     /// Called once at the start of each refresh: renews the session if it would otherwise
@@ -101,11 +102,11 @@ impl Session {
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.health
             .assume_role
-            .inc(&[&self.account_id, &self.account_name, outcome]);
+            .inc(&[&self.owner.account_id, &self.owner.account_name, outcome]);
         let creds = result?;
         *self.expiry.lock().unwrap() = creds.expiry();
         tracing::debug!(
-            account_id = %self.account_id,
+            account_id = %self.owner.account_id,
             role = %self.role.arn,
             expires = ?creds.expiry().map(humantime::format_rfc3339_seconds),
             "assumed role"

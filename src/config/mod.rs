@@ -1,0 +1,358 @@
+//! The YAML configuration: its schema, defaults and validation.
+//!
+//! A file is read node by node (`yaml.rs`), so every problem in it is reported at once, each
+//! with its line, column and field, and validation stays linear in the size of the file.
+//! What comes out is plain settings: turning them into the list of accounts to read
+//! (static entries, discovery, sharding) is the `accounts` module's job.
+
+mod read;
+pub(crate) mod values;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Refresh intervals vary by ± this fraction, so many accounts do not hit AWS in lockstep.
+pub const REFRESH_JITTER: f64 = 0.1;
+
+/// `interval` ± [`REFRESH_JITTER`].
+pub fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(1.0 - REFRESH_JITTER + fastrand::f64() * 2.0 * REFRESH_JITTER)
+}
+
+/// The validated configuration with every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub refresh_interval: Duration,
+    pub refresh_timeout: Duration,
+    pub concurrency: usize,
+    pub max_staleness: Duration,
+    pub sts: Sts,
+    pub aws: AwsClient,
+    pub defaults: Defaults,
+    /// The `accounts:` entries, in file order.
+    pub accounts: Vec<AccountEntry>,
+    pub discovery: Option<Discovery>,
+    /// Settings that work, but probably not as meant: logged at load, shown by check-config.
+    pub warnings: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sts {
+    pub region: String,
+    pub session_name: String,
+    pub session_duration: Duration,
+    pub renew_before: Duration,
+}
+
+/// Timeouts, retries and per-account request concurrency for every AWS client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwsClient {
+    pub connect_timeout: Duration,
+    pub attempt_timeout: Duration,
+    pub operation_timeout: Duration,
+    pub max_attempts: u32,
+    pub max_backoff: Duration,
+    pub requests_per_account: usize,
+    pub credential_report_timeout: Duration,
+}
+
+/// How an account is read when its entry (or discovery) does not say otherwise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Defaults {
+    pub role_name: String,
+    pub external_id: Option<String>,
+    pub source: Source,
+}
+
+/// One entry of `accounts:` as written; unset fields fall back to [`Defaults`], or for an
+/// account that discovery also finds, to what AWS Organizations says (its name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountEntry {
+    pub id: String,
+    pub name: Option<String>,
+    pub source: Option<Source>,
+    pub role: RoleChoice,
+    pub external_id: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoleChoice {
+    /// `defaults.role_name` in the account.
+    Default,
+    /// `role_name`: another role name in the account.
+    Name(String),
+    /// `role_arn`: a full ARN.
+    Arn(String),
+    /// `assume_role: false`: the exporter's own credentials.
+    OwnCredentials,
+}
+
+/// `discovery.organizations`: accounts found through AWS Organizations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discovery {
+    /// Assumed to call Organizations; `None` uses the exporter's own credentials.
+    pub role_arn: Option<String>,
+    pub include_ous: Vec<String>,
+    pub exclude_ous: Vec<String>,
+    pub exclude_accounts: Vec<String>,
+    pub tags_as_labels: Vec<TagLabel>,
+    pub refresh_interval: Duration,
+}
+
+/// An account tag shown as a label of `aws_iam_account_info`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagLabel {
+    pub tag: String,
+    /// `tag_` and the tag key with every character a label name cannot hold made `_`.
+    pub label: String,
+}
+
+/// Where an account's key data comes from.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// ListUsers ▸ ListAccessKeys ▸ GetAccessKeyLastUsed: current, one call per user and key.
+    #[default]
+    Api,
+    /// The IAM credential report: a constant few calls per account, up to 4 hours old, and
+    /// the only view of the root user's keys and of MFA.
+    CredentialReport,
+}
+
+impl Source {
+    pub const NAMES: &'static str = "api or credential_report";
+
+    fn parse(s: &str) -> Result<Source, String> {
+        match s {
+            "api" => Ok(Source::Api),
+            "credential_report" => Ok(Source::CredentialReport),
+            _ => Err(format!("unknown source {s:?}: expected {}", Source::NAMES)),
+        }
+    }
+}
+
+impl Config {
+    /// Whether every account would be read the same way under `other` (timeouts, retries,
+    /// STS, schedule); the account list itself may differ.
+    pub fn same_reading(&self, other: &Config) -> bool {
+        (
+            self.refresh_interval,
+            self.refresh_timeout,
+            self.concurrency,
+            self.max_staleness,
+            &self.sts,
+            &self.aws,
+        ) == (
+            other.refresh_interval,
+            other.refresh_timeout,
+            other.concurrency,
+            other.max_staleness,
+            &other.sts,
+            &other.aws,
+        )
+    }
+
+    /// The longest wait between the end of one refresh of an account and the start of the next.
+    pub fn longest_refresh_gap(&self) -> Duration {
+        self.refresh_interval.mul_f64(1.0 + REFRESH_JITTER)
+    }
+
+    /// The ARN partition (`aws`, `aws-cn`, `aws-us-gov`) that STS in the configured region
+    /// belongs to, for the role ARNs built from role names.
+    pub fn partition(&self) -> &'static str {
+        let region = self.sts.region.as_str();
+        if region.starts_with("cn-") {
+            "aws-cn"
+        } else if region.starts_with("us-gov-") {
+            "aws-us-gov"
+        } else {
+            "aws"
+        }
+    }
+}
+
+/// A place in a file: 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// One thing wrong with a file, where it is, and which field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub at: Pos,
+    /// The field's path, such as `accounts[2].role_arn`.
+    pub field: String,
+    pub message: String,
+}
+
+impl Problem {
+    /// `FILE:LINE:COLUMN: FIELD: MESSAGE`, as compilers write it.
+    pub fn located(&self, path: &Path) -> String {
+        let field = if self.field.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", self.field)
+        };
+        format!(
+            "{}:{}:{}: {field}{}",
+            path.display(),
+            self.at.line,
+            self.at.column,
+            self.message
+        )
+    }
+}
+
+/// A configuration file that cannot be used. The caller exits with code 2, or keeps the
+/// running configuration on reload.
+#[derive(Debug)]
+pub enum ConfigError {
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// The file is not YAML, or uses YAML the exporter does not accept (anchors, tags).
+    Syntax {
+        path: PathBuf,
+        at: Pos,
+        message: String,
+    },
+    /// The file is YAML but its content is wrong: every problem, in file order.
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, error } => {
+                write!(f, "{}: cannot read the file: {error}", path.display())
+            }
+            ConfigError::Syntax { path, at, message } => write!(
+                f,
+                "{}:{}:{}: not valid YAML here: {message}",
+                path.display(),
+                at.line,
+                at.column
+            ),
+            ConfigError::Invalid { path, problems } => {
+                if problems.len() > 1 {
+                    writeln!(f, "{}: {} problems:", path.display(), problems.len())?;
+                }
+                for (i, p) in problems.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("\n")?;
+                    }
+                    f.write_str(&p.located(path))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses configuration text; `path` is used only in messages.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    read::document(text, path, read::config)
+}
+
+pub(crate) use read::document;
+pub(crate) use yaml::{Map, Problems, Value};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(yaml: &str) -> Config {
+        parse(yaml, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn err(yaml: &str) -> String {
+        parse(yaml, Path::new("test.yaml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn fills_defaults() {
+        let c = parse_ok(
+            r#"
+sts: {region: us-gov-west-1}
+defaults: {role_name: Audit, external_id: ext-42}
+accounts:
+  - {id: "111111111111", name: prod, labels: {team: platform}}
+  - {id: "222222222222", role_arn: "arn:aws-us-gov:iam::222222222222:role/path/Custom"}
+  - {id: "333333333333", name: tooling, assume_role: false, source: credential_report}
+"#,
+        );
+        assert_eq!(c.refresh_interval, Duration::from_secs(900));
+        assert_eq!(c.partition(), "aws-us-gov");
+        assert_eq!(c.defaults.role_name, "Audit");
+        assert_eq!(c.defaults.external_id.as_deref(), Some("ext-42"));
+        assert_eq!(c.accounts[0].role, RoleChoice::Default);
+        assert_eq!(c.accounts[1].name, None);
+        assert_eq!(
+            c.accounts[1].role,
+            RoleChoice::Arn("arn:aws-us-gov:iam::222222222222:role/path/Custom".into())
+        );
+        assert_eq!(c.accounts[2].role, RoleChoice::OwnCredentials);
+        assert_eq!(c.accounts[2].source, Some(Source::CredentialReport));
+        assert_eq!(c.accounts[0].labels["team"], "platform");
+        assert!(c.discovery.is_none());
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn errors_name_file_position_and_field() {
+        let e = err("accounts:\n  - id: \"1234567890123\"\n");
+        assert!(
+            e.starts_with("test.yaml:2:9: accounts[0].id: ") && e.contains("12 digits"),
+            "{e}"
+        );
+        let e = err("refresh_interval: 15q\naccounts: [{id: \"111111111111\"}]\n");
+        assert!(e.starts_with("test.yaml:1:19: refresh_interval: "), "{e}");
+        let e = err("accounts: [{id: \"111111111111\", colour: red}]\n");
+        assert!(
+            e.contains("1:33: accounts[0].colour: unknown field `colour`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let e = err("concurrency: 0\nrefresh_interval: 10ms\naccounts: [{id: \"1\"}, {id: \"111111111111\", bogus: 1}]\n");
+        assert!(e.starts_with("test.yaml: 4 problems:"), "{e}");
+        for want in [
+            "test.yaml:1:14: concurrency:",
+            "test.yaml:2:19: refresh_interval:",
+            "test.yaml:3:17: accounts[0].id:",
+            "accounts[1].bogus: unknown field",
+        ] {
+            assert!(e.contains(want), "{want:?} missing in {e}");
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_consistent() {
+        // Cross-field checks only point at fields that are set; the defaults must pass them.
+        let c = parse_ok("accounts: [{id: \"111111111111\"}]\n");
+        assert!(c.warnings.is_empty());
+        assert!(c.max_staleness >= c.longest_refresh_gap() + c.refresh_timeout);
+    }
+}

@@ -1,0 +1,341 @@
+//! Reading a YAML document node by node, with every problem recorded at its line and column
+//! instead of stopping at the first: a user fixing a file sees all its mistakes at once.
+//!
+//! The tree comes from `marked_yaml`, which keeps each node's position. A `Map` remembers
+//! which keys were read, so whatever is left over is an unknown field.
+
+use std::collections::HashSet;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::{Node, Span};
+
+use super::{Pos, Problem};
+
+/// The problems found so far in one file.
+#[derive(Default)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    pub fn add(&mut self, at: Pos, field: &str, message: impl Into<String>) {
+        self.0.push(Problem {
+            at,
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+pub fn pos(span: &Span) -> Pos {
+    span.start().map_or(Pos { line: 0, column: 0 }, |m| Pos {
+        line: m.line(),
+        column: m.column(),
+    })
+}
+
+/// A value at a path such as `accounts[2].role_arn`.
+pub struct Value<'a> {
+    pub node: &'a Node,
+    pub path: String,
+}
+
+impl<'a> Value<'a> {
+    pub fn root(node: &'a Node) -> Self {
+        Value {
+            node,
+            path: String::new(),
+        }
+    }
+
+    pub fn pos(&self) -> Pos {
+        pos(self.node.span())
+    }
+
+    /// `key:` with nothing after it, or `~` / `null`.
+    pub fn is_null(&self) -> bool {
+        self.node
+            .as_scalar()
+            .is_some_and(|s| s.may_coerce() && matches!(s.as_str(), "" | "~" | "null" | "Null"))
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.node {
+            Node::Scalar(_) if self.is_null() => "nothing",
+            Node::Scalar(_) => "a single value",
+            Node::Mapping(_) => "a mapping",
+            Node::Sequence(_) => "a list",
+        }
+    }
+
+    fn expected(&self, what: &str, p: &mut Problems) {
+        p.add(
+            self.pos(),
+            &self.path,
+            format!("expected {what}, found {}", self.kind()),
+        );
+    }
+
+    pub fn scalar(&self, what: &str, p: &mut Problems) -> Option<&'a MarkedScalarNode> {
+        match self.node.as_scalar() {
+            Some(s) if !self.is_null() => Some(s),
+            _ => {
+                self.expected(what, p);
+                None
+            }
+        }
+    }
+
+    /// A string converted by `check`, whose error text says what was expected.
+    pub fn parse<T>(
+        &self,
+        p: &mut Problems,
+        check: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let s = self.scalar("a string", p)?;
+        match check(s.as_str()) {
+            Ok(v) => Some(v),
+            Err(message) => {
+                p.add(self.pos(), &self.path, message);
+                None
+            }
+        }
+    }
+
+    pub fn string(&self, p: &mut Problems) -> Option<String> {
+        self.parse(p, |s| Ok(s.to_string()))
+    }
+
+    pub fn bool(&self, p: &mut Problems) -> Option<bool> {
+        let s = self.scalar("true or false", p)?;
+        let b = s.as_bool().filter(|_| s.may_coerce());
+        if b.is_none() {
+            p.add(
+                self.pos(),
+                &self.path,
+                format!("expected true or false, found {:?}", s.as_str()),
+            );
+        }
+        b
+    }
+
+    /// A whole number within `range`.
+    pub fn number(&self, range: RangeInclusive<u32>, p: &mut Problems) -> Option<u32> {
+        let s = self.scalar("a number", p)?;
+        let n = s.as_str().parse::<u32>().ok().filter(|_| s.may_coerce());
+        match n {
+            Some(n) if range.contains(&n) => Some(n),
+            _ => {
+                p.add(
+                    self.pos(),
+                    &self.path,
+                    format!(
+                        "{:?} is not a whole number from {} to {}",
+                        s.as_str(),
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A duration like `90s`, `15m` or `2h`, within `range`.
+    pub fn duration(&self, range: RangeInclusive<Duration>, p: &mut Problems) -> Option<Duration> {
+        self.parse(p, |s| {
+            let d = humantime::parse_duration(s.trim()).map_err(|_| {
+                format!("invalid duration {s:?}: expected a number and a unit, like 90s, 15m or 1h")
+            })?;
+            if range.contains(&d) {
+                Ok(d)
+            } else {
+                Err(format!(
+                    "{s:?} is outside the allowed range {} to {}",
+                    human(*range.start()),
+                    human(*range.end())
+                ))
+            }
+        })
+    }
+
+    /// The items of a list (null counts as empty), each with its path `path[i]`.
+    pub fn list(&self, p: &mut Problems) -> Option<Vec<Value<'a>>> {
+        if self.is_null() {
+            return Some(Vec::new());
+        }
+        let Some(seq) = self.node.as_sequence() else {
+            self.expected("a list", p);
+            return None;
+        };
+        Some(
+            seq.iter()
+                .enumerate()
+                .map(|(i, node)| Value {
+                    node,
+                    path: format!("{}[{i}]", self.path),
+                })
+                .collect(),
+        )
+    }
+
+    /// A mapping to read field by field (null counts as empty).
+    pub fn map(&self, p: &mut Problems) -> Option<Map<'a>> {
+        let node = if self.is_null() {
+            empty_mapping()
+        } else if let Some(m) = self.node.as_mapping() {
+            m
+        } else {
+            self.expected("a mapping", p);
+            return None;
+        };
+        Some(Map {
+            node,
+            path: self.path.clone(),
+            asked: Vec::new(),
+        })
+    }
+
+    /// The entries of a mapping such as `labels`, in file order: each key (for its text and
+    /// position) with its value.
+    pub fn entries(&self, p: &mut Problems) -> Option<Vec<(&'a MarkedScalarNode, Value<'a>)>> {
+        let map = self.map(p)?;
+        Some(
+            map.node
+                .iter()
+                .map(|(k, v)| {
+                    let path = map.child_path(k.as_str());
+                    (k, Value { node: v, path })
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A mapping read key by key; `finish` reports the keys nobody asked for.
+pub struct Map<'a> {
+    node: &'a MarkedMappingNode,
+    path: String,
+    asked: Vec<&'static str>,
+}
+
+fn empty_mapping() -> &'static MarkedMappingNode {
+    static EMPTY: std::sync::OnceLock<MarkedMappingNode> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| MarkedMappingNode::new_empty(Span::new_blank()))
+}
+
+impl Map<'_> {
+    /// A mapping with no keys, standing in for an absent section.
+    pub fn empty() -> Self {
+        Map {
+            node: empty_mapping(),
+            path: String::new(),
+            asked: Vec::new(),
+        }
+    }
+}
+
+impl<'a> Map<'a> {
+    fn child_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// The value of `key`, if present (null counts as absent).
+    pub fn get(&mut self, key: &'static str) -> Option<Value<'a>> {
+        self.asked.push(key);
+        let node = self.node.get_node(key)?;
+        let value = Value {
+            node,
+            path: self.child_path(key),
+        };
+        (!value.is_null()).then_some(value)
+    }
+
+    /// Where the mapping starts, for problems about the mapping as a whole.
+    pub fn pos(&self) -> Pos {
+        pos(self.node.span())
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Reports every key that was never asked for, with the nearest known name.
+    pub fn finish(self, p: &mut Problems) {
+        let asked: HashSet<&str> = self.asked.iter().copied().collect();
+        for key in self.node.keys() {
+            if asked.contains(key.as_str()) {
+                continue;
+            }
+            let mut known = self.asked.clone();
+            known.sort_unstable();
+            known.dedup();
+            let hint = nearest(key.as_str(), &known)
+                .map(|k| format!("; did you mean `{k}`?"))
+                .unwrap_or_default();
+            p.add(
+                pos(key.span()),
+                &self.child_path(key.as_str()),
+                format!(
+                    "unknown field `{}`{hint} (expected one of {})",
+                    key.as_str(),
+                    known
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// The known name closest to a misspelt one, if it is close enough to be a typo.
+fn nearest<'k>(typo: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(typo, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// `1h30m` style text for messages.
+pub fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_near_names_only() {
+        assert_eq!(
+            nearest("refresh_intervall", &["refresh_interval", "concurrency"]),
+            Some("refresh_interval")
+        );
+        assert_eq!(nearest("colour", &["labels", "name"]), None);
+    }
+}
