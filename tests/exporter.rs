@@ -718,3 +718,40 @@ fn a_failing_account_keeps_its_data_until_max_staleness() {
         )
         .is_some());
 }
+
+#[test]
+fn a_changed_config_file_is_picked_up_without_a_signal() {
+    // As after a ConfigMap update: the file changes, nobody sends SIGHUP or POSTs /-/reload.
+    let moto = Moto::start();
+    moto.seed(A, users("a", 1, 1));
+    moto.seed(B, users("b", 2, 1));
+    let exporter = Exporter::start_with(
+        &moto,
+        &format!("accounts:\n  - id: \"{A}\"\n"),
+        &["--config.auto-reload-interval=1s"],
+    );
+    exporter.wait_ready(Duration::from_secs(30));
+    std::fs::write(
+        &exporter.config,
+        format!("accounts:\n  - id: \"{A}\"\n  - id: \"{B}\"\n"),
+    )
+    .unwrap();
+    let m = exporter.scrape_until(
+        "B read after the file changed",
+        Duration::from_secs(30),
+        |m| m.find(KEY_CREATED, &[("account_id", B)]).len() == 2,
+    );
+    assert_eq!(
+        m.get("iam_key_exporter_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+    // A broken file is reported once and the running configuration stays.
+    std::fs::write(&exporter.config, "accounts: [{id: \"1\"}]\n").unwrap();
+    let m = exporter.scrape_until("the failed reload", Duration::from_secs(30), |m| {
+        m.get("iam_key_exporter_config_last_reload_successful", &[]) == Some(0.0)
+    });
+    assert_eq!(m.find(KEY_CREATED, &[("account_id", B)]).len(), 2);
+    std::thread::sleep(Duration::from_secs(3));
+    let failures = exporter.log().matches("reload failed").count();
+    assert_eq!(failures, 1, "{}", exporter.log());
+}

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod stack;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -204,6 +206,16 @@ impl Exporter {
     /// Starts the exporter with `config_yaml` and `extra_args`, its log in a file (printed if
     /// the test fails), and does not wait: for tests that need TLS or their own flags.
     pub fn spawn(moto: &Moto, config_yaml: &str, extra_args: &[&str]) -> Exporter {
+        Exporter::spawn_env(moto, config_yaml, extra_args, &[])
+    }
+
+    /// `spawn` with extra environment variables (such as `HOSTNAME`).
+    pub fn spawn_env(
+        moto: &Moto,
+        config_yaml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Exporter {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, config_yaml).unwrap();
@@ -211,7 +223,8 @@ impl Exporter {
         let mut cmd = exporter_command(moto);
         cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .args(extra_args);
+            .args(extra_args)
+            .envs(env.iter().copied());
         let child = ChildGuard::spawn("exporter", cmd, &dir.path().join("exporter.log"));
         Exporter {
             child,
@@ -223,16 +236,24 @@ impl Exporter {
 
     /// Starts the exporter (reloadable over HTTP) and waits until it answers.
     pub fn start(moto: &Moto, config_yaml: &str) -> Exporter {
-        let mut e = Exporter::spawn(
-            moto,
-            config_yaml,
-            &["--log.level=info", "--web.enable-lifecycle"],
-        );
-        wait_for("the exporter to listen", Duration::from_secs(20), || {
-            e.child.assert_running();
-            e.try_get("/-/healthy").filter(|(s, _)| *s == 200)
-        });
+        Exporter::start_with(moto, config_yaml, &[])
+    }
+
+    /// `start` with more flags.
+    pub fn start_with(moto: &Moto, config_yaml: &str, extra_args: &[&str]) -> Exporter {
+        let mut args = vec!["--log.level=info", "--web.enable-lifecycle"];
+        args.extend(extra_args);
+        let mut e = Exporter::spawn(moto, config_yaml, &args);
+        e.wait_listening();
         e
+    }
+
+    /// Waits until the exporter answers /-/healthy; panics with its log if it exits.
+    pub fn wait_listening(&mut self) {
+        wait_for("the exporter to listen", Duration::from_secs(20), || {
+            self.child.assert_running();
+            self.try_get("/-/healthy").filter(|(s, _)| *s == 200)
+        });
     }
 
     /// `host:port` the exporter listens on.
