@@ -477,8 +477,6 @@ fn fmt_ids(ids: &BTreeSet<AlertId>) -> String {
         .join("\n  ")
 }
 
-/// deploy/prometheus/iam-key-exporter.rules.yml as shipped.
-
 /// What this test asks of the alerts the webhook received.
 trait KeyAlerts {
     fn key_alerts(&self, status: &str) -> BTreeSet<AlertId>;

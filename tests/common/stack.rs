@@ -29,6 +29,7 @@ pub fn wait_for_or<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Op
     }
 }
 
+/// deploy/prometheus/iam-key-exporter.rules.yml as shipped.
 pub struct ShippedRules {
     pub text: String,
     /// alertname → the rule
