@@ -41,6 +41,11 @@ pub struct Cli {
     #[arg(long = "web.config.file", global = true, value_name = "PATH")]
     pub web_config_file: Option<PathBuf>,
 
+    /// Maximum number of simultaneous connections; at the limit, the one that has waited
+    /// longest without sending a request is closed to make room.
+    #[arg(long = "web.max-connections", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_connections: u32,
+
     /// Allow reloading the configuration with a POST or PUT to /-/reload (SIGHUP always works).
     #[arg(long = "web.enable-lifecycle")]
     pub enable_lifecycle: bool,

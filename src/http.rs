@@ -1,33 +1,42 @@
 //! The HTTP server: `/metrics` (or `--web.telemetry-path`), `/`, `/-/healthy`, `/-/ready`,
 //! `/-/reload`. Handlers read the inventory; none calls AWS.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use flate2::write::GzEncoder;
 use futures_util::stream;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::collector::{self, BuildInfo, Scope};
 use crate::exposition::CONTENT_TYPE;
 use crate::health::Health;
 use crate::inventory::unix_now;
 use crate::inventory::Inventory;
-use crate::web_config::WebSecurity;
+use crate::web_config::{Auth, WebConfig};
 
 /// A client that opens a connection and never completes the TLS handshake, or never sends
-/// its request headers, is dropped after this long.
+/// its request headers (also between requests on a kept-alive connection), is dropped after
+/// this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Request headers larger than this are refused (431). A scraper sends well under 1 KiB; 16
+/// KiB leaves room for long tokens added by proxies. Go's default (1 MB, what Prometheus
+/// itself allows) would let each slow client hold a megabyte before it is even authenticated.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// A connection's read buffer: the headers fit, and the exporter takes no request bodies.
+const MAX_BUFFER: usize = MAX_HEADER_BYTES;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -42,8 +51,10 @@ pub struct Web {
     pub reload: mpsc::Sender<ReloadRequest>,
     /// `--web.enable-lifecycle`: whether /-/reload may be used.
     pub lifecycle: bool,
-    /// TLS and basic auth; replaced whole on reload.
-    pub security: RwLock<Arc<WebSecurity>>,
+    /// TLS and basic auth, re-read when their files change.
+    pub security: WebConfig,
+    /// `--web.max-connections`.
+    pub max_connections: usize,
     /// Set once ready: accounts added later (a reload, a discovery) do not take a serving
     /// replica out of its Service while they get their first refresh.
     pub ready: AtomicBool,
@@ -70,6 +81,7 @@ impl Web {
 
 /// Serves until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, web: Arc<Web>, mut shutdown: watch::Receiver<bool>) {
+    let connections = Arc::new(Connections::default());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -83,55 +95,186 @@ pub async fn serve(listener: TcpListener, web: Arc<Web>, mut shutdown: watch::Re
             },
             _ = shutdown.changed() => return,
         };
+        // At the limit, the client that has waited longest without sending a request makes
+        // room (slow or hostile); if every connection is busy, wait for one to end.
+        while connections.count() >= web.max_connections {
+            if !connections.evict_oldest_idle() {
+                connections.freed.notified().await;
+            }
+        }
+        let slot = connections.open();
         let web = web.clone();
-        let tls = web.security.read().unwrap().tls.clone();
+        let tls = web.security.current().tls.clone();
         tokio::spawn(async move {
-            match tls {
-                None => serve_connection(stream, web, peer).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, web, peer).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            let cancelled = slot.cancel.clone();
+            let work = async {
+                match tls {
+                    None => serve_connection(stream, web, peer, &slot).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(tls_stream)) => {
+                                serve_connection(tls_stream, web, peer, &slot).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
                     }
                 }
+            };
+            tokio::select! {
+                _ = work => {}
+                _ = cancelled.notified() => tracing::debug!(%peer, "connection closed to make room"),
             }
         });
     }
 }
 
-async fn serve_connection<S>(io: S, web: Arc<Web>, peer: std::net::SocketAddr)
+/// The open connections, for `--web.max-connections`.
+#[derive(Default)]
+struct Connections {
+    slots: Mutex<HashMap<u64, SlotState>>,
+    next: std::sync::atomic::AtomicU64,
+    freed: Notify,
+}
+
+struct SlotState {
+    /// When it last waited for a request (its opening, or the end of its last request).
+    idle_since: Option<Instant>,
+    cancel: Arc<Notify>,
+}
+
+/// One connection's place; freed when its task ends, however it ends.
+struct Slot {
+    id: u64,
+    connections: Arc<Connections>,
+    cancel: Arc<Notify>,
+}
+
+impl Connections {
+    fn count(&self) -> usize {
+        self.slots.lock().unwrap().len()
+    }
+
+    fn open(self: &Arc<Self>) -> Slot {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let cancel = Arc::new(Notify::new());
+        self.slots.lock().unwrap().insert(
+            id,
+            SlotState {
+                idle_since: Some(Instant::now()),
+                cancel: cancel.clone(),
+            },
+        );
+        Slot {
+            id,
+            connections: self.clone(),
+            cancel,
+        }
+    }
+
+    /// Closes the connection that has waited longest for a request; false if all are busy.
+    fn evict_oldest_idle(&self) -> bool {
+        let mut slots = self.slots.lock().unwrap();
+        let oldest = slots
+            .iter()
+            .filter_map(|(id, s)| s.idle_since.map(|t| (t, *id)))
+            .min();
+        match oldest.and_then(|(_, id)| slots.remove(&id)) {
+            Some(s) => {
+                // notify_one keeps a permit if the task is not waiting yet.
+                s.cancel.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn set_idle(&self, id: u64, idle: bool) {
+        if let Some(s) = self.slots.lock().unwrap().get_mut(&id) {
+            s.idle_since = idle.then(Instant::now);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.connections.slots.lock().unwrap().remove(&self.id);
+        self.connections.freed.notify_one();
+    }
+}
+
+async fn serve_connection<S>(io: S, web: Arc<Web>, peer: std::net::SocketAddr, slot: &Slot)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let connections = slot.connections.clone();
+    let id = slot.id;
     let service = hyper::service::service_fn(move |req| {
         let web = web.clone();
-        async move { Ok::<_, Infallible>(handle(&web, req).await) }
+        let connections = connections.clone();
+        async move {
+            connections.set_idle(id, false);
+            let resp = handle(&web, req).await;
+            // Waiting for its next request from now: a client that just made one is the
+            // last an eviction picks.
+            connections.set_idle(id, true);
+            Ok::<_, Infallible>(resp)
+        }
     });
-    // A client that never finishes sending its headers does not hold the connection forever.
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT)
-        .serve_connection(TokioIo::new(io), service)
-        .await
-    {
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_BUFFER);
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
+/// What a path serves.
+#[derive(Clone, Copy, PartialEq)]
+enum Route {
+    Metrics,
+    Landing,
+    Healthy,
+    Ready,
+    Reload,
+}
+
+impl Route {
+    fn of(web: &Web, path: &str) -> Option<Route> {
+        match path {
+            p if p == web.telemetry_path => Some(Route::Metrics),
+            "/" => Some(Route::Landing),
+            "/-/healthy" => Some(Route::Healthy),
+            "/-/ready" => Some(Route::Ready),
+            "/-/reload" => Some(Route::Reload),
+            _ => None,
+        }
+    }
+
+    /// The methods it answers, as the `Allow` header lists them.
+    fn allow(self) -> &'static str {
+        match self {
+            Route::Reload => "POST, PUT",
+            _ => "GET, HEAD",
+        }
+    }
+}
+
 async fn handle(web: &Web, req: Request<Incoming>) -> Response<Body> {
-    let security = web.security.read().unwrap().clone();
-    if security.requires_auth() {
-        let header = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        // bcrypt is deliberately slow: keep it off the async workers.
-        let header = header.map(str::to_string);
-        let ok = tokio::task::spawn_blocking(move || security.authorized(header.as_deref()))
-            .await
-            .unwrap_or(false);
-        if !ok {
+    let security = web.security.current();
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match security.authorize(header).await {
+        Auth::Allowed => {}
+        Auth::Denied => {
             let mut resp = text(StatusCode::UNAUTHORIZED, "Unauthorized.\n");
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -139,30 +282,43 @@ async fn handle(web: &Web, req: Request<Incoming>) -> Response<Body> {
             );
             return resp;
         }
-    }
-    let path = req.uri().path();
-    let method = req.method();
-    match path {
-        p if p == web.telemetry_path && matches!(*method, Method::GET | Method::HEAD) => {
-            metrics(web, &req)
+        Auth::Busy => {
+            let mut resp = text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many unverified logins at once; try again.\n",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
         }
-        "/" if matches!(*method, Method::GET | Method::HEAD) => landing_page(web),
-        "/-/healthy" => text(StatusCode::OK, "Healthy.\n"),
-        "/-/ready" if web.is_ready() => text(StatusCode::OK, "Ready.\n"),
-        "/-/ready" => text(
+    }
+    let Some(route) = Route::of(web, req.uri().path()) else {
+        return text(StatusCode::NOT_FOUND, "Not found.\n");
+    };
+    let method = req.method();
+    if !route.allow().split(", ").any(|m| m == method.as_str()) {
+        let mut resp = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("Method not allowed; use {}.\n", route.allow()),
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(route.allow()));
+        return resp;
+    }
+    match route {
+        Route::Metrics => metrics(web, &req),
+        Route::Landing => landing_page(web),
+        Route::Healthy => text(StatusCode::OK, "Healthy.\n"),
+        Route::Ready if web.is_ready() => text(StatusCode::OK, "Ready.\n"),
+        Route::Ready => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "Not ready: the account list is not known yet (discovery), or some accounts have not been read yet.\n",
         ),
-        "/-/reload" if !web.lifecycle => text(
+        Route::Reload if !web.lifecycle => text(
             StatusCode::FORBIDDEN,
             "Lifecycle API is not enabled (--web.enable-lifecycle); SIGHUP reloads too.\n",
         ),
-        "/-/reload" if matches!(*method, Method::POST | Method::PUT) => reload(web).await,
-        "/-/reload" => text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Only POST or PUT requests allowed.\n",
-        ),
-        _ => text(StatusCode::NOT_FOUND, "Not found.\n"),
+        Route::Reload => reload(web).await,
     }
 }
 

@@ -1,7 +1,6 @@
 //! iam-key-exporter: wires the configuration, refresher, inventory and HTTP server together.
 //! See ARCHITECTURE.md for the code map.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -19,7 +18,7 @@ use iam_key_exporter::config::{self, Config};
 use iam_key_exporter::health::Health;
 use iam_key_exporter::inventory::{unix_now, Inventory};
 use iam_key_exporter::refresher::{self, Refresher};
-use iam_key_exporter::web_config::{self, WebSecurity};
+use iam_key_exporter::web_config::{self, WebConfig, WebSecurity};
 use iam_key_exporter::{http, logging};
 
 const BUILD: BuildInfo = BuildInfo {
@@ -187,7 +186,8 @@ async fn serve(cli: Cli, cfg: Arc<Config>, shard: Shard, security: WebSecurity) 
         telemetry_path: cli.telemetry_path.clone(),
         reload: reload_tx,
         lifecycle: cli.enable_lifecycle,
-        security: std::sync::RwLock::new(Arc::new(security)),
+        security: WebConfig::new(cli.web_config_file.clone(), security),
+        max_connections: cli.max_connections as usize,
         ready: Default::default(),
     });
     let server = tokio::spawn(http::serve(listener, web.clone(), shutdown_rx));
@@ -218,7 +218,7 @@ async fn serve(cli: Cli, cfg: Arc<Config>, shard: Shard, security: WebSecurity) 
                 for w in &next.warnings {
                     tracing::warn!(warning = %w.located(&cli.config_file), "configuration works, but probably not as meant");
                 }
-                *web.security.write().unwrap() = Arc::new(security);
+                web.security.replace(security);
                 refresher.reload(Arc::new(next)).await;
                 tracing::info!(config = %cli.config_file.display(), "configuration reloaded");
                 Ok(())
@@ -259,11 +259,11 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// A digest of the configuration files' content (an unreadable file counts as empty).
+/// A digest of the configuration files' content.
 fn files_digest(cli: &Cli) -> u64 {
-    let mut h = DefaultHasher::new();
-    for path in std::iter::once(&cli.config_file).chain(&cli.web_config_file) {
-        std::fs::read(path).unwrap_or_default().hash(&mut h);
-    }
-    h.finish()
+    let paths: Vec<_> = std::iter::once(&cli.config_file)
+        .chain(&cli.web_config_file)
+        .cloned()
+        .collect();
+    web_config::files_digest(&paths)
 }

@@ -13,10 +13,15 @@
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
@@ -54,7 +59,7 @@ fn read_file(
     root: Value,
     dir: &Path,
     p: &mut Problems,
-) -> Option<(Option<ServerConfig>, BTreeMap<String, String>)> {
+) -> Option<(Option<Tls>, BTreeMap<String, String>)> {
     let mut top = root.map(p)?;
     let tls = top.get("tls_server_config").and_then(|v| tls(&v, dir, p));
     let mut users = BTreeMap::new();
@@ -76,7 +81,10 @@ fn read_file(
     Some((tls, users))
 }
 
-fn tls(v: &Value, dir: &Path, p: &mut Problems) -> Option<ServerConfig> {
+/// The TLS configuration and the files it was read from.
+type Tls = (ServerConfig, Vec<PathBuf>);
+
+fn tls(v: &Value, dir: &Path, p: &mut Problems) -> Option<Tls> {
     let mut m = v.map(p)?;
     let mut files = Vec::new();
     let mut path = |key: &'static str, m: &mut Map, p: &mut Problems| {
@@ -124,8 +132,18 @@ fn tls(v: &Value, dir: &Path, p: &mut Problems) -> Option<ServerConfig> {
         client_ca_file,
         min_version: min_version?,
     };
+    let read_from = [
+        Some(&file.cert_file),
+        Some(&file.key_file),
+        file.client_ca_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|f| dir.join(f))
+    .collect();
     // A file that cannot be used is reported at the field naming it.
     server_config(&file, dir)
+        .map(|c| (c, read_from))
         .map_err(|(key, message)| {
             let (at, path) = files
                 .iter()
@@ -139,20 +157,51 @@ fn tls(v: &Value, dir: &Path, p: &mut Problems) -> Option<ServerConfig> {
 }
 
 /// TLS and authentication for the HTTP server; the default is neither.
-#[derive(Default)]
 pub struct WebSecurity {
     pub tls: Option<TlsAcceptor>,
     users: BTreeMap<String, String>,
     /// A hash of no password anyone has, at the highest cost of the configured ones, checked
     /// for unknown users so that a wrong user name takes as long as a wrong password.
     dummy_hash: String,
-    /// Authorization headers already checked against their bcrypt hash: bcrypt is slow on
-    /// purpose, and a scraper sends the same header every few seconds.
-    verified: Mutex<HashSet<String>>,
+    /// Credentials already checked against their bcrypt hash, by a digest of user, password
+    /// and hash (never the header itself): bcrypt is slow on purpose, and a scraper sends the
+    /// same header every few seconds.
+    checked: Mutex<Checked>,
+    /// bcrypt runs one at a time (as exporter-toolkit does), so a brute force costs at most
+    /// one core; `waiting` bounds the queue in front of it.
+    bcrypt: Semaphore,
+    waiting: AtomicUsize,
+    /// The certificate, key and CA files, watched for changes with the web config file.
+    files: Vec<PathBuf>,
 }
 
-/// At most this many distinct good credentials are remembered.
-const VERIFIED_CACHE: usize = 64;
+#[derive(Default)]
+struct Checked {
+    good: HashSet<[u8; 32]>,
+    bad: HashSet<[u8; 32]>,
+}
+
+/// At most this many distinct good credentials are remembered; a separate, larger set of
+/// bad ones, so a brute force cannot push a scraper's good credentials out.
+const GOOD_CACHE: usize = 64;
+const BAD_CACHE: usize = 4096;
+/// More unverified credentials than this waiting for bcrypt are answered 429 at once.
+const BCRYPT_QUEUE: usize = 16;
+
+/// The answer to a request's credentials.
+#[derive(Debug, PartialEq)]
+pub enum Auth {
+    Allowed,
+    Denied,
+    /// Too many unverified credentials are waiting for bcrypt (a brute force): try later.
+    Busy,
+}
+
+impl Default for WebSecurity {
+    fn default() -> Self {
+        WebSecurity::new(None, BTreeMap::new(), String::new(), Vec::new())
+    }
+}
 
 pub fn load(path: &Path) -> Result<WebSecurity, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
@@ -173,12 +222,12 @@ pub fn load(path: &Path) -> Result<WebSecurity, ConfigError> {
         let unguessable = fastrand::u64(..).to_string();
         bcrypt::hash(unguessable, cost).unwrap_or_default()
     };
-    Ok(WebSecurity {
-        tls: tls.map(|c| TlsAcceptor::from(Arc::new(c))),
-        users,
-        dummy_hash,
-        verified: Mutex::default(),
-    })
+    let (tls, mut files) = match tls {
+        Some((config, files)) => (Some(TlsAcceptor::from(Arc::new(config))), files),
+        None => (None, Vec::new()),
+    };
+    files.insert(0, path.to_path_buf());
+    Ok(WebSecurity::new(tls, users, dummy_hash, files))
 }
 
 /// The rustls configuration; an error names the field whose file or value is unusable.
@@ -253,36 +302,169 @@ fn read_pem<T>(
 }
 
 impl WebSecurity {
+    fn new(
+        tls: Option<TlsAcceptor>,
+        users: BTreeMap<String, String>,
+        dummy_hash: String,
+        files: Vec<PathBuf>,
+    ) -> Self {
+        WebSecurity {
+            tls,
+            users,
+            dummy_hash,
+            checked: Mutex::default(),
+            bcrypt: Semaphore::new(1),
+            waiting: AtomicUsize::new(0),
+            files,
+        }
+    }
+
     /// Whether a request with this `Authorization` header may be served.
-    pub fn authorized(&self, header: Option<&str>) -> bool {
+    pub async fn authorize(self: &Arc<Self>, header: Option<&str>) -> Auth {
         if self.users.is_empty() {
-            return true;
+            return Auth::Allowed;
         }
-        let Some(header) = header else { return false };
-        if self.verified.lock().unwrap().contains(header) {
-            return true;
-        }
-        let Some((user, password)) = basic_credentials(header) else {
-            return false;
+        let Some((user, password)) = header.and_then(basic_credentials) else {
+            return Auth::Denied;
         };
         let (hash, known) = match self.users.get(&user) {
-            Some(h) => (h.as_str(), true),
-            None => (self.dummy_hash.as_str(), false),
+            Some(h) => (h.clone(), true),
+            None => (self.dummy_hash.clone(), false),
         };
-        let ok = bcrypt::verify(password, hash).unwrap_or(false) && known;
-        if ok {
-            let mut verified = self.verified.lock().unwrap();
-            if verified.len() >= VERIFIED_CACHE {
-                verified.clear();
-            }
-            verified.insert(header.to_string());
+        let key: [u8; 32] = Sha256::new()
+            .chain_update(user.as_bytes())
+            .chain_update([0])
+            .chain_update(password.as_bytes())
+            .chain_update([0])
+            .chain_update(hash.as_bytes())
+            .finalize()
+            .into();
+        if let Some(known) = self.cached(&key) {
+            return known;
         }
-        ok
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= BCRYPT_QUEUE {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Auth::Busy;
+        }
+        let permit = self.bcrypt.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        // The same credentials may have been checked while this request waited.
+        if let Some(known) = self.cached(&key) {
+            return known;
+        }
+        let ok =
+            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+                .await
+                .unwrap_or(false)
+                && known;
+        drop(permit);
+        let mut checked = self.checked.lock().unwrap();
+        let set = if ok {
+            &mut checked.good
+        } else {
+            &mut checked.bad
+        };
+        if set.len() >= if ok { GOOD_CACHE } else { BAD_CACHE } {
+            set.clear();
+        }
+        set.insert(key);
+        if ok {
+            Auth::Allowed
+        } else {
+            Auth::Denied
+        }
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> Option<Auth> {
+        let checked = self.checked.lock().unwrap();
+        if checked.good.contains(key) {
+            Some(Auth::Allowed)
+        } else if checked.bad.contains(key) {
+            Some(Auth::Denied)
+        } else {
+            None
+        }
     }
 
     pub fn requires_auth(&self) -> bool {
         !self.users.is_empty()
     }
+}
+
+/// The web configuration in force, re-read when its file or the certificate files it names
+/// change (checked at most once a second, when a connection arrives), so a rotated
+/// certificate (cert-manager) or a new password applies to new connections without a reload.
+pub struct WebConfig {
+    path: Option<PathBuf>,
+    current: RwLock<Arc<WebSecurity>>,
+    watch: Mutex<Watch>,
+}
+
+struct Watch {
+    digest: u64,
+    checked: Instant,
+}
+
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+impl WebConfig {
+    pub fn new(path: Option<PathBuf>, security: WebSecurity) -> Self {
+        let digest = files_digest(&security.files);
+        WebConfig {
+            path,
+            current: RwLock::new(Arc::new(security)),
+            watch: Mutex::new(Watch {
+                digest,
+                checked: Instant::now(),
+            }),
+        }
+    }
+
+    /// The security for a new connection or request.
+    pub fn current(&self) -> Arc<WebSecurity> {
+        let current = self.current.read().unwrap().clone();
+        let Some(path) = &self.path else {
+            return current;
+        };
+        let mut watch = self.watch.lock().unwrap();
+        if watch.checked.elapsed() < WATCH_EVERY {
+            return current;
+        }
+        watch.checked = Instant::now();
+        let digest = files_digest(&current.files);
+        if digest == watch.digest {
+            return current;
+        }
+        watch.digest = digest;
+        match load(path) {
+            Ok(next) => {
+                tracing::info!(path = %path.display(), "web configuration files changed; new connections use them");
+                watch.digest = files_digest(&next.files);
+                let next = Arc::new(next);
+                *self.current.write().unwrap() = next.clone();
+                next
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "web configuration files changed but cannot be used; keeping the current ones");
+                current
+            }
+        }
+    }
+
+    /// Puts a freshly loaded configuration in force (a reload).
+    pub fn replace(&self, security: WebSecurity) {
+        self.watch.lock().unwrap().digest = files_digest(&security.files);
+        *self.current.write().unwrap() = Arc::new(security);
+    }
+}
+
+/// A digest of the files' content; a file that cannot be read counts as empty.
+pub fn files_digest(paths: &[PathBuf]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for path in paths {
+        std::fs::read(path).unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
 }
 
 /// User and password of a `Basic` Authorization header.
@@ -303,15 +485,11 @@ fn basic_credentials(header: &str) -> Option<(String, String)> {
 mod tests {
     use super::*;
 
-    fn with_user(password: &str) -> WebSecurity {
+    fn with_user(password: &str, cost: u32) -> Arc<WebSecurity> {
         let mut users = BTreeMap::new();
-        users.insert("prom".to_string(), bcrypt::hash(password, 4).unwrap());
-        WebSecurity {
-            tls: None,
-            users,
-            dummy_hash: bcrypt::hash("unguessable", 4).unwrap(),
-            verified: Mutex::default(),
-        }
+        users.insert("prom".to_string(), bcrypt::hash(password, cost).unwrap());
+        let dummy = bcrypt::hash("unguessable", cost).unwrap();
+        Arc::new(WebSecurity::new(None, users, dummy, Vec::new()))
     }
 
     fn basic(user: &str, password: &str) -> String {
@@ -319,15 +497,61 @@ mod tests {
         format!("Basic {token}")
     }
 
-    #[test]
-    fn basic_auth() {
-        let s = with_user("s3cret");
-        assert!(s.authorized(Some(&basic("prom", "s3cret"))));
-        assert!(s.authorized(Some(&basic("prom", "s3cret"))), "cached");
-        assert!(!s.authorized(Some(&basic("prom", "wrong"))));
-        assert!(!s.authorized(Some(&basic("nobody", "s3cret"))));
-        assert!(!s.authorized(None));
-        assert!(!s.authorized(Some("Bearer x")));
-        assert!(WebSecurity::default().authorized(None));
+    #[tokio::test]
+    async fn basic_auth() {
+        let s = with_user("s3cret", 4);
+        assert_eq!(
+            s.authorize(Some(&basic("prom", "s3cret"))).await,
+            Auth::Allowed
+        );
+        assert_eq!(
+            s.authorize(Some(&basic("prom", "s3cret"))).await,
+            Auth::Allowed
+        );
+        assert_eq!(
+            s.authorize(Some(&basic("prom", "wrong"))).await,
+            Auth::Denied
+        );
+        assert_eq!(
+            s.authorize(Some(&basic("nobody", "s3cret"))).await,
+            Auth::Denied
+        );
+        assert_eq!(s.authorize(None).await, Auth::Denied);
+        assert_eq!(s.authorize(Some("Bearer x")).await, Auth::Denied);
+        assert_eq!(
+            Arc::new(WebSecurity::default()).authorize(None).await,
+            Auth::Allowed
+        );
+        let checked = s.checked.lock().unwrap();
+        assert_eq!((checked.good.len(), checked.bad.len()), (1, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_unknown_passwords_is_queued_then_turned_away() {
+        // Cost 10: each check takes tens of milliseconds, far longer than queueing 64.
+        let s = with_user("s3cret", 10);
+        let tries: Vec<_> = (0..64)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.authorize(Some(&basic("prom", &format!("guess{i}"))))
+                        .await
+                })
+            })
+            .collect();
+        let mut busy = 0;
+        for t in tries {
+            match t.await.unwrap() {
+                Auth::Busy => busy += 1,
+                Auth::Denied => {}
+                Auth::Allowed => panic!("a wrong password was allowed"),
+            }
+        }
+        assert!(busy > 0, "no request was turned away");
+        // Known good credentials need no bcrypt at all once checked.
+        assert_eq!(
+            s.authorize(Some(&basic("prom", "s3cret"))).await,
+            Auth::Allowed
+        );
     }
 }

@@ -213,3 +213,153 @@ fn a_bad_web_config_stops_the_start_before_binding() {
         }
     }
 }
+
+/// Writes `content` to `path` atomically, as a Secret volume update does.
+fn replace(path: &Path, content: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn a_rotated_certificate_and_a_new_password_apply_without_a_reload() {
+    let moto = Moto::start();
+    moto.seed(A, json!([{"name": "u", "keys": [{}]}]));
+    let dir = tempfile::tempdir().unwrap();
+    self_signed_cert(dir.path());
+    let web = dir.path().join("web.yml");
+    std::fs::write(&web, web_config("s3cret")).unwrap();
+    let exporter = Exporter::spawn(
+        &moto,
+        &format!("refresh_interval: 1h\naccounts:\n  - id: \"{A}\"\n"),
+        &[&format!("--web.config.file={}", web.display())],
+    );
+    let url = format!("https://{}/metrics", exporter.address());
+    let old_ca = dir.path().join("old.pem");
+    std::fs::copy(dir.path().join("cert.pem"), &old_ca).unwrap();
+    let scrape =
+        |ca: &Path, user: &str| curl(&["--cacert", ca.to_str().unwrap(), "-u", user, &url]).0;
+    wait_for("a scrape over TLS", Duration::from_secs(30), || {
+        (scrape(&old_ca, "prometheus:s3cret") == 200).then_some(())
+    });
+
+    // cert-manager renews the certificate: new key and certificate files, no signal.
+    let renewed = tempfile::tempdir().unwrap();
+    self_signed_cert(renewed.path());
+    replace(
+        &dir.path().join("key.pem"),
+        &std::fs::read(renewed.path().join("key.pem")).unwrap(),
+    );
+    replace(
+        &dir.path().join("cert.pem"),
+        &std::fs::read(renewed.path().join("cert.pem")).unwrap(),
+    );
+    let new_ca = renewed.path().join("cert.pem");
+    wait_for(
+        "the renewed certificate to be served",
+        Duration::from_secs(15),
+        || (scrape(&new_ca, "prometheus:s3cret") == 200).then_some(()),
+    );
+    assert_eq!(
+        scrape(&old_ca, "prometheus:s3cret"),
+        0,
+        "the old certificate is still served"
+    );
+
+    // A password change in the web config file, likewise.
+    replace(&web, web_config("n3w").as_bytes());
+    wait_for("the new password to apply", Duration::from_secs(15), || {
+        (scrape(&new_ca, "prometheus:n3w") == 200).then_some(())
+    });
+    assert_eq!(scrape(&new_ca, "prometheus:s3cret"), 401);
+}
+
+#[test]
+fn a_password_brute_force_does_not_hold_up_a_scraper() {
+    let moto = Moto::start();
+    moto.seed(A, json!([{"name": "u", "keys": [{}]}]));
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().join("web.yml");
+    // Cost 10, as `htpasswd -B` makes them: tens of milliseconds per check.
+    std::fs::write(
+        &web,
+        format!(
+            "basic_auth_users:\n  prometheus: '{}'\n",
+            bcrypt::hash("s3cret", 10).unwrap()
+        ),
+    )
+    .unwrap();
+    let exporter = Exporter::spawn(
+        &moto,
+        &format!("refresh_interval: 1h\naccounts:\n  - id: \"{A}\"\n"),
+        &[&format!("--web.config.file={}", web.display())],
+    );
+    let url = format!("{}/metrics", exporter.url);
+    let basic = |password: &str| {
+        use base64::Engine;
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("prometheus:{password}"));
+        format!("Basic {token}")
+    };
+    let get = |password: &str| {
+        agent()
+            .get(&url)
+            .header("Authorization", &basic(password))
+            .call()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    wait_for("the first good scrape", Duration::from_secs(30), || {
+        (get("s3cret") == 200).then_some(())
+    });
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attackers: Vec<_> = (0..32)
+        .map(|i| {
+            let stop = stop.clone();
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut answers = std::collections::BTreeMap::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    use base64::Engine;
+                    let token = base64::engine::general_purpose::STANDARD
+                        .encode(format!("prometheus:guess-{i}-{n}"));
+                    let status = agent()
+                        .get(&url)
+                        .header("Authorization", &format!("Basic {token}"))
+                        .call()
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0);
+                    *answers.entry(status).or_insert(0) += 1;
+                    n += 1;
+                }
+                answers
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        assert_eq!(get("s3cret"), 200);
+        slowest = slowest.max(started.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answers = std::collections::BTreeMap::new();
+    for a in attackers {
+        for (status, n) in a.join().unwrap() {
+            *answers.entry(status).or_insert(0) += n;
+        }
+    }
+    eprintln!("brute force answers {answers:?}; slowest good scrape {slowest:?}");
+    assert!(
+        !answers.contains_key(&200),
+        "a guessed password was accepted"
+    );
+    assert!(
+        answers.contains_key(&429),
+        "the brute force was never turned away: {answers:?}"
+    );
+}

@@ -256,6 +256,11 @@ impl Exporter {
         });
     }
 
+    /// The exporter's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `host:port` the exporter listens on.
     pub fn address(&self) -> &str {
         self.url.trim_start_matches("http://")

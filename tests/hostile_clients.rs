@@ -1,0 +1,139 @@
+//! Clients that do not behave: many half-sent requests, oversized headers, a brute force of
+//! basic-auth passwords. The exporter's memory stays bounded and a normal scrape still
+//! answers.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+const A: &str = "111111111111";
+
+/// Resident memory of a process, in MiB, from /proc.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// Sends `request` on a new connection and returns the status line of the answer.
+fn raw(address: &str, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(address).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(request);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn a_thousand_half_sent_requests_keep_memory_bounded_and_scrapes_answered() {
+    let moto = Moto::start();
+    moto.seed(A, users("u", 50, 1));
+    let exporter = Exporter::start(&moto, &format!("accounts:\n  - id: \"{A}\"\n"));
+    exporter.wait_ready(Duration::from_secs(30));
+    let pid = exporter.pid();
+    let before = rss_mib(pid);
+
+    // 1,000 clients each send 64 KB of headers and never finish: an exporter that buffered
+    // them (hyper's default allows ~400 KB) would hold 64 MB for them alone.
+    let flood = |size: usize| -> Vec<TcpStream> {
+        let partial = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Padding: {}",
+            "a".repeat(size)
+        );
+        (0..1000)
+            .map(|_| {
+                let mut s = TcpStream::connect(exporter.address()).unwrap();
+                s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+                let _ = s.write_all(partial.as_bytes());
+                s
+            })
+            .collect()
+    };
+    let oversized = flood(64 * 1024);
+    std::thread::sleep(Duration::from_secs(1));
+    let with_oversized = rss_mib(pid);
+    drop(oversized);
+    // 1,000 more send 15 KB (under the limit) and wait: more than --web.max-connections, so
+    // the ones waiting longest are closed to make room.
+    let hostile = flood(15_000);
+    std::thread::sleep(Duration::from_secs(1));
+    let during = rss_mib(pid).max(with_oversized);
+
+    // A scraper still gets its answer, and an oversized header is refused.
+    let started = std::time::Instant::now();
+    let m = exporter.scrape();
+    let took = started.elapsed();
+    assert_eq!(m.find("aws_iam_access_key_age_seconds", &[]).len(), 50);
+    let big = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n",
+        "b".repeat(20_000)
+    );
+    assert!(
+        raw(exporter.address(), big.as_bytes()).contains(" 431 "),
+        "an oversized header must be refused"
+    );
+    drop(hostile);
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss_mib(pid);
+    eprintln!(
+        "RSS {before:.1} MiB idle, {with_oversized:.1} MiB with 1,000 oversized headers, \
+         {during:.1} MiB at most with 1,000 half-sent requests, {after:.1} MiB after they \
+         closed; a scrape took {took:?} meanwhile"
+    );
+    assert!(
+        during < 64.0,
+        "RSS {during:.1} MiB under 1,000 hostile connections"
+    );
+    assert!(
+        after < 64.0,
+        "RSS {after:.1} MiB after the hostile connections closed"
+    );
+}
+
+#[test]
+fn unknown_methods_are_refused_with_the_allowed_ones() {
+    let moto = Moto::start();
+    moto.seed(A, users("u", 1, 1));
+    let exporter = Exporter::start(&moto, &format!("accounts:\n  - id: \"{A}\"\n"));
+    for (method, path, status, allow) in [
+        ("DELETE", "/metrics", 405, Some("GET, HEAD")),
+        ("POST", "/", 405, Some("GET, HEAD")),
+        ("PUT", "/-/healthy", 405, Some("GET, HEAD")),
+        ("GET", "/-/reload", 405, Some("POST, PUT")),
+        ("HEAD", "/metrics", 200, None),
+        ("GET", "/nothing", 404, None),
+    ] {
+        let mut resp = agent()
+            .run(
+                ureq::http::Request::builder()
+                    .method(method)
+                    .uri(format!("{}{path}", exporter.url))
+                    .body(())
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        assert_eq!(
+            resp.headers().get("allow").map(|v| v.to_str().unwrap()),
+            allow,
+            "{method} {path}"
+        );
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        if method == "HEAD" {
+            assert!(body.is_empty(), "HEAD has no body");
+        }
+    }
+}
