@@ -10,7 +10,7 @@ use std::time::Instant;
 use iam_key_exporter::accounts::{Account, Origin, Shard};
 use iam_key_exporter::collector::{self, BuildInfo, Scope};
 use iam_key_exporter::health::Health;
-use iam_key_exporter::inventory::{AccessKey, AccountState, LastUse, Snapshot, User};
+use iam_key_exporter::inventory::{AccessKey, AccountState, KeyStatus, LastUse, Snapshot, User};
 
 const BUILD: BuildInfo = BuildInfo {
     version: "bench",
@@ -46,7 +46,11 @@ fn inventory(keys: usize) -> Vec<Arc<AccountState>> {
                 snapshot.keys.push(AccessKey {
                     user,
                     id: format!("AKIA{:016}", a * 10_000_000 + k),
-                    active: k % 7 != 0,
+                    status: if k % 7 != 0 {
+                        KeyStatus::Active
+                    } else {
+                        KeyStatus::Inactive
+                    },
                     created: NOW - (k as f64 * 997.0) % 6e7,
                     last_used: (k % 5 >= 2).then(|| LastUse {
                         at: NOW - (k as f64 * 13.0) % 1e7,

@@ -130,7 +130,7 @@ impl Family {
                     let Some((v, extra)) = value(k, now) else {
                         continue;
                     };
-                    let status = if k.active { "Active" } else { "Inactive" };
+                    let status = k.status.as_str();
                     let key = [
                         ("user", k.user.as_str()),
                         ("access_key_id", &k.id),
@@ -430,7 +430,7 @@ impl Iterator for Exposition {
 mod tests {
     use super::*;
     use crate::accounts::{Account, Origin, Shard};
-    use crate::inventory::User;
+    use crate::inventory::{KeyStatus, User};
 
     fn state(users: usize, name_pad: usize) -> Arc<AccountState> {
         let mut snapshot = Snapshot::default();
@@ -445,7 +445,7 @@ mod tests {
             snapshot.keys.push(AccessKey {
                 user: name,
                 id: format!("AKIA{i:016}"),
-                active: true,
+                status: KeyStatus::Active,
                 created: 1e9,
                 last_used: None,
             });

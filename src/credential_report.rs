@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use crate::inventory::{AccessKey, LastUse, Root, Snapshot, Timestamp, User};
+use crate::inventory::{AccessKey, KeyStatus, LastUse, Root, Snapshot, Timestamp, User};
 
 /// What is wrong with a report, and where.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,7 +204,11 @@ impl Row<'_> {
             snapshot.keys.push(AccessKey {
                 user: user.to_string(),
                 id: slot.to_string(),
-                active: self.flag(active)?,
+                status: if self.flag(active)? {
+                    KeyStatus::Active
+                } else {
+                    KeyStatus::Inactive
+                },
                 created,
                 last_used,
             });
@@ -213,75 +217,13 @@ impl Row<'_> {
     }
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into Unix seconds.
+/// Parses an RFC 3339 date (`2024-02-29T12:30:15+00:00`, `...Z`, fractions allowed) into
+/// Unix seconds, with the calendar checked (no February 31st).
 pub fn parse_date(s: &str) -> Option<Timestamp> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(r)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut fraction = 0.0;
-    if let Some(r) = rest.strip_prefix('.') {
-        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        fraction = format!("0.{}", &r[..digits]).parse().ok()?;
-        rest = &r[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
-                return None;
-            }
-            let (h, m): (i64, i64) = (rest[1..3].parse().ok()?, rest[4..6].parse().ok()?);
-            if h > 23 || m > 59 {
-                return None;
-            }
-            sign * (h * 3600 + m * 60)
-        }
-    };
-    let days = days_from_civil(year, month, day);
-    Some((days * 86400 + hour * 3600 + minute * 60 + second - offset) as f64 + fraction)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
+    use aws_smithy_types::date_time::{DateTime, Format};
+    DateTime::from_str(s, Format::DateTimeWithOffset)
+        .ok()
+        .map(|d| d.as_secs_f64())
 }
 
 #[cfg(test)]
@@ -300,6 +242,8 @@ mod tests {
             "2024-01-01 00:00:00Z",
             "2024-01-01T00:00:00",
             "2024-01-01T00:00:00+0000",
+            "2024-02-31T00:00:00Z",
+            "2023-02-29T00:00:00+00:00",
         ] {
             assert_eq!(parse_date(bad), None, "{bad}");
         }

@@ -65,9 +65,40 @@ pub struct Root {
 pub struct AccessKey {
     pub user: String,
     pub id: String,
-    pub active: bool,
+    pub status: KeyStatus,
     pub created: Timestamp,
     pub last_used: Option<LastUse>,
+}
+
+/// An access key's status as IAM reports it (the `status` label).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Inactive,
+    /// IAM's third status, for a key it expired itself.
+    Expired,
+    /// A status this version does not know yet, shown as IAM wrote it rather than guessed.
+    Other(String),
+}
+
+impl KeyStatus {
+    pub fn parse(s: &str) -> KeyStatus {
+        match s {
+            "Active" => KeyStatus::Active,
+            "Inactive" => KeyStatus::Inactive,
+            "Expired" => KeyStatus::Expired,
+            other => KeyStatus::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            KeyStatus::Active => "Active",
+            KeyStatus::Inactive => "Inactive",
+            KeyStatus::Expired => "Expired",
+            KeyStatus::Other(s) => s,
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -3,7 +3,7 @@
 //! `not_supported`, reordered and added columns, and malformed reports.
 
 use iam_key_exporter::credential_report::{parse, parse_date};
-use iam_key_exporter::inventory::Snapshot;
+use iam_key_exporter::inventory::{KeyStatus, Snapshot};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("tests/fixtures/credential_report/{name}")).unwrap()
@@ -38,15 +38,16 @@ fn typical_aws_report() {
     assert_eq!(alice.password_last_used, Some(date("2026-11-20T07:30:00Z")));
     assert_eq!(alice.mfa_active, Some(true));
     let k1 = key(&s, "alice", "key_1");
-    assert!(k1.active);
+    assert_eq!(k1.status, KeyStatus::Active);
     assert_eq!(k1.created, date("2025-07-29T12:00:00Z"));
     let used = k1.last_used.as_ref().unwrap();
     assert_eq!(used.at, date("2026-08-18T09:45:00Z"));
     assert_eq!(used.service.as_deref(), Some("s3"));
     assert_eq!(used.region.as_deref(), Some("eu-west-1"));
     let k2 = key(&s, "alice", "key_2");
-    assert!(
-        !k2.active,
+    assert_eq!(
+        k2.status,
+        KeyStatus::Inactive,
         "an inactive key keeps its rotation date and is listed"
     );
     assert_eq!(

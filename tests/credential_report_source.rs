@@ -246,3 +246,78 @@ fn root_keys_and_mfa_come_from_the_report() {
     );
     promtool_check_metrics(&m.raw).unwrap();
 }
+
+#[test]
+fn the_report_errors_aws_answers_are_waited_out_or_reported() {
+    let moto = Moto::start();
+    moto.seed(REPORT, users("r", 2, 1));
+    // Each answer AWS gives while a report is being made or replaced, once: the refresh
+    // waits (with backoff) and still succeeds.
+    moto.faults(json!([
+        {"kind": "error", "status": 409, "code": "LimitExceeded", "operation": "GenerateCredentialReport", "account": REPORT, "count": 1},
+        {"kind": "error", "status": 404, "code": "ReportInProgress", "operation": "GetCredentialReport", "account": REPORT, "count": 1},
+        {"kind": "error", "status": 410, "code": "ReportExpired", "operation": "GetCredentialReport", "account": REPORT, "count": 1},
+        {"kind": "error", "status": 410, "code": "ReportNotPresent", "operation": "GetCredentialReport", "account": REPORT, "count": 1},
+    ]));
+    let exporter = Exporter::start(
+        &moto,
+        &format!(
+            "refresh_interval: 2s\nrefresh_timeout: 1m\naws: {{credential_report_timeout: 50s}}\n\
+             accounts:\n  - {{id: \"{REPORT}\", source: credential_report}}\n"
+        ),
+    );
+    exporter.wait_ready(Duration::from_secs(60));
+    let m = exporter.scrape();
+    assert_eq!(
+        m.get("iam_key_exporter_account_up", &[("account_id", REPORT)]),
+        Some(1.0),
+        "{}",
+        m.raw
+    );
+    assert_eq!(keys(&m, REPORT).len(), 2);
+    assert!(moto.count(REPORT, "GetCredentialReport") >= 4);
+
+    // A report that never comes ends in ReportTimeout; a refusal is reported with its code.
+    moto.faults(json!([
+        {"kind": "error", "status": 404, "code": "ReportInProgress", "operation": "GetCredentialReport", "account": REPORT},
+    ]));
+    std::fs::write(
+        &exporter.config,
+        format!(
+            "refresh_interval: 2s\nrefresh_timeout: 1m\naws: {{credential_report_timeout: 3s}}\n\
+             accounts:\n  - {{id: \"{REPORT}\", source: credential_report}}\n"
+        ),
+    )
+    .unwrap();
+    let reload = agent()
+        .post(&format!("{}/-/reload", exporter.url))
+        .send_empty()
+        .unwrap();
+    assert_eq!(reload.status().as_u16(), 200);
+    let errors = "iam_key_exporter_refresh_errors_total";
+    exporter.scrape_until("ReportTimeout", Duration::from_secs(30), |m| {
+        m.get(
+            errors,
+            &[
+                ("stage", "generate_credential_report"),
+                ("code", "ReportTimeout"),
+            ],
+        )
+        .is_some()
+    });
+    moto.post("/_launcher/faults/clear", json!({}));
+    moto.faults(json!([
+        {"kind": "access_denied", "operation": "GetCredentialReport", "account": REPORT},
+    ]));
+    let m = exporter.scrape_until("AccessDenied", Duration::from_secs(30), |m| {
+        m.get(
+            errors,
+            &[("stage", "get_credential_report"), ("code", "AccessDenied")],
+        )
+        .is_some()
+    });
+    assert_eq!(
+        m.get("iam_key_exporter_account_up", &[("account_id", REPORT)]),
+        Some(0.0)
+    );
+}

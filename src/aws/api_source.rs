@@ -7,10 +7,11 @@
 use std::collections::HashSet;
 use std::future::Future;
 
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use futures_util::stream::{self, StreamExt};
 
 use super::{secs, stage, AwsError};
-use crate::inventory::{AccessKey, LastUse, RefreshError, Snapshot, Stage, User};
+use crate::inventory::{AccessKey, KeyStatus, LastUse, RefreshError, Snapshot, Stage, User};
 
 /// The most IAM accepts as `MaxItems`.
 const MAX_ITEMS: i32 = 1000;
@@ -81,7 +82,16 @@ async fn user_keys(
             .max_items(MAX_ITEMS)
             .set_marker(marker)
             .send()
-            .await?;
+            .await
+            .map_err(|e| {
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_no_such_entity_exception())
+                {
+                    Listing::Gone
+                } else {
+                    Listing::Failed(e.into())
+                }
+            })?;
         Ok(Page {
             items: out.access_key_metadata,
             truncated: out.is_truncated,
@@ -90,8 +100,9 @@ async fn user_keys(
     })
     .await;
     let listed = match listed {
-        Err(e) if e.code == "NoSuchEntity" => return Ok(None),
-        other => other.map_err(stage(Stage::ListAccessKeys))?,
+        Err(Listing::Gone) => return Ok(None),
+        Err(Listing::Failed(e)) => return Err(stage(Stage::ListAccessKeys)(e)),
+        Ok(keys) => keys,
     };
 
     let mut keys = Vec::with_capacity(listed.len());
@@ -112,20 +123,37 @@ async fn user_keys(
                     region: known(u.region),
                 })
             }),
-            Err(e) => match AwsError::from(e) {
-                e if e.code == "NoSuchEntity" => continue,
-                e => return Err(stage(Stage::GetAccessKeyLastUsed)(e)),
-            },
+            // The API models no error, but IAM answers NoSuchEntity for a deleted key.
+            Err(e) if e.code() == Some("NoSuchEntity") => continue,
+            Err(e) => return Err(stage(Stage::GetAccessKeyLastUsed)(e.into())),
         };
         keys.push(AccessKey {
             user: user.to_string(),
-            active: meta.status.as_ref().is_some_and(|s| s.as_str() == "Active"),
+            status: meta
+                .status
+                .as_ref()
+                .map_or(KeyStatus::Other("Unknown".into()), |s| {
+                    KeyStatus::parse(s.as_str())
+                }),
             created: secs(&created),
             last_used,
             id,
         });
     }
     Ok(Some(keys))
+}
+
+/// Why a user's keys could not be listed.
+enum Listing {
+    /// The user was deleted since ListUsers.
+    Gone,
+    Failed(AwsError),
+}
+
+impl From<AwsError> for Listing {
+    fn from(e: AwsError) -> Self {
+        Listing::Failed(e)
+    }
 }
 
 struct Page<T> {
@@ -136,10 +164,11 @@ struct Page<T> {
 
 /// Follows `Marker` until the API says `IsTruncated: false`. A short page proves nothing:
 /// IAM may return fewer than `MaxItems` items with more to come.
-async fn paginate<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, AwsError>
+async fn paginate<T, E, F, Fut>(mut fetch: F) -> Result<Vec<T>, E>
 where
+    E: From<AwsError>,
     F: FnMut(Option<String>) -> Fut,
-    Fut: Future<Output = Result<Page<T>, AwsError>>,
+    Fut: Future<Output = Result<Page<T>, E>>,
 {
     let mut items = Vec::new();
     let mut marker: Option<String> = None;
@@ -155,7 +184,8 @@ where
                 return Err(AwsError {
                     code: "InvalidPagination".into(),
                     message: "IsTruncated is true but the Marker is missing or repeats".into(),
-                })
+                }
+                .into())
             }
         }
     }

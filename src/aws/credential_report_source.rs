@@ -8,7 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::{secs, stage, AwsError};
+use aws_sdk_iam::types::ReportStateType;
+
+use super::{secs, stage};
 use crate::credential_report;
 use crate::inventory::{RefreshError, Snapshot, Stage};
 
@@ -20,12 +22,15 @@ pub async fn read(iam: &aws_sdk_iam::Client, timeout: Duration) -> Result<Snapsh
     let mut delay = FIRST_POLL;
     loop {
         let complete = match iam.generate_credential_report().send().await {
-            Ok(out) => out.state.is_some_and(|s| s.as_str() == "COMPLETE"),
+            Ok(out) => out.state == Some(ReportStateType::Complete),
             // Too many Generate calls in a short time: wait, like for a report in progress.
-            Err(e) => match AwsError::from(e) {
-                e if e.code == "LimitExceeded" => false,
-                e => return Err(stage(Stage::GenerateCredentialReport)(e)),
-            },
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_limit_exceeded_exception()) =>
+            {
+                false
+            }
+            Err(e) => return Err(stage(Stage::GenerateCredentialReport)(e.into())),
         };
         if complete {
             match iam.get_credential_report().send().await {
@@ -51,13 +56,13 @@ pub async fn read(iam: &aws_sdk_iam::Client, timeout: Duration) -> Result<Snapsh
                 }
                 // The report went away or is being replaced between the two calls: generate
                 // (or wait for) a new one.
-                Err(e) => match AwsError::from(e) {
-                    e if matches!(
-                        e.code.as_str(),
-                        "ReportInProgress" | "ReportNotPresent" | "ReportExpired"
-                    ) => {}
-                    e => return Err(stage(Stage::GetCredentialReport)(e)),
-                },
+                Err(e)
+                    if e.as_service_error().is_some_and(|e| {
+                        e.is_credential_report_not_ready_exception()
+                            || e.is_credential_report_not_present_exception()
+                            || e.is_credential_report_expired_exception()
+                    }) => {}
+                Err(e) => return Err(stage(Stage::GetCredentialReport)(e.into())),
             }
         }
         // Full jitter on an exponential delay.

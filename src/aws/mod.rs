@@ -17,14 +17,15 @@ use std::sync::Arc;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_iam::config::interceptors::FinalizerInterceptorContextRef;
 use aws_sdk_iam::config::retry::RetryPartition;
 use aws_sdk_iam::config::{ConfigBag, IdentityCache, Intercept, RuntimeComponents};
 use aws_smithy_runtime::client::retries::classifiers::run_classifiers_on_ctx;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_runtime_api::client::retries::classifiers::{RetryAction, RetryReason};
-use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use aws_smithy_types::retry::ErrorKind;
 
@@ -64,11 +65,13 @@ pub async fn base(cfg: &Config) -> Base {
     Base(sdk)
 }
 
-/// An AWS error reduced to what metrics and logs need.
+/// An AWS error reduced to what metrics and logs need: a code and words, never a Rust
+/// debug dump.
 #[derive(Debug, Clone)]
 struct AwsError {
     /// The AWS error code (`AccessDenied`, `Throttling`, ...) or, for failures that never got
-    /// an answer, `Timeout`, `ConnectionError` or `DispatchFailure`.
+    /// an answer, one of the exporter's own: `Timeout`, `ConnectionError`, `NoCredentials`,
+    /// `CredentialsError`, `ResponseError`, `DispatchFailure`, `ConstructionFailure`.
     pub code: String,
     pub message: String,
 }
@@ -79,27 +82,108 @@ impl fmt::Display for AwsError {
     }
 }
 
-impl<E, R> From<aws_smithy_runtime_api::client::result::SdkError<E, R>> for AwsError
+impl<E, R> From<SdkError<E, R>> for AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: fmt::Debug,
+    R: fmt::Debug + 'static,
 {
-    fn from(e: aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Self {
-        use aws_smithy_runtime_api::client::result::SdkError;
-        let code = match &e {
-            SdkError::ServiceError(s) => s.err().code().unwrap_or("Unknown").to_string(),
-            SdkError::TimeoutError(_) => "Timeout".into(),
-            SdkError::DispatchFailure(d) if d.is_timeout() => "Timeout".into(),
-            SdkError::DispatchFailure(d) if d.is_io() => "ConnectionError".into(),
-            SdkError::DispatchFailure(_) => "DispatchFailure".into(),
-            SdkError::ResponseError(_) => "ResponseError".into(),
-            _ => "ConstructionFailure".into(),
-        };
-        let message = match &e {
-            SdkError::ServiceError(s) => s.err().message().unwrap_or("").to_string(),
-            _ => DisplayErrorContext(&e).to_string(),
+    fn from(e: SdkError<E, R>) -> Self {
+        let (code, message) = match &e {
+            SdkError::ServiceError(s) => (
+                s.err().code().unwrap_or("Unknown").to_string(),
+                s.err().message().unwrap_or("").to_string(),
+            ),
+            SdkError::TimeoutError(_) => ("Timeout".into(), "no answer in time".into()),
+            SdkError::DispatchFailure(d) if d.is_timeout() => {
+                ("Timeout".into(), "connecting took too long".into())
+            }
+            SdkError::DispatchFailure(d) if d.is_io() => ("ConnectionError".into(), root_cause(&e)),
+            SdkError::DispatchFailure(_) => match credentials_error(&e) {
+                Some(CredentialsError::CredentialsNotLoaded(_)) => {
+                    ("NoCredentials".into(), NO_CREDENTIALS.into())
+                }
+                Some(c) => (
+                    "CredentialsError".into(),
+                    format!("cannot get AWS credentials: {}", root_cause(c)),
+                ),
+                None => ("DispatchFailure".into(), root_cause(&e)),
+            },
+            SdkError::ResponseError(_) => (
+                "ResponseError".into(),
+                format!("the answer could not be read: {}", root_cause(&e)),
+            ),
+            _ => ("ConstructionFailure".into(), root_cause(&e)),
         };
         AwsError { code, message }
+    }
+}
+
+const NO_CREDENTIALS: &str = "no AWS credentials found (checked the environment variables, \
+    the shared config and credentials files (AWS_PROFILE), web identity (EKS IRSA), ECS \
+    container credentials and EC2 instance metadata)";
+
+/// The innermost cause of an error, in its own words ("Connection refused (os error 111)").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+fn credentials_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a CredentialsError> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(found) = c.downcast_ref::<CredentialsError>() {
+            return Some(found);
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// Where a client's calls go and how long they may take, to say so when they fail.
+#[derive(Clone)]
+struct Reach {
+    endpoint: String,
+    timeouts: crate::config::AwsClient,
+}
+
+impl Reach {
+    /// The endpoint of `service_id` (as the SDK names it, e.g. `IAM`): `AWS_ENDPOINT_URL_<ID>`,
+    /// then `AWS_ENDPOINT_URL`, then AWS's own (`default`).
+    fn new(base: &Base, cfg: &Config, service_id: &str, default: String) -> Self {
+        let env = format!("AWS_ENDPOINT_URL_{}", service_id.to_uppercase());
+        let endpoint = std::env::var(&env)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| base.0.endpoint_url().map(str::to_string))
+            .unwrap_or(default);
+        Reach {
+            endpoint,
+            timeouts: cfg.aws.clone(),
+        }
+    }
+
+    /// Says where and how long for failures that got no answer.
+    fn explain(&self, mut e: RefreshError) -> RefreshError {
+        let (endpoint, t) = (&self.endpoint, &self.timeouts);
+        let human = |d| humantime::format_duration(d);
+        e.message = match e.code.as_str() {
+            "Timeout" => format!(
+                "{endpoint}: {} (aws.connect_timeout {}, aws.attempt_timeout {}, \
+                 aws.operation_timeout {}, aws.max_attempts {})",
+                e.message,
+                human(t.connect_timeout),
+                human(t.attempt_timeout),
+                human(t.operation_timeout),
+                t.max_attempts
+            ),
+            "ConnectionError" => format!("cannot connect to {endpoint}: {}", e.message),
+            "ResponseError" | "DispatchFailure" => format!("{endpoint}: {}", e.message),
+            _ => return e,
+        };
+        e
     }
 }
 
@@ -108,6 +192,8 @@ where
 pub struct AccountReader {
     iam: aws_sdk_iam::Client,
     session: Option<Arc<Session>>,
+    iam_reach: Reach,
+    sts_reach: Reach,
     source: Source,
     requests_per_account: usize,
     report_timeout: std::time::Duration,
@@ -137,6 +223,8 @@ impl AccountReader {
         AccountReader {
             iam: aws_sdk_iam::Client::from_conf(iam.build()),
             session,
+            iam_reach: Reach::new(base, cfg, "IAM", default_endpoint(cfg, "iam")),
+            sts_reach: Reach::new(base, cfg, "STS", default_endpoint(cfg, "sts")),
             source: account.source,
             requests_per_account: cfg.aws.requests_per_account,
             report_timeout: cfg.aws.credential_report_timeout,
@@ -145,6 +233,13 @@ impl AccountReader {
 
     /// One full read of the account's IAM users and keys.
     pub async fn read(&self) -> Result<Snapshot, RefreshError> {
+        self.read_sources().await.map_err(|e| match e.stage {
+            Stage::AssumeRole => self.sts_reach.explain(e),
+            _ => self.iam_reach.explain(e),
+        })
+    }
+
+    async fn read_sources(&self) -> Result<Snapshot, RefreshError> {
         if let Some(s) = &self.session {
             s.begin_refresh().await.map_err(stage(Stage::AssumeRole))?;
         }
@@ -159,6 +254,23 @@ impl AccountReader {
     /// When the current assumed-role session expires, if there is one.
     pub fn session_expiry(&self) -> Option<Timestamp> {
         self.session.as_ref().and_then(|s| s.expiry()).map(unix)
+    }
+}
+
+/// AWS's own endpoint of `service` (`iam`, `sts`, `organizations`) in the partition of the
+/// configured STS region, for messages.
+fn default_endpoint(cfg: &Config, service: &str) -> String {
+    let region = cfg.sts.region.as_str();
+    let (suffix, global) = match cfg.partition() {
+        "aws-cn" => ("amazonaws.com.cn", ["cn-north-1", "cn-northwest-1"]),
+        "aws-us-gov" => ("amazonaws.com", ["us-gov", "us-gov-west-1"]),
+        _ => ("amazonaws.com", ["", "us-east-1"]),
+    };
+    match service {
+        "iam" if global[0].is_empty() => format!("https://iam.{suffix}"),
+        "iam" => format!("https://iam.{}.{suffix}", global[0]),
+        "organizations" => format!("https://organizations.{}.{suffix}", global[1]),
+        _ => format!("https://{service}.{region}.{suffix}"),
     }
 }
 

@@ -19,7 +19,7 @@ use aws_sdk_iam::config::IdentityCache;
 use aws_sdk_organizations::config::retry::RetryPartition;
 use aws_sdk_organizations::types::Account as SdkAccount;
 
-use super::{AwsError, Base, Owner, RequestCounter, Session};
+use super::{default_endpoint, AwsError, Base, Owner, Reach, RequestCounter, Session};
 use crate::accounts::{OrgAccount, Role};
 use crate::config::{values::arn_account, Config, Discovery};
 use crate::health::Health;
@@ -32,6 +32,8 @@ const PAGE: i32 = 20;
 pub struct OrgReader {
     client: aws_sdk_organizations::Client,
     session: Option<Arc<Session>>,
+    reach: Reach,
+    sts_reach: Reach,
 }
 
 impl OrgReader {
@@ -58,6 +60,13 @@ impl OrgReader {
         OrgReader {
             client: aws_sdk_organizations::Client::from_conf(builder.build()),
             session,
+            reach: Reach::new(
+                base,
+                cfg,
+                "Organizations",
+                default_endpoint(cfg, "organizations"),
+            ),
+            sts_reach: Reach::new(base, cfg, "STS", default_endpoint(cfg, "sts")),
         }
     }
 
@@ -82,14 +91,16 @@ impl OrgReader {
     /// Every account in the part of the organization `d` selects, whatever its state.
     pub async fn accounts(&self, d: &Discovery) -> Result<Vec<OrgAccount>, RefreshError> {
         if let Some(s) = &self.session {
-            s.begin_refresh().await.map_err(discovery_error)?;
+            s.begin_refresh()
+                .await
+                .map_err(|e| self.sts_reach.explain(discovery_error(e)))?;
         }
         let found = if d.include_ous.is_empty() && d.exclude_ous.is_empty() {
             self.list_accounts().await
         } else {
             self.walk(d).await
         };
-        found.map_err(discovery_error)
+        found.map_err(|e| self.reach.explain(discovery_error(e)))
     }
 
     /// The tags of each account in `ids`.
@@ -110,7 +121,7 @@ impl OrgReader {
                 Ok((page.tags.unwrap_or_default(), page.next_token))
             })
             .await
-            .map_err(discovery_error)?;
+            .map_err(|e| self.reach.explain(discovery_error(e)))?;
             let tags = tags.into_iter().map(|t| (t.key, t.value)).collect();
             out.insert(id.to_string(), tags);
         }
