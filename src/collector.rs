@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::accounts::Origin;
 use crate::exposition::{write_header, write_line, write_sample, Labels};
-use crate::health::Health;
+use crate::health::{Health, IdentityStatus};
 use crate::inventory::{AccessKey, AccountState, Snapshot, User};
 use crate::process;
 
@@ -310,6 +310,14 @@ fn write_scope_families(out: &mut Vec<u8>, accounts: &[Arc<AccountState>], healt
     ] {
         write_header(out, name, "gauge", help);
         write_sample(out, name, "", f64::from(value));
+    }
+    if let IdentityStatus::Known(id) = health.identity() {
+        let name = "iam_key_exporter_aws_identity_info";
+        write_header(out, name, "gauge", "The AWS identity the exporter's own credentials belong to (sts:GetCallerIdentity), which member roles must trust (always 1).");
+        let labels = Labels::new()
+            .with("account_id", &id.account_id)
+            .with("arn", &id.arn);
+        write_sample(out, name, labels.as_str(), 1.0);
     }
     let Some(d) = health.discovery() else {
         return;

@@ -70,6 +70,23 @@ pub struct Health {
     reload: Mutex<Reload>,
     /// None while discovery is not configured.
     discovery: Mutex<Option<DiscoveryStatus>>,
+    identity: Mutex<IdentityStatus>,
+}
+
+/// Who the exporter is to AWS (sts:GetCallerIdentity): the principal member roles must trust.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Identity {
+    pub account_id: String,
+    pub arn: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum IdentityStatus {
+    #[default]
+    Unknown,
+    Known(Identity),
+    /// Why it could not be asked, in words.
+    Failed(String),
 }
 
 /// How the last discoveries went.
@@ -114,6 +131,7 @@ impl Health {
                 last_success: started,
             }),
             discovery: Mutex::new(None),
+            identity: Mutex::default(),
         }
     }
 
@@ -181,6 +199,14 @@ impl Health {
                 status.last_error = Some(e);
             }
         }
+    }
+
+    pub fn set_identity(&self, identity: IdentityStatus) {
+        *self.identity.lock().unwrap() = identity;
+    }
+
+    pub fn identity(&self) -> IdentityStatus {
+        self.identity.lock().unwrap().clone()
     }
 
     pub fn discovery(&self) -> Option<DiscoveryStatus> {

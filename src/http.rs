@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::collector::{self, BuildInfo, Scope};
 use crate::exposition::CONTENT_TYPE;
-use crate::health::Health;
+use crate::health::{Health, IdentityStatus};
 use crate::inventory::unix_now;
 use crate::inventory::Inventory;
 use crate::web_config::{Auth, WebConfig};
@@ -456,6 +456,18 @@ fn landing_page(web: &Web) -> Response<Body> {
             html(&error)
         )
     });
+    let identity = match web.health.identity() {
+        IdentityStatus::Known(id) => format!(
+            "<p>AWS identity: <code>{}</code> (account {}); member roles must trust it.</p>\n",
+            html(&id.arn),
+            html(&id.account_id)
+        ),
+        IdentityStatus::Failed(e) => format!(
+            "<p>AWS identity: <span class=\"down\">unknown</span>: {}</p>\n",
+            html(&e)
+        ),
+        IdentityStatus::Unknown => "<p>AWS identity: <span class=\"pending\">asking</span></p>\n".into(),
+    };
     let shard = web.health.shard;
     let sharding = if shard.total > 1 {
         format!(
@@ -473,7 +485,7 @@ fn landing_page(web: &Web) -> Response<Body> {
 <body><h1>IAM Key Exporter</h1>
 <p>Version {version} (revision {revision}). <a href="{path}">Metrics</a> ·
 <a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
-{sharding}{discovery}<table><tr><th>Account</th><th>Name</th><th>State</th><th>Keys</th><th>Last success</th><th>Last error</th></tr>
+{identity}{sharding}{discovery}<table><tr><th>Account</th><th>Name</th><th>State</th><th>Keys</th><th>Last success</th><th>Last error</th></tr>
 {rows}</table></body></html>
 "#,
         version = html(web.build.version),

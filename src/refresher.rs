@@ -16,7 +16,7 @@ use crate::accounts::{self, Account, Discovered, Shard};
 use crate::aws::{self, AccountReader, OrgReader};
 use crate::config::{jittered, Config};
 use crate::discovery::{self, Found};
-use crate::health::Health;
+use crate::health::{Health, IdentityStatus};
 use crate::inventory::{unix_now, AccountState, Inventory, RefreshError, Stage};
 
 /// The running account tasks and the discovery task, owned by a supervisor task that applies
@@ -25,6 +25,7 @@ use crate::inventory::{unix_now, AccountState, Inventory, RefreshError, Stage};
 pub struct Refresher {
     commands: mpsc::Sender<Reload>,
     supervisor: JoinHandle<()>,
+    identity: JoinHandle<()>,
 }
 
 /// A new configuration, and who to tell once it is in force.
@@ -55,10 +56,16 @@ impl Refresher {
         };
         supervisor.restart_discovery().await;
         supervisor.apply().await;
+        let identity = tokio::spawn(ask_identity(
+            supervisor.base.clone(),
+            supervisor.cfg.clone(),
+            supervisor.health.clone(),
+        ));
         let (commands, rx) = mpsc::channel(1);
         Refresher {
             commands,
             supervisor: tokio::spawn(supervisor.run(rx, found_rx)),
+            identity,
         }
     }
 
@@ -72,8 +79,31 @@ impl Refresher {
 
     /// Stops every task and waits until none can touch the inventory any more.
     pub async fn stop(self) {
+        self.identity.abort();
         drop(self.commands);
         let _ = self.supervisor.await;
+    }
+}
+
+/// Logs (and records for `/` and the identity metric) who the exporter is to AWS: the
+/// principal every member role's trust policy must name. Asked again, less and less often,
+/// until AWS answers.
+async fn ask_identity(base: aws::Base, cfg: Arc<Config>, health: Arc<Health>) {
+    let mut retry = Duration::from_secs(60);
+    loop {
+        match aws::caller_identity(&base, &cfg).await {
+            Ok(identity) => {
+                tracing::info!(arn = %identity.arn, account_id = %identity.account_id, "running as this AWS identity; member roles must trust it");
+                health.set_identity(IdentityStatus::Known(identity));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell which AWS identity the exporter runs as");
+                health.set_identity(IdentityStatus::Failed(e));
+            }
+        }
+        tokio::time::sleep(jittered(retry)).await;
+        retry = (retry * 2).min(Duration::from_secs(3600));
     }
 }
 

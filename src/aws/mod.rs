@@ -31,13 +31,14 @@ use aws_smithy_types::retry::ErrorKind;
 
 use crate::accounts::Account;
 use crate::config::{Config, Source};
-use crate::health::Health;
+use crate::health::{Health, Identity};
 use crate::inventory::{unix, RefreshError, Snapshot, Stage, Timestamp};
 
 pub use organizations::OrgReader;
 use session::Session;
 
 /// The base AWS configuration every account's clients are built from.
+#[derive(Clone)]
 pub struct Base(SdkConfig);
 
 /// Loads the base AWS configuration: credentials from the SDK default chain (environment,
@@ -255,6 +256,26 @@ impl AccountReader {
     pub fn session_expiry(&self) -> Option<Timestamp> {
         self.session.as_ref().and_then(|s| s.expiry()).map(unix)
     }
+}
+
+/// Asks STS who the exporter's own credentials belong to.
+pub async fn caller_identity(base: &Base, cfg: &Config) -> Result<Identity, String> {
+    let sts = aws_sdk_sts::config::Builder::from(&base.0)
+        .retry_partition(RetryPartition::new("sts-identity"))
+        .build();
+    let reach = Reach::new(base, cfg, "STS", default_endpoint(cfg, "sts"));
+    let out = aws_sdk_sts::Client::from_conf(sts)
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| {
+            let e = reach.explain(stage(Stage::AssumeRole)(e.into()));
+            format!("{}: {}", e.code, e.message)
+        })?;
+    Ok(Identity {
+        account_id: out.account.unwrap_or_default(),
+        arn: out.arn.unwrap_or_default(),
+    })
 }
 
 /// AWS's own endpoint of `service` (`iam`, `sts`, `organizations`) in the partition of the
