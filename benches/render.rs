@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use iam_key_exporter::accounts::{Account, Origin, Shard};
-use iam_key_exporter::collector::{self, BuildInfo, Scope};
-use iam_key_exporter::health::Health;
+use iam_key_exporter::collector::{self, Scope};
+use iam_key_exporter::health::{BuildInfo, Health};
 use iam_key_exporter::inventory::{AccessKey, AccountState, KeyStatus, LastUse, Snapshot, User};
 
 const BUILD: BuildInfo = BuildInfo {
@@ -77,7 +77,7 @@ fn rss_mib() -> f64 {
 }
 
 fn main() {
-    let health = Health::new(NOW, Shard::default());
+    let health = Health::new(NOW, Shard::default(), BUILD);
     for keys in [1_000, 10_000, 100_000] {
         let rss_before = rss_mib();
         let accounts = inventory(keys);
@@ -85,14 +85,14 @@ fn main() {
         let runs = if keys >= 100_000 { 10 } else { 50 };
         // Size of the output, measured outside the timed runs.
         let (mut bytes, mut lines) = (0, 0);
-        for chunk in collector::render(&accounts, &health, &BUILD, Scope::Server, NOW) {
+        for chunk in collector::render(&accounts, &health, Scope::Server, NOW) {
             bytes += chunk.len();
             lines += chunk.iter().filter(|c| **c == b'\n').count();
         }
         let mut times = Vec::new();
         for _ in 0..runs {
             let start = Instant::now();
-            for chunk in collector::render(&accounts, &health, &BUILD, Scope::Server, NOW) {
+            for chunk in collector::render(&accounts, &health, Scope::Server, NOW) {
                 std::hint::black_box(&chunk);
             }
             times.push(start.elapsed().as_secs_f64() * 1000.0);

@@ -9,9 +9,8 @@
 
 use std::sync::Arc;
 
-use crate::accounts::Origin;
 use crate::exposition::{write_header, write_line, write_sample, Labels};
-use crate::health::{Health, IdentityStatus};
+use crate::health::Health;
 use crate::inventory::{AccessKey, AccountState, Snapshot, User};
 use crate::process;
 
@@ -177,13 +176,6 @@ struct Prepared {
     account: Labels,
 }
 
-/// Version facts for `iam_key_exporter_build_info`.
-pub struct BuildInfo {
-    pub version: &'static str,
-    pub revision: &'static str,
-    pub rustc_version: &'static str,
-}
-
 /// Where the exposition goes.
 #[derive(Clone, Copy, PartialEq)]
 pub enum Scope {
@@ -210,50 +202,12 @@ pub struct Exposition {
 pub fn render(
     accounts: &[Arc<AccountState>],
     health: &Health,
-    build: &BuildInfo,
     scope: Scope,
     now: f64,
 ) -> Exposition {
     let mut buf = Vec::with_capacity(CHUNK * 2);
+    health.render(&mut buf, scope == Scope::Server);
     write_account_families(&mut buf, accounts);
-    health.assume_role.render(&mut buf);
-    health.refresh_errors.render(&mut buf);
-    health.aws_requests.render(&mut buf);
-
-    write_scope_families(&mut buf, accounts, health);
-
-    let reload = health.reload();
-    let build_labels = Labels::new()
-        .with("version", build.version)
-        .with("revision", build.revision)
-        .with("rustc_version", build.rustc_version);
-    let gauges = [
-        (
-            "iam_key_exporter_config_last_reload_successful",
-            "Whether the last configuration reload succeeded.",
-            "",
-            if reload.successful { 1.0 } else { 0.0 },
-        ),
-        (
-            "iam_key_exporter_config_last_reload_success_timestamp_seconds",
-            "When the configuration was last loaded successfully, in Unix seconds.",
-            "",
-            reload.last_success,
-        ),
-        (
-            "iam_key_exporter_build_info",
-            "Build information of the running exporter (always 1).",
-            build_labels.as_str(),
-            1.0,
-        ),
-    ];
-    for (name, help, labels, value) in gauges {
-        if scope == Scope::File && name.contains("config_last_reload") {
-            continue;
-        }
-        write_header(&mut buf, name, "gauge", help);
-        write_sample(&mut buf, name, labels, value);
-    }
     if scope == Scope::Server {
         process::render(&mut buf);
     }
@@ -280,68 +234,6 @@ pub fn render(
         family: 0,
         account: 0,
         row: 0,
-    }
-}
-
-/// What this replica reads: its shard, its accounts by origin, and discovery's state.
-fn write_scope_families(out: &mut Vec<u8>, accounts: &[Arc<AccountState>], health: &Health) {
-    let name = "iam_key_exporter_accounts";
-    write_header(out, name, "gauge", "Accounts this replica reads, by where they were found (static: only in the configuration file; organizations: found by discovery).");
-    for origin in [Origin::Static, Origin::Organizations] {
-        let n = accounts
-            .iter()
-            .filter(|s| s.account.origin == origin)
-            .count();
-        let labels = Labels::new().with("origin", origin.label());
-        write_sample(out, name, labels.as_str(), n as f64);
-    }
-    let shard = health.shard;
-    for (name, help, value) in [
-        (
-            "iam_key_exporter_shards",
-            "How many replicas share the accounts (--shard.total).",
-            shard.total,
-        ),
-        (
-            "iam_key_exporter_shard_index",
-            "This replica's shard, from 0 (--shard.index).",
-            shard.index,
-        ),
-    ] {
-        write_header(out, name, "gauge", help);
-        write_sample(out, name, "", f64::from(value));
-    }
-    if let IdentityStatus::Known(id) = health.identity() {
-        let name = "iam_key_exporter_aws_identity_info";
-        write_header(out, name, "gauge", "The AWS identity the exporter's own credentials belong to (sts:GetCallerIdentity), which member roles must trust (always 1).");
-        let labels = Labels::new()
-            .with("account_id", &id.account_id)
-            .with("arn", &id.arn);
-        write_sample(out, name, labels.as_str(), 1.0);
-    }
-    let Some(d) = health.discovery() else {
-        return;
-    };
-    let name = "iam_key_exporter_discovered_accounts";
-    write_header(out, name, "gauge", "Accounts the last successful discovery found in the configured part of the organization (all replicas together read the ACTIVE ones), by state.");
-    for (state, n) in &d.by_state {
-        let labels = Labels::new().with("state", state);
-        write_sample(out, name, labels.as_str(), *n as f64);
-    }
-    let name = "iam_key_exporter_discovery_up";
-    write_header(out, name, "gauge", "1 if the last discovery through AWS Organizations succeeded, else 0; absent before the first.");
-    if d.attempted {
-        write_sample(out, name, "", if d.up { 1.0 } else { 0.0 });
-    }
-    let name = "iam_key_exporter_discovery_last_success_timestamp_seconds";
-    write_header(
-        out,
-        name,
-        "gauge",
-        "When discovery through AWS Organizations last succeeded, in Unix seconds.",
-    );
-    if let Some(t) = d.last_success {
-        write_sample(out, name, "", t);
     }
 }
 
@@ -438,6 +330,7 @@ impl Iterator for Exposition {
 mod tests {
     use super::*;
     use crate::accounts::{Account, Origin, Shard};
+    use crate::health::BuildInfo;
     use crate::inventory::{KeyStatus, User};
 
     fn state(users: usize, name_pad: usize) -> Arc<AccountState> {
@@ -473,16 +366,16 @@ mod tests {
 
     #[test]
     fn every_family_appears_once_and_contiguous_wherever_chunks_end() {
-        let health = Health::new(0.0, Shard::default());
         let build = BuildInfo {
             version: "t",
             revision: "t",
             rustc_version: "t",
         };
+        let health = Health::new(0.0, Shard::default(), build);
         // Varying name lengths move every chunk boundary across header and row positions.
         for pad in 0..160 {
             let accounts = [state(300, pad)];
-            let text: Vec<u8> = render(&accounts, &health, &build, Scope::Server, 2e9)
+            let text: Vec<u8> = render(&accounts, &health, Scope::Server, 2e9)
                 .flatten()
                 .collect();
             let text = String::from_utf8(text).unwrap();

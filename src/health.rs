@@ -1,76 +1,26 @@
-//! The exporter's own health counters, shared by the AWS layer (which counts) and the
-//! collector (which renders). Per-account gauges live in the inventory instead.
+//! The exporter's own metrics (counters of AWS calls and failures, reload, shard, discovery
+//! and identity state) in a `prometheus` crate registry, shared by the parts that count and
+//! the collector that renders. Per-account refresh gauges come from the inventory instead,
+//! and the per-key families from the collector's own writer (too many series for the crate:
+//! `benches/render.rs` measures both).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use crate::accounts::{Account, Shard};
-use crate::exposition::{write_header, write_sample, Labels};
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
+use prometheus::{
+    Encoder, Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::accounts::{Account, Origin, Shard};
 use crate::inventory::{RefreshError, Timestamp};
 
-/// A monotonic counter family with a fixed set of label names.
-pub struct CounterVec {
-    name: &'static str,
-    help: &'static str,
-    label_names: &'static [&'static str],
-    values: Mutex<BTreeMap<Vec<String>, u64>>,
-}
-
-impl CounterVec {
-    const fn new(
-        name: &'static str,
-        help: &'static str,
-        label_names: &'static [&'static str],
-    ) -> Self {
-        CounterVec {
-            name,
-            help,
-            label_names,
-            values: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    /// Adds one to the series with these label values (in `label_names` order).
-    pub fn inc(&self, label_values: &[&str]) {
-        debug_assert_eq!(label_values.len(), self.label_names.len());
-        let key = label_values.iter().map(|v| v.to_string()).collect();
-        *self.values.lock().unwrap().entry(key).or_default() += 1;
-    }
-
-    /// Forgets the series whose first two labels (account id and name) are not a pair in
-    /// `accounts`: removed accounts, and the old name of a renamed one.
-    fn retain_accounts(&self, accounts: &HashSet<(&str, &str)>) {
-        self.values
-            .lock()
-            .unwrap()
-            .retain(|labels, _| match &labels[..] {
-                [id, name, ..] => accounts.contains(&(id.as_str(), name.as_str())),
-                _ => false,
-            });
-    }
-
-    pub fn render(&self, out: &mut Vec<u8>) {
-        write_header(out, self.name, "counter", self.help);
-        for (values, n) in self.values.lock().unwrap().iter() {
-            let mut labels = Labels::new();
-            for (name, value) in self.label_names.iter().zip(values) {
-                labels.add(name, value);
-            }
-            write_sample(out, self.name, labels.as_str(), *n as f64);
-        }
-    }
-}
-
-/// Counters, reload and discovery state of the running exporter.
-pub struct Health {
-    pub assume_role: CounterVec,
-    pub refresh_errors: CounterVec,
-    pub aws_requests: CounterVec,
-    pub shard: Shard,
-    reload: Mutex<Reload>,
-    /// None while discovery is not configured.
-    discovery: Mutex<Option<DiscoveryStatus>>,
-    identity: Mutex<IdentityStatus>,
+/// Version facts for `iam_key_exporter_build_info`.
+#[derive(Clone, Copy)]
+pub struct BuildInfo {
+    pub version: &'static str,
+    pub revision: &'static str,
+    pub rustc_version: &'static str,
 }
 
 /// Who the exporter is to AWS (sts:GetCallerIdentity): the principal member roles must trust.
@@ -101,64 +51,196 @@ pub struct DiscoveryStatus {
     pub last_error: Option<RefreshError>,
 }
 
-#[derive(Clone, Copy)]
-pub struct Reload {
-    pub successful: bool,
-    pub last_success: f64,
+/// The running exporter's own state and metrics.
+pub struct Health {
+    registry: Registry,
+    assume_role: IntCounterVec,
+    refresh_errors: IntCounterVec,
+    aws_requests: IntCounterVec,
+    accounts: IntGaugeVec,
+    reload_successful: IntGauge,
+    reload_success_time: Gauge,
+    discovered: IntGaugeVec,
+    discovery_up: IntGaugeVec,
+    discovery_success_time: prometheus::GaugeVec,
+    identity_info: IntGaugeVec,
+    pub shard: Shard,
+    /// None while discovery is not configured.
+    discovery: Mutex<Option<DiscoveryStatus>>,
+    identity: Mutex<IdentityStatus>,
+}
+
+/// The families only a running server has: a file written by `once` leaves them out.
+const SERVER_ONLY: &[&str] = &[
+    "iam_key_exporter_config_last_reload_successful",
+    "iam_key_exporter_config_last_reload_success_timestamp_seconds",
+];
+
+const ACCOUNT_LABELS: [&str; 2] = ["account_id", "account_name"];
+
+fn counter(registry: &Registry, name: &str, help: &str, extra: &[&str]) -> IntCounterVec {
+    let labels: Vec<&str> = ACCOUNT_LABELS.iter().chain(extra).copied().collect();
+    let c = IntCounterVec::new(Opts::new(name, help), &labels).expect("valid counter");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("registered once");
+    c
+}
+
+fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
 }
 
 impl Health {
-    pub fn new(started: f64, shard: Shard) -> Self {
+    pub fn new(started: f64, shard: Shard, build: BuildInfo) -> Self {
+        let r = Registry::new();
+        let int_gauge = |name: &str, help: &str, value: i64| {
+            let g = IntGauge::new(name, help).expect("valid gauge");
+            g.set(value);
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        int_gauge(
+            "iam_key_exporter_shards",
+            "How many replicas share the accounts (--shard.total).",
+            shard.total.into(),
+        );
+        int_gauge(
+            "iam_key_exporter_shard_index",
+            "This replica's shard, from 0 (--shard.index).",
+            shard.index.into(),
+        );
+        gauges(
+            &r,
+            "iam_key_exporter_build_info",
+            "Build information of the running exporter (always 1).",
+            &["version", "revision", "rustc_version"],
+        )
+        .with_label_values(&[build.version, build.revision, build.rustc_version])
+        .set(1);
+        let reload_success_time = Gauge::new(
+            "iam_key_exporter_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully, in Unix seconds.",
+        )
+        .expect("valid gauge");
+        reload_success_time.set(started);
+        r.register(Box::new(reload_success_time.clone()))
+            .expect("registered once");
+        let discovery_success_time = prometheus::GaugeVec::new(
+            Opts::new(
+                "iam_key_exporter_discovery_last_success_timestamp_seconds",
+                "When discovery through AWS Organizations last succeeded, in Unix seconds.",
+            ),
+            &[],
+        )
+        .expect("valid gauge");
+        r.register(Box::new(discovery_success_time.clone()))
+            .expect("registered once");
         Health {
-            assume_role: CounterVec::new(
+            assume_role: counter(
+                &r,
                 "iam_key_exporter_assume_role_total",
                 "STS AssumeRole calls made to open or renew an account's session, by outcome.",
-                &["account_id", "account_name", "outcome"],
+                &["outcome"],
             ),
-            refresh_errors: CounterVec::new(
+            refresh_errors: counter(
+                &r,
                 "iam_key_exporter_refresh_errors_total",
-                "Failed account refreshes, by the stage that failed and the AWS error code.",
-                &["account_id", "account_name", "stage", "code"],
+                "Failed account refreshes and discoveries, by the stage that failed and the AWS error code.",
+                &["stage", "code"],
             ),
-            aws_requests: CounterVec::new(
+            aws_requests: counter(
+                &r,
                 "iam_key_exporter_aws_requests_total",
                 "AWS API request attempts (retries included), by operation and outcome.",
-                &["account_id", "account_name", "operation", "outcome"],
+                &["operation", "outcome"],
             ),
+            accounts: gauges(
+                &r,
+                "iam_key_exporter_accounts",
+                "Accounts this replica reads, by where they were found (static: only in the configuration file; organizations: found by discovery).",
+                &["origin"],
+            ),
+            reload_successful: int_gauge(
+                "iam_key_exporter_config_last_reload_successful",
+                "Whether the last configuration reload succeeded.",
+                1,
+            ),
+            reload_success_time,
+            discovered: gauges(
+                &r,
+                "iam_key_exporter_discovered_accounts",
+                "Accounts the last successful discovery found in the configured part of the organization (all replicas together read the ACTIVE ones), by state.",
+                &["state"],
+            ),
+            discovery_up: gauges(
+                &r,
+                "iam_key_exporter_discovery_up",
+                "1 if the last discovery through AWS Organizations succeeded, else 0; absent before the first.",
+                &[],
+            ),
+            discovery_success_time,
+            identity_info: gauges(
+                &r,
+                "iam_key_exporter_aws_identity_info",
+                "The AWS identity the exporter's own credentials belong to (sts:GetCallerIdentity), which member roles must trust (always 1).",
+                &["account_id", "arn"],
+            ),
+            registry: r,
             shard,
-            reload: Mutex::new(Reload {
-                successful: true,
-                last_success: started,
-            }),
             discovery: Mutex::new(None),
             identity: Mutex::default(),
         }
     }
 
-    /// Drops the counters of accounts no longer read (or read under another name), so they
-    /// do not stay forever; `also` names an owner to keep besides them (discovery's, which
-    /// has no account name).
-    pub fn retain_accounts(&self, accounts: &[Arc<Account>], also: Option<&str>) {
-        let mut ids: HashSet<(&str, &str)> = accounts
+    /// One AWS request attempt of the client owned by (`account_id`, `account_name`).
+    pub fn count_request(&self, owner: [&str; 2], operation: &str, outcome: &str) {
+        self.aws_requests
+            .with_label_values(&[owner[0], owner[1], operation, outcome])
+            .inc();
+    }
+
+    pub fn count_assume_role(&self, owner: [&str; 2], outcome: &str) {
+        self.assume_role
+            .with_label_values(&[owner[0], owner[1], outcome])
+            .inc();
+    }
+
+    pub fn count_refresh_error(&self, owner: [&str; 2], e: &RefreshError) {
+        self.refresh_errors
+            .with_label_values(&[owner[0], owner[1], e.stage.as_str(), &e.code])
+            .inc();
+    }
+
+    /// The accounts this replica now reads: counts them by origin, and drops the counters
+    /// of accounts no longer read (or read under another name) so they do not stay forever.
+    /// `also` names an owner to keep besides them (discovery's, which has no account name).
+    pub fn track_accounts(&self, accounts: &[Arc<Account>], also: Option<&str>) {
+        for origin in [Origin::Static, Origin::Organizations] {
+            let n = accounts.iter().filter(|a| a.origin == origin).count();
+            self.accounts
+                .with_label_values(&[origin.label()])
+                .set(n as i64);
+        }
+        let mut keep: HashSet<(&str, &str)> = accounts
             .iter()
             .map(|a| (a.id.as_str(), a.name.as_str()))
             .collect();
-        ids.extend(also.map(|id| (id, "")));
+        keep.extend(also.map(|id| (id, "")));
         for counter in [&self.assume_role, &self.refresh_errors, &self.aws_requests] {
-            counter.retain_accounts(&ids);
+            retain(counter, &keep);
         }
     }
 
     pub fn record_reload(&self, successful: bool, now: f64) {
-        let mut r = self.reload.lock().unwrap();
-        r.successful = successful;
+        self.reload_successful.set(i64::from(successful));
         if successful {
-            r.last_success = now;
+            self.reload_success_time.set(now);
         }
-    }
-
-    pub fn reload(&self) -> Reload {
-        *self.reload.lock().unwrap()
     }
 
     /// Turns discovery's status on (kept if it already was) or off.
@@ -166,7 +248,12 @@ impl Health {
         let mut d = self.discovery.lock().unwrap();
         match (configured, d.is_some()) {
             (true, false) => *d = Some(DiscoveryStatus::default()),
-            (false, true) => *d = None,
+            (false, true) => {
+                *d = None;
+                self.discovered.reset();
+                self.discovery_up.reset();
+                self.discovery_success_time.reset();
+            }
             _ => {}
         }
     }
@@ -181,27 +268,46 @@ impl Health {
         now: f64,
     ) {
         if let Err(e) = &result {
-            self.refresh_errors
-                .inc(&[owner, "", e.stage.as_str(), &e.code]);
+            self.count_refresh_error([owner, ""], e);
         }
         let mut d = self.discovery.lock().unwrap();
         let status = d.get_or_insert_with(DiscoveryStatus::default);
         status.attempted = true;
+        let up = self.discovery_up.with_label_values(&[] as &[&str]);
         match result {
             Ok(by_state) => {
+                up.set(1);
+                self.discovery_success_time
+                    .with_label_values(&[] as &[&str])
+                    .set(now);
+                self.discovered.reset();
+                for (state, n) in &by_state {
+                    self.discovered.with_label_values(&[state]).set(*n as i64);
+                }
                 status.up = true;
                 status.last_success = Some(now);
                 status.by_state = by_state;
                 status.last_error = None;
             }
             Err(e) => {
+                up.set(0);
                 status.up = false;
                 status.last_error = Some(e);
             }
         }
     }
 
+    pub fn discovery(&self) -> Option<DiscoveryStatus> {
+        self.discovery.lock().unwrap().clone()
+    }
+
     pub fn set_identity(&self, identity: IdentityStatus) {
+        if let IdentityStatus::Known(id) = &identity {
+            self.identity_info.reset();
+            self.identity_info
+                .with_label_values(&[&id.account_id, &id.arn])
+                .set(1);
+        }
         *self.identity.lock().unwrap() = identity;
     }
 
@@ -209,7 +315,36 @@ impl Health {
         self.identity.lock().unwrap().clone()
     }
 
-    pub fn discovery(&self) -> Option<DiscoveryStatus> {
-        self.discovery.lock().unwrap().clone()
+    /// Appends these metrics in the text format; `server` false leaves out what only a
+    /// running server has (reload state).
+    pub fn render(&self, out: &mut Vec<u8>, server: bool) {
+        let families: Vec<_> = self
+            .registry
+            .gather()
+            .into_iter()
+            .filter(|f| server || !SERVER_ONLY.contains(&f.name()))
+            .collect();
+        // Encoding into a Vec cannot fail; the metric names are the crate-checked ones above.
+        let _ = TextEncoder::new().encode(&families, out);
+    }
+}
+
+/// Removes the series of `vec` whose account labels are not a pair in `keep`.
+fn retain<B: MetricVecBuilder>(vec: &MetricVec<B>, keep: &HashSet<(&str, &str)>) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            let pair = (
+                labels.get("account_id").copied().unwrap_or(""),
+                labels.get("account_name").copied().unwrap_or(""),
+            );
+            if !keep.contains(&pair) {
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }

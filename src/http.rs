@@ -19,9 +19,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-use crate::collector::{self, BuildInfo, Scope};
+use crate::collector::{self, Scope};
 use crate::exposition::CONTENT_TYPE;
-use crate::health::{Health, IdentityStatus};
+use crate::health::{BuildInfo, Health, IdentityStatus};
 use crate::inventory::unix_now;
 use crate::inventory::Inventory;
 use crate::web_config::{Auth, WebConfig};
@@ -326,7 +326,6 @@ fn metrics(web: &Web, req: &Request<Incoming>) -> Response<Body> {
     let chunks = collector::render(
         &web.inventory.accounts(),
         &web.health,
-        &web.build,
         Scope::Server,
         unix_now().floor(),
     );
@@ -466,7 +465,9 @@ fn landing_page(web: &Web) -> Response<Body> {
             "<p>AWS identity: <span class=\"down\">unknown</span>: {}</p>\n",
             html(&e)
         ),
-        IdentityStatus::Unknown => "<p>AWS identity: <span class=\"pending\">asking</span></p>\n".into(),
+        IdentityStatus::Unknown => {
+            "<p>AWS identity: <span class=\"pending\">asking</span></p>\n".into()
+        }
     };
     let shard = web.health.shard;
     let sharding = if shard.total > 1 {

@@ -13,9 +13,9 @@ use tokio::sync::{mpsc, watch};
 
 use iam_key_exporter::accounts::{self, Shard};
 use iam_key_exporter::cli::{Cli, Command};
-use iam_key_exporter::collector::{self, BuildInfo, Scope};
+use iam_key_exporter::collector::{self, Scope};
 use iam_key_exporter::config::{self, Config};
-use iam_key_exporter::health::Health;
+use iam_key_exporter::health::{BuildInfo, Health};
 use iam_key_exporter::inventory::{unix_now, Inventory};
 use iam_key_exporter::refresher::{self, Refresher};
 use iam_key_exporter::web_config::{self, WebConfig, WebSecurity};
@@ -121,7 +121,7 @@ fn load_all(cli: &Cli) -> Result<(Config, WebSecurity), config::ConfigError> {
 /// Reads every account once and writes the exposition to `output` atomically.
 async fn once(cfg: Arc<Config>, shard: Shard, output: &Path) -> ExitCode {
     let inventory = Arc::new(Inventory::default());
-    let health = Arc::new(Health::new(unix_now(), shard));
+    let health = Arc::new(Health::new(unix_now(), shard, BUILD));
     let discovered =
         refresher::refresh_all_once(cfg, shard, inventory.clone(), health.clone()).await;
     let accounts = inventory.accounts();
@@ -131,7 +131,7 @@ async fn once(cfg: Arc<Config>, shard: Shard, output: &Path) -> ExitCode {
     let write = || -> std::io::Result<()> {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         let now = unix_now().floor();
-        for chunk in collector::render(&accounts, &health, &BUILD, Scope::File, now) {
+        for chunk in collector::render(&accounts, &health, Scope::File, now) {
             f.write_all(&chunk)?;
         }
         f.into_inner()?.sync_all()?;
@@ -175,7 +175,7 @@ async fn serve(cli: Cli, cfg: Arc<Config>, shard: Shard, security: WebSecurity) 
     let mut sigterm = signal(SignalKind::terminate()).expect("cannot watch SIGTERM");
     let mut sighup = signal(SignalKind::hangup()).expect("cannot watch SIGHUP");
     let inventory = Arc::new(Inventory::default());
-    let health = Arc::new(Health::new(unix_now(), shard));
+    let health = Arc::new(Health::new(unix_now(), shard, BUILD));
     let refresher = Refresher::start(cfg, shard, inventory.clone(), health.clone()).await;
     let (reload_tx, mut reload_rx) = mpsc::channel::<http::ReloadRequest>(4);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

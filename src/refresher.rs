@@ -175,7 +175,7 @@ impl Supervisor {
             .await;
         self.inventory.retain_only(&accounts);
         let owner = self.cfg.discovery.as_ref().map(OrgReader::owner_id);
-        self.health.retain_accounts(&accounts, owner.as_deref());
+        self.health.track_accounts(&accounts, owner.as_deref());
         for account in &accounts {
             if self.tasks.contains_key(&account.id) {
                 continue;
@@ -255,6 +255,7 @@ pub async fn refresh_all_once(
     }
     let accounts = accounts::plan(&cfg, discovered.as_ref(), shard);
     inventory.retain_only(&accounts);
+    health.track_accounts(&accounts, None);
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let mut tasks = JoinSet::new();
     for account in &accounts {
@@ -349,9 +350,7 @@ impl AccountTask {
                 state.last_success = Some(now);
             }
             Err(e) => {
-                self.health
-                    .refresh_errors
-                    .inc(&[id, name, e.stage.as_str(), &e.code]);
+                self.health.count_refresh_error([id, name], &e);
                 // Last good data stays visible (with account_up 0) until `data_expires`; the
                 // collector hides it from then on, and here it is freed.
                 let stale = state.data_expires.is_none_or(|t| now > t);

@@ -315,6 +315,12 @@ struct Owner {
     account_name: String,
 }
 
+impl Owner {
+    fn labels(&self) -> [&str; 2] {
+        [&self.account_id, &self.account_name]
+    }
+}
+
 /// Counts every request attempt, retries included, by operation and outcome.
 #[derive(Clone)]
 struct RequestCounter {
@@ -354,12 +360,8 @@ impl Intercept for RequestCounter {
                 _ => "error",
             }
         };
-        self.health.aws_requests.inc(&[
-            &self.owner.account_id,
-            &self.owner.account_name,
-            operation,
-            outcome,
-        ]);
+        self.health
+            .count_request(self.owner.labels(), operation, outcome);
         Ok(())
     }
 }

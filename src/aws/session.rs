@@ -100,9 +100,7 @@ impl Session {
         }
         let result = self.assume().await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
-        self.health
-            .assume_role
-            .inc(&[&self.owner.account_id, &self.owner.account_name, outcome]);
+        self.health.count_assume_role(self.owner.labels(), outcome);
         let creds = result?;
         *self.expiry.lock().unwrap() = creds.expiry();
         tracing::debug!(

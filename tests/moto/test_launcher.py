@@ -3,7 +3,8 @@
 
     .venv/bin/python tests/moto/test_launcher.py [-v] [TestLauncher.test_name ...]
 
-Plain unittest; exits non-zero on failure. Timings go to stderr.
+Plain unittest; exits non-zero on failure. Timings go to stderr. The throughput benchmark
+(TestBenchmark) runs only with LAUNCHER_BENCH=1.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import sys
 import threading
 import time
 import unittest
+from concurrent.futures import ThreadPoolExecutor
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
 
 import boto3
 from botocore.config import Config
@@ -35,6 +38,12 @@ FAULTY = "666666666666"    # faults
 OTHER = "777777777777"     # works while FAULTY is denied
 SEEDED = "888888888888"    # seeding/mutation round trips
 REPORT = "121212121212"    # credential report rewriting
+SNAP = "131313131313"      # credential report snapshots
+TAGGED = "141414141414"    # user tags and paths, GetAccountAuthorizationDetails
+EXT = "151515151515"       # ExternalId
+LIMITED = "161616161616"   # rate limits
+BYTES = "171717171717"     # byte counts
+MGMT = "123456789012"      # moto's default account: the base credentials; manages the organization
 N_BIG = 2500
 
 NO_RETRY = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
@@ -122,6 +131,10 @@ class TestLauncher(unittest.TestCase):
     def tearDown(self) -> None:
         self.L.ok("/_launcher/faults/clear", {})
         self.L.ok("/_launcher/pagination", {"short_pages": True})
+        self.L.ok("/_launcher/latency", {"min_ms": 0, "max_ms": 0})
+        self.L.ok("/_launcher/rate_limits", {"off": True})
+        self.L.ok("/_launcher/organizations_paging", {"max_results": None})
+        self.L.ok("/_launcher/credential_report", {"max_age_seconds": 4 * 3600, "csv_quoting": False})
 
     # -- clients
     def base_session(self) -> dict:
@@ -138,6 +151,22 @@ class TestLauncher(unittest.TestCase):
 
     def iam(self, account: str, config: Config | None = None):
         return boto3.client("iam", config=config or NO_RETRY, **self.assume(account, config))
+
+    def org(self, session: dict | None = None):
+        return boto3.client("organizations", config=NO_RETRY, **(session or self.base_session()))
+
+    def error(self, call: Callable[[], Any]) -> tuple[int, str, str, dict]:
+        """(HTTP status, code, message, headers) of the error a call raises."""
+        with self.assertRaises(ClientError) as cm:
+            call()
+        r = cm.exception.response
+        return (r["ResponseMetadata"]["HTTPStatusCode"], r["Error"]["Code"], r["Error"].get("Message", ""),
+                r["ResponseMetadata"]["HTTPHeaders"])
+
+    def bad(self, path: str, body: dict, words: str) -> None:
+        status, answer = self.L.control(path, body)
+        self.assertEqual(status, 400, (path, body, answer))
+        self.assertIn(words, answer["error"], (path, body, answer))
 
     def counts(self, account: str) -> dict:
         return self.L.ok("/_launcher/counts").get(account, {})
@@ -195,17 +224,27 @@ class TestLauncher(unittest.TestCase):
         self.L.ok("/_launcher/pagination", {"short_pages": True})
 
         # a full scan as the exporter does it: ListUsers, ListAccessKeys per user,
-        # GetAccessKeyLastUsed per key, all pages followed; one AssumeRole.
+        # GetAccessKeyLastUsed per key, all pages followed; one AssumeRole. Four clients
+        # share the users (the exporter's calls overlap too, and it keeps the test quick).
         self.L.ok("/_launcher/counts/reset", {})
         t0 = time.monotonic()
-        iam = self.iam(BIG, Config(retries={"total_max_attempts": 3, "mode": "standard"}))
+        retrying = Config(retries={"total_max_attempts": 3, "mode": "standard"})
+        session = self.assume(BIG, retrying)
+        clients = [boto3.client("iam", config=retrying, **session) for _ in range(4)]
+        users = [u["UserName"] for page in clients[0].get_paginator("list_users").paginate(PaginationConfig={"PageSize": 1000})
+                 for u in page["Users"]]
         seen_keys = {}
-        for page in iam.get_paginator("list_users").paginate(PaginationConfig={"PageSize": 1000}):
-            for user in page["Users"]:
-                for kp in iam.get_paginator("list_access_keys").paginate(UserName=user["UserName"]):
+
+        def scan(n: int) -> None:
+            iam = clients[n]
+            for user in users[n::len(clients)]:
+                for kp in iam.get_paginator("list_access_keys").paginate(UserName=user):
                     for key in kp["AccessKeyMetadata"]:
                         lu = iam.get_access_key_last_used(AccessKeyId=key["AccessKeyId"])["AccessKeyLastUsed"]
                         seen_keys[key["AccessKeyId"]] = (key["CreateDate"], lu["LastUsedDate"], lu["ServiceName"], lu["Region"])
+
+        with ThreadPoolExecutor(len(clients)) as pool:
+            list(pool.map(scan, range(len(clients))))
         scan_s = time.monotonic() - t0
         log(f"full boto3 scan of {N_BIG} users / {len(seen_keys)} keys: {scan_s:.1f}s "
             f"({(N_BIG * 2 + 4) / scan_s:.0f} requests/s)")
@@ -459,6 +498,40 @@ class TestLauncher(unittest.TestCase):
             ("/_launcher/faults", {"faults": [{"kind": "explode"}]}, "kind"),
             ("/_launcher/faults", {"faults": [{"kind": "throttle", "count": 0}]}, "count"),
             ("/_launcher/pagination", {"short_pages": "no"}, "short_pages"),
+            ("/_launcher/faults", {"faults": [{"kind": "error"}]}, "faults[0].code"),
+            ("/_launcher/faults", {"faults": [{"kind": "error", "code": "X", "status": 200}]}, "faults[0].status"),
+            ("/_launcher/faults", {"faults": [{"kind": "throttle", "code": "X"}]}, "only for kind 'error'"),
+            ("/_launcher/seed", {"account": SEEDED, "users": [{"name": "x", "tags": {"k": 1}}]}, "users[0].tags.k"),
+            ("/_launcher/seed", {"account": SEEDED, "users": [{"name": "x", "tags": {f"k{i}": "v" for i in range(51)}}]}, "at most 50"),
+            ("/_launcher/seed", {"account": SEEDED, "users": [{"name": "x", "tags": ["k"]}]}, "users[0].tags"),
+            ("/_launcher/organization", {"accounts": [{"id": "1", "name": "x"}]}, "accounts[0].id"),
+            ("/_launcher/organization", {"accounts": [{"id": "210000000009", "name": "x", "ou": "nope"}]}, "accounts[0].ou"),
+            ("/_launcher/organization", {"accounts": [{"id": "210000000009", "name": "x", "state": "GONE"}]}, "accounts[0].state"),
+            ("/_launcher/organization", {"accounts": [{"id": "210000000009"}]}, "accounts[0].name"),
+            ("/_launcher/organization", {"accounts": [{"id": "210000000009", "name": "a"}, {"id": "210000000009", "name": "b"}]}, "twice"),
+            ("/_launcher/organization", {"ous": [{"name": "a"}, {"name": "a"}]}, "ous[1].name"),
+            ("/_launcher/organization", {"ous": [{"name": "a/b"}]}, "ous[0].name"),
+            ("/_launcher/organization", {"ous": [{"name": "a", "children": [{"name": "b", "kids": []}]}]}, "ous[0].children[0]"),
+            ("/_launcher/organization", {"management_account": "12"}, "management_account"),
+            ("/_launcher/organization", {"bogus": 1}, "unknown field"),
+            ("/_launcher/organization/delete", {"management_account": "999999999990"}, "no organization"),
+            ("/_launcher/organizations_paging", {"max_results": 0}, "max_results"),
+            ("/_launcher/latency", {"min_ms": 50, "max_ms": 10}, "max_ms"),
+            ("/_launcher/latency", {"min_ms": -1}, "min_ms"),
+            ("/_launcher/latency", {"min_ms": "30"}, "min_ms"),
+            ("/_launcher/rate_limits", {"default": {"rate": 0}}, "default.rate"),
+            ("/_launcher/rate_limits", {"default": {"rate": 1, "burst": 0.5}}, "default.burst"),
+            ("/_launcher/rate_limits", {"default": {"rate": 1, "size": 2}}, "default: unknown field"),
+            ("/_launcher/rate_limits", {"operations": {"ListUsers": 5}}, "operations.ListUsers"),
+            ("/_launcher/rate_limits", {"accounts": ["x"]}, "accounts"),
+            ("/_launcher/rate_limits", {"off": True, "default": None}, "unknown field"),
+            ("/_launcher/external_id", {"role_arn": "nope", "external_id": "abc"}, "role_arn"),
+            ("/_launcher/external_id", {"role_arn": "arn:aws:iam::111111111111:role/X"}, "external_id"),
+            ("/_launcher/external_id", {"role_arn": "arn:aws:iam::111111111111:role/X", "external_id": 5}, "external_id"),
+            ("/_launcher/credential_report", {"max_age_seconds": 0}, "max_age_seconds"),
+            ("/_launcher/credential_report", {"csv_quoting": "yes"}, "csv_quoting"),
+            ("/_launcher/credential_report/expire", {"account": "1"}, "account"),
+            ("/_launcher/root", {"account": SEEDED, "mfa": True}, "unknown field"),
         ]
         for path, body, words in cases:
             status, answer = self.L.control(path, body)
@@ -470,9 +543,16 @@ class TestLauncher(unittest.TestCase):
         self.assertEqual(status, 400)
         self.assertIn("create_date", answer["error"])
         self.assertEqual(self.L.control("/_launcher/nope")[0], 404)
-        # nothing half-done: the failed seeds created no user
+        # nothing half-done: the failed seeds created no user, no setting changed
         names = [u["UserName"] for u in self.iam(SEEDED).list_users(MaxItems=1000)["Users"]]
         self.assertNotIn("x", names)
+        self.assertEqual(self.L.ok("/_launcher/latency"), {"min_ms": 0, "max_ms": 0})
+        self.assertEqual(self.L.ok("/_launcher/rate_limits"), {"off": True})
+        self.assertEqual(self.L.ok("/_launcher/external_id"), {"external_ids": {}})
+        self.assertEqual(self.L.ok("/_launcher/organizations_paging"), {"max_results": None})
+        self.assertEqual(self.L.ok("/_launcher/credential_report"), {"max_age_seconds": 14400, "csv_quoting": False})
+        self.assertEqual(self.L.ok("/_launcher/faults"), {"faults": []})
+        self.assertNotIn("999999999990", self.L.ok("/_launcher/organization")["organizations"])
 
     def test_10_counts(self) -> None:
         self.L.ok("/_launcher/counts/reset", {})
@@ -506,6 +586,455 @@ class TestLauncher(unittest.TestCase):
         bad = self.L.control("/_launcher/root", {"account": account, "mfa_active": "yes"})
         self.assertEqual(bad[0], 400)
 
+
+    # -- AWS Organizations
+    ORG_TREE = {
+        "ous": [{"name": "prod", "children": [{"name": "prod-eu", "children": []}, {"name": "prod-us"}]},
+                {"name": "sandbox", "tags": {"kind": "sandbox"}}],
+        "accounts": [
+            {"id": "210000000001", "name": "payments-prod", "ou": "prod/prod-eu", "tags": {"team": "payments", "cost-center": "42"}},
+            {"id": "210000000002", "name": "search-prod", "ou": "prod/prod-us", "state": "SUSPENDED"},
+            {"id": "210000000003", "name": "old-sandbox", "ou": "sandbox", "state": "CLOSED"},
+            {"id": "210000000004", "name": "brand-new", "state": "PENDING_ACTIVATION"},
+            {"id": "210000000005", "name": "leaving", "ou": "prod", "state": "PENDING_CLOSURE"},
+        ],
+    }
+
+    def org_tree(self, org: Any, root_id: str) -> dict[str, list[str]]:
+        """{OU path: sorted account ids} read through the Organizations API, as the exporter would."""
+        tree: dict[str, list[str]] = {}
+
+        def walk(parent: str, path: str) -> None:
+            tree[path] = sorted(a["Id"] for p in org.get_paginator("list_accounts_for_parent").paginate(ParentId=parent)
+                                for a in p["Accounts"])
+            for p in org.get_paginator("list_organizational_units_for_parent").paginate(ParentId=parent):
+                for ou in p["OrganizationalUnits"]:
+                    walk(ou["Id"], f"{path}/{ou['Name']}" if path else ou["Name"])
+
+        walk(root_id, "")
+        return tree
+
+    def test_12_organization_tree(self) -> None:
+        v = self.L.ok("/_launcher/organization", self.ORG_TREE)
+        self.assertRegex(v["organization_id"], r"^o-[a-z0-9]{10}$")
+        self.assertRegex(v["root_id"], r"^r-[a-z0-9]{4}$")
+        self.assertEqual(set(v["ous"]), {"prod", "prod/prod-eu", "prod/prod-us", "sandbox"})
+        self.assertEqual([a["id"] for a in v["accounts"]], [MGMT] + [f"21000000000{i}" for i in range(1, 6)])
+        org = self.org()
+        desc = org.describe_organization()
+        self.assertEqual(desc["ResponseMetadata"]["HTTPHeaders"]["content-type"], "application/x-amz-json-1.1")
+        self.assertEqual((desc["Organization"]["Id"], desc["Organization"]["MasterAccountId"]), (v["organization_id"], MGMT))
+        self.assertEqual([r["Id"] for r in org.list_roots()["Roots"]], [v["root_id"]])
+        self.assertEqual(self.org_tree(org, v["root_id"]), {
+            "": [MGMT, "210000000004"], "prod": ["210000000005"], "prod/prod-eu": ["210000000001"],
+            "prod/prod-us": ["210000000002"], "sandbox": ["210000000003"]})
+        accounts = {a["Id"]: a for p in org.get_paginator("list_accounts").paginate() for a in p["Accounts"]}
+        self.assertEqual(len(accounts), 6)
+        for spec in self.ORG_TREE["accounts"]:
+            a, state = accounts[spec["id"]], spec.get("state", "ACTIVE")
+            self.assertEqual((a["Name"], a["State"]), (spec["name"], state))
+            if state in ("ACTIVE", "SUSPENDED", "PENDING_CLOSURE"):
+                self.assertEqual(a["Status"], state)
+            else:
+                self.assertNotIn("Status", a, "AWS answers no Status for CLOSED and PENDING_ACTIVATION")
+        self.assertNotIn("Status", org.describe_account(AccountId="210000000003")["Account"])
+        self.assertEqual(accounts[MGMT]["Name"], "management")
+        tags = {t["Key"]: t["Value"] for t in org.list_tags_for_resource(ResourceId="210000000001")["Tags"]}
+        self.assertEqual(tags, {"team": "payments", "cost-center": "42"})
+        self.assertEqual(org.list_tags_for_resource(ResourceId=v["ous"]["sandbox"])["Tags"], [{"Key": "kind", "Value": "sandbox"}])
+        # a member sees the organization but may not list it; an outsider is in none
+        member = self.org(self.assume("210000000001"))
+        self.assertEqual(member.describe_organization()["Organization"]["Id"], v["organization_id"])
+        self.assertEqual(self.error(member.list_accounts)[:2], (400, "AccessDeniedException"))
+        outsider = self.org(self.assume(OTHER))
+        self.assertEqual(self.error(outsider.list_roots)[:2], (400, "AWSOrganizationsNotInUseException"))
+
+        # a bad tree changes nothing
+        self.bad("/_launcher/organization", {"accounts": [{"id": "210000000009", "name": "x", "ou": "nope"}]}, "accounts[0].ou")
+        self.assertEqual(len(org.list_accounts()["Accounts"]), 6)
+
+        # change it: move, retag, suspend, remove, add; ids and join times stay
+        tree = json.loads(json.dumps(self.ORG_TREE))
+        accts = {a["id"]: a for a in tree["accounts"]}
+        accts["210000000001"].update(ou="sandbox", tags={"team": "payments", "cost-center": "43"})
+        accts["210000000005"]["state"] = "SUSPENDED"
+        del accts["210000000004"]
+        accts["210000000006"] = {"id": "210000000006", "name": "added", "ou": "prod/prod-eu"}
+        tree["accounts"] = list(accts.values())
+        v2 = self.L.ok("/_launcher/organization", tree)
+        self.assertEqual((v2["organization_id"], v2["root_id"], v2["ous"]), (v["organization_id"], v["root_id"], v["ous"]))
+        self.assertEqual(self.org_tree(org, v["root_id"]), {
+            "": [MGMT], "prod": ["210000000005"], "prod/prod-eu": ["210000000006"],
+            "prod/prod-us": ["210000000002"], "sandbox": ["210000000001", "210000000003"]})
+        after = {a["Id"]: a for a in org.list_accounts()["Accounts"]}
+        self.assertEqual((after["210000000005"]["State"], after["210000000005"]["Status"]), ("SUSPENDED", "SUSPENDED"))
+        self.assertEqual(after["210000000001"]["JoinedTimestamp"], accounts["210000000001"]["JoinedTimestamp"])
+        self.assertEqual(self.error(lambda: org.describe_account(AccountId="210000000004"))[1], "AccountNotFoundException")
+        self.assertEqual(org.list_tags_for_resource(ResourceId="210000000001")["Tags"],
+                         [{"Key": "cost-center", "Value": "43"}, {"Key": "team", "Value": "payments"}])
+        self.assertEqual(self.L.ok("/_launcher/organization")["organizations"][MGMT], v2)
+
+    def test_13_organizations_paging(self) -> None:
+        tags = {f"k{i}": f"v{i}" for i in range(5)}
+        v = self.L.ok("/_launcher/organization", {
+            "ous": [{"name": n} for n in ("a", "b", "c")],
+            "accounts": [{"id": f"22000000000{i}", "name": f"acct-{i}", "tags": tags if i == 1 else {}} for i in range(1, 8)]})
+        org, root = self.org(), v["root_id"]
+        # default: moto's page sizes, so a small organization never pages
+        r = org.list_accounts()
+        self.assertEqual((len(r["Accounts"]), "NextToken" in r), (8, False))
+        self.assertNotIn("NextToken", org.list_tags_for_resource(ResourceId="220000000001"))
+
+        self.assertEqual(self.L.ok("/_launcher/organizations_paging", {"max_results": 2}), {"max_results": 2})
+
+        def pages(op: str, key: str, **kw: Any) -> list[list[str]]:
+            out = [[i.get("Id") or i.get("Key") for i in p[key]] for p in org.get_paginator(op).paginate(**kw)]
+            return out
+
+        ids = pages("list_accounts", "Accounts")
+        self.assertEqual([len(p) for p in ids], [2, 2, 2, 2])
+        self.assertEqual(sum(ids, []), sorted([MGMT] + [f"22000000000{i}" for i in range(1, 8)]))
+        self.assertEqual([len(p) for p in pages("list_accounts_for_parent", "Accounts", ParentId=root)], [2, 2, 2, 2])
+        self.assertEqual([len(p) for p in pages("list_accounts", "Accounts", PaginationConfig={"PageSize": 1})], [1] * 8)
+        self.assertEqual(pages("list_tags_for_resource", "Tags", ResourceId="220000000001"),
+                         [["k0", "k1"], ["k2", "k3"], ["k4"]])
+        self.assertEqual([len(p) for p in pages("list_organizational_units_for_parent", "OrganizationalUnits", ParentId=root)], [2, 1])
+        self.assertEqual([len(p) for p in pages("list_children", "Children", ParentId=root, ChildType="ACCOUNT")], [2, 2, 2, 2])
+
+        # tokens are opaque and only good for the request they came from
+        first = org.list_accounts()
+        token = first["NextToken"]
+        tag_token = org.list_tags_for_resource(ResourceId="220000000001")["NextToken"]
+        for call in (lambda: org.list_accounts(NextToken="garbage"),
+                     lambda: org.list_accounts(NextToken=token[:-4]),
+                     lambda: org.list_accounts_for_parent(ParentId=root, NextToken=token),
+                     lambda: org.list_accounts(NextToken=tag_token),
+                     lambda: org.list_tags_for_resource(ResourceId="220000000002", NextToken=tag_token)):
+            status, code, message, _ = self.error(call)
+            self.assertEqual((status, code), (400, "InvalidInputException"))
+            self.assertIn("nextToken", message)
+        # the token names the last item returned: removing it between pages skips nothing
+        removed = first["Accounts"][-1]["Id"]
+        self.L.ok("/_launcher/organization", {"ous": [{"name": n} for n in ("a", "b", "c")],
+                                              "accounts": [{"id": f"22000000000{i}", "name": f"acct-{i}"}
+                                                           for i in range(1, 8) if f"22000000000{i}" != removed]})
+        self.assertEqual([a["Id"] for a in org.list_accounts(NextToken=token)["Accounts"]], ids[1])
+
+        self.L.ok("/_launcher/organizations_paging", {"max_results": None})
+        self.assertNotIn("NextToken", org.list_accounts())
+
+    def test_14_organizations_counts_and_faults(self) -> None:
+        self.L.ok("/_launcher/organization", {"accounts": [{"id": "230000000001", "name": "one"}]})
+        org = self.org()
+        self.L.ok("/_launcher/counts/reset", {})
+        org.list_roots()
+        org.list_accounts()
+        org.list_accounts()
+        self.assertEqual(self.counts(MGMT), {"ListRoots": 1, "ListAccounts": 2})
+        self.L.ok("/_launcher/faults", {"faults": [
+            {"kind": "throttle", "operation": "ListAccounts", "account": MGMT, "count": 1},
+            {"kind": "access_denied", "operation": "ListAccounts", "count": 1},
+            {"kind": "error500", "operation": "ListAccounts", "count": 1},
+            {"kind": "no_such_entity", "operation": "DescribeAccount", "count": 1},
+            {"kind": "error", "status": 409, "code": "ConcurrentModificationException", "message": "busy",
+             "operation": "ListAccounts", "count": 1},
+        ]})
+        for want in ((400, "TooManyRequestsException"), (400, "AccessDeniedException"), (500, "ServiceException")):
+            status, code, _, headers = self.error(org.list_accounts)
+            self.assertEqual((status, code), want)
+            self.assertEqual(headers["content-type"], "application/x-amz-json-1.1")
+            self.assertEqual(headers["x-amzn-errortype"], code)
+        self.assertEqual(self.error(org.list_accounts)[:3], (409, "ConcurrentModificationException", "busy"))
+        self.assertEqual(self.error(lambda: org.describe_account(AccountId="230000000001"))[:2], (400, "AccountNotFoundException"))
+        self.assertEqual(org.describe_account(AccountId="230000000001")["Account"]["Name"], "one")
+        self.assertEqual(len(org.list_accounts()["Accounts"]), 2)
+        self.assertEqual(self.counts(MGMT), {"ListRoots": 1, "ListAccounts": 7, "DescribeAccount": 2})
+        self.assertGreater(self.L.ok("/_launcher/bytes")[MGMT]["ListAccounts"], 0)
+
+    def test_22_another_management_account_and_delete(self) -> None:
+        mgmt2 = "240000000000"
+        self.L.ok("/_launcher/seed", {"account": mgmt2, "users": [{"name": "org-reader", "keys": [
+            {"access_key_id": "AKIAORGREADER0000001", "secret_access_key": "org-reader-secret"}]}]})
+        v = self.L.ok("/_launcher/organization", {"management_account": mgmt2, "accounts": [
+            {"id": "240000000001", "name": "child", "state": "SUSPENDED"}]})
+        self.assertEqual(v["management_account"], mgmt2)
+        org2 = self.org(dict(endpoint_url=self.L.url, region_name="us-east-1",
+                             aws_access_key_id="AKIAORGREADER0000001", aws_secret_access_key="org-reader-secret"))
+        self.assertEqual(sorted(a["Id"] for a in org2.list_accounts()["Accounts"]), [mgmt2, "240000000001"])
+        self.assertEqual(org2.describe_organization()["Organization"]["MasterAccountId"], mgmt2)
+        self.assertNotEqual(v["organization_id"], self.L.ok("/_launcher/organization", {"accounts": []})["organization_id"])
+        self.assertIn(mgmt2, self.L.ok("/_launcher/organization")["organizations"])
+        # an account belongs to one organization at a time
+        self.bad("/_launcher/organization", {"accounts": [{"id": "240000000001", "name": "stolen"}]}, "240000000000's organization")
+        self.assertEqual(self.L.ok("/_launcher/organization/delete", {"management_account": mgmt2}), {"deleted": mgmt2})
+        self.assertEqual(self.error(org2.list_accounts)[:2], (400, "AWSOrganizationsNotInUseException"))
+        self.assertNotIn(mgmt2, self.L.ok("/_launcher/organization")["organizations"])
+        self.L.ok("/_launcher/organization", {"accounts": [{"id": "240000000001", "name": "moved"}]})
+
+    # -- a generic AWS error
+    def test_15_error_fault_any_code(self) -> None:
+        self.seed_users(FAULTY, 1, prefix="gen")
+        iam = self.iam(FAULTY)
+        self.L.ok("/_launcher/faults", {"faults": [
+            {"kind": "error", "status": 410, "code": "ReportExpired", "message": "too old",
+             "operation": "GetCredentialReport", "account": FAULTY, "count": 1},
+            {"kind": "error", "status": 404, "code": "ReportInProgress", "operation": "GetCredentialReport", "count": 1},
+            {"kind": "error", "status": 410, "code": "ReportNotPresent", "operation": "GetCredentialReport", "count": 1},
+            {"kind": "error", "status": 409, "code": "LimitExceeded", "operation": "GenerateCredentialReport", "count": 1},
+            {"kind": "error", "status": 503, "code": "ServiceFailure", "operation": "ListUsers", "count": 1},
+            {"kind": "error", "code": "InvalidClientTokenId", "operation": "GetCallerIdentity", "count": 1},
+        ]})
+        self.assertEqual(self.error(iam.get_credential_report)[:3], (410, "ReportExpired", "too old"))
+        self.assertEqual(self.error(iam.get_credential_report)[:2], (404, "ReportInProgress"))
+        self.assertEqual(self.error(iam.get_credential_report)[:2], (410, "ReportNotPresent"))
+        self.assertEqual(self.error(iam.generate_credential_report)[:2], (409, "LimitExceeded"))
+        with self.assertRaises(ClientError) as cm:
+            iam.list_users()
+        self.assertEqual((cm.exception.response["Error"]["Code"], cm.exception.response["Error"]["Type"]),
+                         ("ServiceFailure", "Receiver"))
+        sts = boto3.client("sts", config=NO_RETRY, **self.base_session())
+        self.assertEqual(self.error(sts.get_caller_identity)[:2], (400, "InvalidClientTokenId"))
+        self.assertIn("gen-00000", [u["UserName"] for u in iam.list_users()["Users"]])
+        faults = self.L.ok("/_launcher/faults")["faults"]
+        self.assertEqual(faults[0]["code"], "ReportExpired")
+        self.assertEqual([f["remaining"] for f in faults], [0] * 6)
+
+    # -- ExternalId
+    def test_16_external_id(self) -> None:
+        role = f"arn:aws:iam::{EXT}:role/Auditor"
+        sts = boto3.client("sts", config=NO_RETRY, **self.base_session())
+        answer = self.L.ok("/_launcher/external_id", {"role_arn": role, "external_id": "s3cret-id"})
+        self.assertEqual(answer, {"external_ids": {role: "s3cret-id"}})
+        for kw in ({}, {"ExternalId": "wrong-id"}, {"ExternalId": "s3cret-id "}):
+            status, code, message, _ = self.error(lambda: sts.assume_role(RoleArn=role, RoleSessionName="audit", **kw))
+            self.assertEqual((status, code), (403, "AccessDenied"))
+            self.assertEqual(message, f"User: arn:aws:iam::{MGMT}:root is not authorized to perform: "
+                                      f"sts:AssumeRole on resource: {role}")
+        creds = sts.assume_role(RoleArn=role, RoleSessionName="audit", ExternalId="s3cret-id")["Credentials"]
+        assumed = boto3.client("sts", config=NO_RETRY, endpoint_url=self.L.url, region_name="us-east-1",
+                               aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                               aws_session_token=creds["SessionToken"])
+        self.assertEqual(assumed.get_caller_identity()["Account"], EXT)
+        # only that role; the message names the calling user
+        sts.assume_role(RoleArn=f"arn:aws:iam::{EXT}:role/Other", RoleSessionName="other")
+        self.L.ok("/_launcher/seed", {"account": OTHER, "users": [{"name": "deployer", "keys": [
+            {"access_key_id": "AKIAEXTCALLER0000001", "secret_access_key": "deployer-secret"}]}]})
+        deployer = boto3.client("sts", config=NO_RETRY, endpoint_url=self.L.url, region_name="us-east-1",
+                                aws_access_key_id="AKIAEXTCALLER0000001", aws_secret_access_key="deployer-secret")
+        message = self.error(lambda: deployer.assume_role(RoleArn=role, RoleSessionName="deploy"))[2]
+        self.assertTrue(message.startswith(f"User: arn:aws:iam::{OTHER}:user/deployer is not authorized"), message)
+        # null removes it
+        self.assertEqual(self.L.ok("/_launcher/external_id", {"role_arn": role, "external_id": None}), {"external_ids": {}})
+        sts.assume_role(RoleArn=role, RoleSessionName="audit")
+
+    # -- latency, rate limits, bytes
+    def test_17_latency_overlaps(self) -> None:
+        clients = [boto3.client("sts", config=NO_RETRY, **self.base_session()) for _ in range(8)]
+        for c in clients:
+            c.get_caller_identity()  # warm: loading the model is not the launcher's time
+        self.assertEqual(self.L.ok("/_launcher/latency", {"min_ms": 300, "max_ms": 300}), {"min_ms": 300, "max_ms": 300})
+        took: list[float] = []
+
+        def call(c: Any) -> None:
+            t = time.monotonic()
+            c.get_caller_identity()
+            took.append(time.monotonic() - t)
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(len(clients)) as pool:
+            list(pool.map(call, clients))
+        wall = time.monotonic() - t0
+        log(f"8 concurrent requests with 300 ms latency: {wall:.2f}s in all, each {min(took):.2f}-{max(took):.2f}s")
+        self.assertGreaterEqual(min(took), 0.3)
+        self.assertLess(wall, 1.2, "the waits did not overlap (8 x 0.3 s = 2.4 s if serialized)")
+        t0 = time.monotonic()
+        self.L.ok("/_launcher/counts")
+        self.assertLess(time.monotonic() - t0, 0.25, "control requests are not delayed")
+        self.L.ok("/_launcher/latency", {"min_ms": 20, "max_ms": 60})
+        for _ in range(5):
+            t0 = time.monotonic()
+            clients[0].get_caller_identity()
+            self.assertGreaterEqual(time.monotonic() - t0, 0.02)
+        self.assertEqual(self.L.ok("/_launcher/latency", {"min_ms": 0, "max_ms": 0}), {"min_ms": 0, "max_ms": 0})
+
+    def test_18_rate_limits(self) -> None:
+        self.seed_users(LIMITED, 2, prefix="lim")
+        iam = self.iam(LIMITED)
+        key = iam.list_access_keys(UserName="lim-00000")["AccessKeyMetadata"][0]["AccessKeyId"]
+        other = self.iam(OTHER)
+        limits = {"default": {"rate": 1, "burst": 3},
+                  "operations": {"ListAccessKeys": None, "GetAccessKeyLastUsed": {"rate": 0.5, "burst": 4}},
+                  "accounts": [LIMITED]}
+        self.assertEqual(self.L.ok("/_launcher/rate_limits", limits)["default"], {"rate": 1, "burst": 3})
+        self.L.ok("/_launcher/counts/reset", {})
+
+        def outcomes(call: Callable[[], Any], n: int) -> list[str]:
+            out = []
+            for _ in range(n):
+                try:
+                    call()
+                    out.append("ok")
+                except ClientError as e:
+                    err = e.response
+                    self.assertEqual((err["ResponseMetadata"]["HTTPStatusCode"], err["Error"]["Message"]), (400, "Rate exceeded"))
+                    out.append(err["Error"]["Code"])
+            return out
+
+        self.assertEqual(outcomes(iam.list_users, 6), ["ok"] * 3 + ["Throttling"] * 3)
+        self.assertEqual(outcomes(lambda: iam.get_access_key_last_used(AccessKeyId=key), 6), ["ok"] * 4 + ["Throttling"] * 2)
+        self.assertEqual(outcomes(lambda: iam.list_access_keys(UserName="lim-00000"), 8), ["ok"] * 8)  # null: unlimited
+        self.assertEqual(outcomes(other.list_users, 6), ["ok"] * 6)  # not a listed account
+        self.assertEqual(self.L.ok("/_launcher/throttled"), {LIMITED: {"ListUsers": 3, "GetAccessKeyLastUsed": 2}})
+        c = self.counts(LIMITED)
+        self.assertEqual((c["ListUsers"], c["GetAccessKeyLastUsed"], c["ListAccessKeys"]), (6, 6, 8))
+        time.sleep(1.1)  # refills continuously: one more ListUsers token
+        self.assertEqual(outcomes(iam.list_users, 2), ["ok", "Throttling"])
+
+        # Organizations answer TooManyRequestsException
+        self.L.ok("/_launcher/organization", {"accounts": []})
+        self.L.ok("/_launcher/rate_limits", {"default": None, "operations": {"ListRoots": {"rate": 1, "burst": 1}}})
+        org = self.org()
+        org.list_roots()
+        self.assertEqual(self.error(org.list_roots)[:2], (400, "TooManyRequestsException"))
+        self.assertEqual(self.L.ok("/_launcher/throttled")[MGMT], {"ListRoots": 1})
+        self.assertEqual(self.L.ok("/_launcher/rate_limits", {"off": True}), {"off": True})
+        self.assertEqual(outcomes(iam.list_users, 4), ["ok"] * 4)
+
+    def test_19_response_bytes(self) -> None:
+        self.seed_users(BYTES, 3, prefix="b")
+        self.L.ok("/_launcher/counts/reset", {})
+        iam = self.iam(BYTES)
+        sizes = [int(iam.list_users()["ResponseMetadata"]["HTTPHeaders"]["content-length"]) for _ in range(2)]
+        self.L.ok("/_launcher/faults", {"faults": [{"kind": "throttle", "operation": "ListUsers", "count": 1}]})
+        throttled = int(self.error(iam.list_users)[3]["content-length"])
+        got = self.L.ok("/_launcher/bytes")[BYTES]
+        self.assertEqual(got["ListUsers"], sum(sizes) + throttled)
+        self.assertGreater(got["AssumeRole"], 500)
+        self.assertEqual(set(self.L.ok("/_launcher/bytes")), set(self.L.ok("/_launcher/counts")))
+        self.L.ok("/_launcher/counts/reset", {})
+        self.assertEqual((self.L.ok("/_launcher/bytes"), self.L.ok("/_launcher/throttled")), ({}, {}))
+
+    # -- the credential report as AWS keeps it
+    def report_rows(self, iam: Any) -> tuple[datetime, list[dict]]:
+        r = iam.get_credential_report()
+        return r["GeneratedTime"], list(csv.DictReader(io.StringIO(r["Content"].decode())))
+
+    def test_20_credential_report_snapshot(self) -> None:
+        acct = SNAP
+        seeded = self.L.ok("/_launcher/seed", {"account": acct, "users": [
+            {"name": "alice", "password": True, "password_last_used": "2024-05-06T07:08:09Z",
+             "keys": [{"create_date": "2023-01-02T03:04:05Z",
+                       "last_used": {"date": "2024-01-02T03:04:05Z", "service": "s3", "region": "eu-west-1"}},
+                      {"create_date": "2023-06-07T08:09:10Z"}]},
+            {"name": "bob", "keys": []},
+        ]})
+        iam = self.iam(acct)
+        self.assertEqual(self.error(iam.get_credential_report)[:2], (410, "ReportNotPresent"))
+        self.assertEqual(iam.generate_credential_report()["State"], "STARTED")
+        self.assertEqual(self.error(iam.get_credential_report)[:2], (404, "ReportInProgress"))
+        before = datetime.now(timezone.utc).replace(microsecond=0)
+        self.assertEqual(iam.generate_credential_report()["State"], "COMPLETE")
+        generated, rows = self.report_rows(iam)
+        self.assertLessEqual(before, generated)
+        self.assertLessEqual(generated, datetime.now(timezone.utc))
+        by_user = {r["user"]: r for r in rows}
+        self.assertEqual(list(by_user), ["alice", "bob"])
+        alice, bob = by_user["alice"], by_user["bob"]
+        lu = iam.get_access_key_last_used(AccessKeyId=seeded["users"][0]["keys"][0])["AccessKeyLastUsed"]
+        self.assertEqual(utc(alice["access_key_1_last_used_date"]), lu["LastUsedDate"])
+        self.assertEqual((alice["access_key_1_last_used_region"], alice["access_key_1_last_used_service"]),
+                         (lu["Region"], lu["ServiceName"]))
+        self.assertEqual((alice["access_key_2_active"], alice["access_key_2_last_rotated"], alice["access_key_2_last_used_date"],
+                          alice["access_key_2_last_used_region"], alice["access_key_2_last_used_service"]),
+                         ("true", "2023-06-07T08:09:10+00:00", "N/A", "N/A", "N/A"))
+        self.assertEqual((alice["password_enabled"], alice["password_last_used"]), ("true", "2024-05-06T07:08:09+00:00"))
+        self.assertEqual([bob[c] for c in ("password_enabled", "password_last_used", "password_last_changed",
+                                           "access_key_1_active", "access_key_1_last_rotated")],
+                         ["false", "N/A", "N/A", "false", "N/A"])
+
+        # changes after the report are not in it until a new one is generated
+        self.L.ok("/_launcher/seed", {"account": acct, "users": [{"name": "carol", "keys": [{}]}]})
+        self.L.ok("/_launcher/key", {"account": acct, "user": "alice", "access_key_id": seeded["users"][0]["keys"][0],
+                                     "status": "Inactive"})
+        self.assertEqual(iam.generate_credential_report()["State"], "COMPLETE")  # the report is young: reused
+        self.assertEqual(self.report_rows(iam), (generated, rows))
+        self.assertEqual(self.L.ok("/_launcher/credential_report/expire", {"account": acct}), {"account": acct, "expired": True})
+        self.assertEqual(self.error(iam.get_credential_report)[:2], (410, "ReportExpired"))
+        self.assertEqual(iam.generate_credential_report()["State"], "STARTED")
+        self.assertEqual(iam.generate_credential_report()["State"], "COMPLETE")
+        generated2, rows2 = self.report_rows(iam)
+        self.assertGreaterEqual(generated2, generated)
+        self.assertEqual([r["user"] for r in rows2], ["alice", "bob", "carol"])
+        self.assertEqual(rows2[0]["access_key_1_active"], "false")
+
+        # max age: older reports expire by themselves
+        self.assertEqual(self.L.ok("/_launcher/credential_report", {"max_age_seconds": 1}),
+                         {"max_age_seconds": 1, "csv_quoting": False})
+        time.sleep(1.1)
+        self.assertEqual(self.error(iam.get_credential_report)[:2], (410, "ReportExpired"))
+        self.assertEqual(iam.generate_credential_report()["State"], "STARTED")
+
+        # fields with commas: unquoted like moto by default, RFC 4180 on request
+        self.L.ok("/_launcher/credential_report", {"max_age_seconds": 3600, "csv_quoting": True})
+        self.L.ok("/_launcher/seed", {"account": acct, "users": [{"name": "svc,legacy", "keys": [{}]}]})
+        self.L.ok("/_launcher/credential_report/expire", {"account": acct})
+        self.assertEqual(iam.generate_credential_report()["State"], "STARTED")
+        self.assertEqual(iam.generate_credential_report()["State"], "COMPLETE")
+        rows3 = self.report_rows(iam)[1]
+        self.assertEqual(rows3[-1]["user"], "svc,legacy")
+        self.assertEqual(rows3[-1]["access_key_1_active"], "true")
+
+    # -- user tags, paths, ListUserTags and GetAccountAuthorizationDetails paging
+    def test_21_user_tags_paths_and_authorization_details(self) -> None:
+        many = {f"tag-{i}": f"value-{i}" for i in range(5)}
+        self.L.ok("/_launcher/seed", {"account": TAGGED, "users": [
+            {"name": "alice", "path": "/eng/", "tags": {"owner": "alice@example.com", "team": "payments"}, "keys": [{}]},
+            {"name": "bob", "tags": many},
+            {"name": "carol"},
+        ]})
+        iam = self.iam(TAGGED)
+        user = iam.get_user(UserName="alice")["User"]
+        self.assertEqual(user["Path"], "/eng/")
+        self.assertEqual(user["Arn"], f"arn:aws:iam::{TAGGED}:user/eng/alice")
+        self.assertEqual({t["Key"]: t["Value"] for t in user["Tags"]}, {"owner": "alice@example.com", "team": "payments"})
+        self.assertNotIn("Tags", iam.get_user(UserName="carol")["User"])
+        listed = iam.list_users()["Users"]
+        self.assertFalse([u for u in listed if "Tags" in u], "ListUsers answers no tags, as AWS")
+        self.assertEqual([u["UserName"] for u in iam.list_users(PathPrefix="/eng/")["Users"]], ["alice"])
+
+        self.L.ok("/_launcher/pagination", {"short_pages": False})
+        tag_pages = [[t["Key"] for t in p["Tags"]]
+                     for p in iam.get_paginator("list_user_tags").paginate(UserName="bob", PaginationConfig={"PageSize": 2})]
+        self.assertEqual(tag_pages, [["tag-0", "tag-1"], ["tag-2", "tag-3"], ["tag-4"]])
+        r = iam.list_user_tags(UserName="bob")
+        self.assertEqual((len(r["Tags"]), r["IsTruncated"]), (5, False))
+
+        iam.create_group(GroupName="admins")
+        iam.create_role(RoleName="deployer", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))
+        seen, sizes, markers = [], [], []
+        kw: dict = {"MaxItems": 2}
+        while True:
+            r = iam.get_account_authorization_details(**kw)
+            page = ([u["UserName"] for u in r["UserDetailList"]] + [g["GroupName"] for g in r["GroupDetailList"]]
+                    + [x["RoleName"] for x in r["RoleDetailList"]] + [p["PolicyName"] for p in r["Policies"]])
+            sizes.append(len(page))
+            seen += page
+            for u in r["UserDetailList"]:
+                if u["UserName"] == "alice":
+                    self.assertEqual({t["Key"] for t in u["Tags"]}, {"owner", "team"})
+            if not r["IsTruncated"]:
+                break
+            markers.append(r["Marker"])
+            kw["Marker"] = r["Marker"]
+        self.assertEqual(seen, ["alice", "bob", "carol", "admins", "deployer"])
+        self.assertEqual(sizes, [2, 2, 1])
+        for ch in "+/=":
+            self.assertIn(ch, markers[0])
+        only_users = iam.get_account_authorization_details(Filter=["User"], MaxItems=100)
+        self.assertEqual(([u["UserName"] for u in only_users["UserDetailList"]], only_users["RoleDetailList"]),
+                         (["alice", "bob", "carol"], []))
+        # a marker of one operation is no marker of another
+        self.assertEqual(self.error(lambda: iam.list_user_tags(UserName="bob", Marker=markers[0]))[:2], (400, "InvalidInput"))
 
 class TestLauncherProcess(unittest.TestCase):
     def test_demo_and_sigint(self) -> None:
@@ -559,6 +1088,99 @@ class TestLauncherProcess(unittest.TestCase):
         self.assertEqual(rc, 0, "".join(L.stderr_lines[-20:]))
         self.assertLess(time.monotonic() - t0, 5)
         th.join(5)
+
+
+def _bench_client(url: str, account: str, keys: list, start: float, deadline: float, out: Any) -> None:
+    """One benchmark client (its own process: 8 boto3 clients in one would measure the GIL)."""
+    try:
+        cfg = Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=30)
+        sts = boto3.client("sts", config=cfg, endpoint_url=url, region_name="us-east-1",
+                           aws_access_key_id="AKIAIOSFODNN7EXAMPLE", aws_secret_access_key="x")
+        c = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/Bench", RoleSessionName="bench")["Credentials"]
+        iam = boto3.client("iam", config=cfg, endpoint_url=url, region_name="us-east-1", aws_access_key_id=c["AccessKeyId"],
+                           aws_secret_access_key=c["SecretAccessKey"], aws_session_token=c["SessionToken"])
+        iam.list_users(MaxItems=1)  # warm
+        time.sleep(max(0.0, start - time.time()))
+        ok = throttled = 0
+        spent = 0.0
+        i = 0
+        while time.time() < deadline:
+            user, key = keys[i % len(keys)]
+            i += 1
+            for call in (lambda: iam.list_access_keys(UserName=user), lambda: iam.get_access_key_last_used(AccessKeyId=key)):
+                t = time.perf_counter()
+                try:
+                    call()
+                    ok += 1
+                except ClientError as e:
+                    if e.response["Error"]["Code"] != "Throttling":
+                        raise
+                    throttled += 1
+                spent += time.perf_counter() - t
+        out.put((ok, throttled, spent))
+    except BaseException:
+        out.put((0, 0, 0.0))
+        raise
+
+
+class TestBenchmark(unittest.TestCase):
+    """Throughput of the launcher, opt-in: LAUNCHER_BENCH=1 (knobs LAUNCHER_BENCH_CLIENTS=8,
+    LAUNCHER_BENCH_USERS=1000, LAUNCHER_BENCH_SECONDS=10). Each client is a process with its
+    own account, doing ListAccessKeys + GetAccessKeyLastUsed per user."""
+
+    @unittest.skipUnless(os.environ.get("LAUNCHER_BENCH"), "set LAUNCHER_BENCH=1 to measure throughput")
+    def test_throughput(self) -> None:
+        import multiprocessing
+
+        n_clients = int(os.environ.get("LAUNCHER_BENCH_CLIENTS", "8"))
+        n_users = int(os.environ.get("LAUNCHER_BENCH_USERS", "1000"))
+        seconds = float(os.environ.get("LAUNCHER_BENCH_SECONDS", "10"))
+        L = Launcher("--log-level", "WARNING")
+        try:
+            accounts = [f"9000000000{i:02d}" for i in range(n_clients)]
+            keys = {}
+            for a in accounts:
+                users = [{"name": f"u{i:05d}", "keys": [{"last_used": {"date": "2024-01-01T00:00:00Z"}}]} for i in range(n_users)]
+                keys[a] = [(u["name"], u["keys"][0]) for u in L.ok("/_launcher/seed", {"account": a, "users": users})["users"]]
+            scenarios = [
+                ("no latency, no limits", {"min_ms": 0, "max_ms": 0}, {"off": True}),
+                ("latency 30-80 ms", {"min_ms": 30, "max_ms": 80}, {"off": True}),
+                ("latency 30-80 ms + 20/s per account and operation", {"min_ms": 30, "max_ms": 80},
+                 {"default": {"rate": 20, "burst": 20}}),
+                ("latency 30-80 ms + 5/s per account and operation", {"min_ms": 30, "max_ms": 80},
+                 {"default": {"rate": 5, "burst": 5}}),
+            ]
+            for name, latency, limits in scenarios:
+                L.ok("/_launcher/latency", latency)
+                L.ok("/_launcher/rate_limits", limits)
+                out: Any = multiprocessing.Queue()
+                start = time.time() + 3  # after every client has imported boto3 and assumed its role
+                deadline = start + seconds
+                procs = [multiprocessing.Process(target=_bench_client, args=(L.url, a, keys[a], start, deadline, out)) for a in accounts]
+                for p in procs:
+                    p.start()
+                L.ok("/_launcher/counts/reset", {})  # the clients' warm-up calls are no ListAccessKeys
+                time.sleep(max(0.0, start - time.time()))
+                cpu0 = _cpu_seconds(L.proc.pid)
+                results = [out.get() for _ in procs]
+                for p in procs:
+                    p.join()
+                cpu = _cpu_seconds(L.proc.pid) - cpu0
+                counted = sum(n for ops in L.ok("/_launcher/counts").values() for op, n in ops.items()
+                              if op in ("ListAccessKeys", "GetAccessKeyLastUsed"))
+                ok = sum(r[0] for r in results)
+                throttled = sum(r[1] for r in results)
+                mean_ms = 1000 * sum(r[2] for r in results) / max(1, ok + throttled)
+                log(f"{name}: {n_clients} clients, {counted / seconds:.0f} requests/s ({ok / seconds:.0f}/s ok, "
+                    f"{throttled / seconds:.0f}/s throttled), mean {mean_ms:.1f} ms per call, "
+                    f"launcher CPU {100 * cpu / seconds:.0f}% ({1000 * cpu / max(1, counted):.2f} ms/request)")
+        finally:
+            L.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
