@@ -363,3 +363,130 @@ fn a_password_brute_force_does_not_hold_up_a_scraper() {
         "the brute force was never turned away: {answers:?}"
     );
 }
+
+/// A CA and a client certificate it signed (`{name}-ca.pem`, `{name}.pem`, `{name}.key`).
+fn client_cert(dir: &Path, name: &str) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (ca_key, ca) = (format!("{name}-ca.key"), format!("{name}-ca.pem"));
+    let (key, csr, cert) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name} CA"),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=prometheus",
+    ]);
+    // A version 3 certificate for client authentication: webpki refuses version 1.
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
+    ]);
+}
+
+#[test]
+fn client_certificates_are_required_when_configured() {
+    let moto = Moto::start();
+    moto.seed(A, json!([{"name": "u", "keys": [{}]}]));
+    let dir = tempfile::tempdir().unwrap();
+    self_signed_cert(dir.path());
+    client_cert(dir.path(), "trusted");
+    client_cert(dir.path(), "stranger");
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  \
+         client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: trusted-ca.pem\n",
+    )
+    .unwrap();
+    let exporter = Exporter::spawn(
+        &moto,
+        &format!("refresh_interval: 1h\naccounts:\n  - id: \"{A}\"\n"),
+        &[&format!("--web.config.file={}", web.display())],
+    );
+    let url = format!("https://{}/metrics", exporter.address());
+    let file = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let with = |name: &str| {
+        curl(&[
+            "--cacert",
+            &file("cert.pem"),
+            "--cert",
+            &file(&format!("{name}.pem")),
+            "--key",
+            &file(&format!("{name}.key")),
+            &url,
+        ])
+        .0
+    };
+    wait_for(
+        "a scrape with the trusted client certificate",
+        Duration::from_secs(30),
+        || (with("trusted") == 200).then_some(()),
+    );
+    assert_eq!(
+        with("stranger"),
+        0,
+        "a certificate from another CA must fail the handshake"
+    );
+    assert_eq!(
+        curl(&["--cacert", &file("cert.pem"), &url]).0,
+        0,
+        "no client certificate"
+    );
+}
