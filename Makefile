@@ -1,5 +1,5 @@
 # The two commands of the README, and a few conveniences.
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench image-test
 
 demo:  ## moto with seeded accounts + the exporter on http://127.0.0.1:9871
 	bash scripts/demo.sh
@@ -16,3 +16,6 @@ bench: ## render time, memory, and CPU per AWS request (release build)
 	cargo build --release
 	.venv/bin/python scripts/bench_refresh.py cpu 1500
 	.venv/bin/python scripts/bench_refresh.py memory 100000
+
+image-test: ## static release binary -> container image (buildah) -> run as 65532 against moto; ~10 min from clean, so not in `make test`
+	bash tests/image/test.sh

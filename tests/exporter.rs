@@ -80,12 +80,22 @@ accounts:
         .unwrap_or_else(|e| panic!("promtool check metrics: {e}\n{}", m.raw));
 
     // Who the exporter is to AWS: shown so that member roles can be made to trust it.
-    let identity = m.find("iam_key_exporter_aws_identity_info", &[("account_id", BASE)]);
+    let identity = m.find(
+        "iam_key_exporter_aws_identity_info",
+        &[("account_id", BASE)],
+    );
     assert_eq!(identity.len(), 1, "{}", m.raw);
     let arn = identity[0].labels["arn"].clone();
     assert!(arn.starts_with(&format!("arn:aws:sts::{BASE}:")), "{arn}");
-    assert!(exporter.log().contains(&format!("arn={arn}")), "{}", exporter.log());
-    assert!(exporter.get("/").1.contains(&format!("AWS identity: <code>{arn}</code>")));
+    assert!(
+        exporter.log().contains(&format!("arn={arn}")),
+        "{}",
+        exporter.log()
+    );
+    assert!(exporter
+        .get("/")
+        .1
+        .contains(&format!("AWS identity: <code>{arn}</code>")));
 
     // Exact values from IAM, ages against now.
     let (old, never, inactive) = (&a[0][0], &a[0][1], &a[1][0]);

@@ -135,18 +135,21 @@ fn tls_and_basic_auth_protect_every_endpoint() {
     let (status, _) = curl(&["-u", "prometheus:s3cret", &url("/metrics")]);
     assert_eq!(status, 0);
 
-    // A new password takes effect on reload; the old one stops working.
+    // A new password takes effect (the file is watched; a reload applies it at once too);
+    // the old one stops working.
     std::fs::write(&web, web_config("n3w")).unwrap();
-    let (status, _) = curl(&[
-        "--cacert",
-        cacert,
-        "-u",
-        "prometheus:s3cret",
-        "-X",
-        "POST",
-        &url("/-/reload"),
-    ]);
-    assert_eq!(status, 200);
+    wait_for("a reload with the new password", Duration::from_secs(15), || {
+        let (status, _) = curl(&[
+            "--cacert",
+            cacert,
+            "-u",
+            "prometheus:n3w",
+            "-X",
+            "POST",
+            &url("/-/reload"),
+        ]);
+        (status == 200).then_some(())
+    });
     assert_eq!(
         curl(&["--cacert", cacert, "-u", "prometheus:n3w", &url("/metrics")]).0,
         200

@@ -1,15 +1,35 @@
 #!/usr/bin/env bash
 # Validate the deployment and alerting files, offline:
-#   Dockerfile                       hadolint
-#   deploy/kubernetes/*.yaml         kubernetes-validate --strict (+ kustomization resources)
+#   Dockerfile                       hadolint; checkov (dockerfile)
+#   deploy/cloudformation/*.yaml     cfn-lint; tests/deploy/cfn_policies.py (rendered for
+#                                    every parameter variant: read-only actions only, no
+#                                    wildcard action, exact action sets, trust, ExternalId);
+#                                    checkov (cloudformation) on the sources and the renders
+#   deploy/kubernetes{,-sharded}/     kustomize build of both variants (the kustomize library
+#                                    of PyPI's pykustomize) + consistency checks
+#                                    (tests/deploy/k8s_check.py); kubernetes-validate --strict
+#                                    on the rendered objects; ServiceMonitor/PrometheusRule
+#                                    against the CRD schemas, strict (validate_crds.mjs, npm
+#                                    @kubernetes-models/prometheus-operator); checkov
+#                                    (kubernetes) on the renders; generated files up to date
+#                                    (deploy/generate.py --check)
 #   deploy/prometheus/*.rules.yml    promtool check rules, promtool test rules, rule lint
 #   deploy/prometheus/prometheus.example.yml   promtool check config
 #   deploy/grafana/*.json            dashboard lint + PromQL parse of every query
+#   deploy/systemd/                  systemd-analyze verify (in a root holding the real
+#                                    binary), systemd-analyze security --offline (exposure
+#                                    <= $SYSTEMD_MAX_EXPOSURE), systemd-sysusers --dry-run
+#   deploy/README.md                 links, paths and `aws` CLI operations/options exist
+#   the binary's contract            flags used in the manifests and units exist in its
+#                                    --help, and the shipped configuration passes `check-config`
 #
 # Usage: tests/deploy/check.sh        (from any directory)
-# Tools: $VENV/bin/{hadolint,kubernetes-validate,python} (VENV defaults to
-# $REPO/.venv, made by scripts/setup-test-env.sh) and promtool (Debian package
-# `prometheus`, or $PROMTOOL). K8S_VERSION picks the Kubernetes schema version.
+# Tools: $VENV/bin/{hadolint,kubernetes-validate,cfn-lint,python} (VENV defaults to
+# $REPO/.venv, made by scripts/setup-test-env.sh, with checkov in $VENV/tools/checkov and
+# the npm package in $VENV/tools/node), promtool (Debian package `prometheus`, or
+# $PROMTOOL), node, systemd-analyze. K8S_VERSION picks the Kubernetes schema version.
+# IKE_BIN: a built iam-key-exporter binary (default target/debug/iam-key-exporter, made
+# by `cargo test`), used by systemd-analyze verify and the contract check.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -18,14 +38,26 @@ K8S_VERSION="${K8S_VERSION:-1.31.0}"
 PROMTOOL="${PROMTOOL:-$(command -v promtool || true)}"
 HADOLINT="$VENV/bin/hadolint"
 KUBE_VALIDATE="$VENV/bin/kubernetes-validate"
+CFN_LINT="$VENV/bin/cfn-lint"
 PY="$VENV/bin/python"
+CHECKOV="$VENV/tools/checkov/bin/checkov"
+CHECKOV_PY="$VENV/tools/checkov/bin/python"
+CRD_MODELS="$VENV/tools/node/node_modules/@kubernetes-models/prometheus-operator"
+NODE="${NODE:-$(command -v node || true)}"
+SYSTEMD_ANALYZE="$(command -v systemd-analyze || true)"
+IKE_BIN="${IKE_BIN:-$REPO/target/debug/iam-key-exporter}"
+# systemd-analyze security's scale is 0-10 (it prints "1.1 OK"); --threshold takes
+# the same number times 10.
+SYSTEMD_MAX_EXPOSURE="${SYSTEMD_MAX_EXPOSURE:-2.0}"
 
-K8S_DIR="$REPO/deploy/kubernetes"
 PROM_DIR="$REPO/deploy/prometheus"
 RULES="$PROM_DIR/iam-key-exporter.rules.yml"
 RULES_TEST="$PROM_DIR/iam-key-exporter.rules.test.yml"
 PROM_CONFIG="$PROM_DIR/prometheus.example.yml"
 DASHBOARD="$REPO/deploy/grafana/iam-key-exporter.json"
+CFN_DIR="$REPO/deploy/cloudformation"
+SYSTEMD_DIR="$REPO/deploy/systemd"
+TESTS="$REPO/tests/deploy"
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
@@ -64,15 +96,33 @@ hadolint_dockerfile() {
   "$HADOLINT" "$REPO/Dockerfile"
 }
 
+checkov_dockerfile() {
+  need "$CHECKOV" "checkov in $VENV/tools/checkov; run scripts/setup-test-env.sh" || return 1
+  # Skipped, on purpose:
+  #   CKV_DOCKER_2  HEALTHCHECK: the image has no shell or client to run one; Kubernetes
+  #                 probes /-/healthy and /-/ready instead (and ignores HEALTHCHECK).
+  #   CKV_DOCKER_7  "FROM ${BINARY_SOURCE} AS binary" names a build stage, not an image.
+  checkov_scan -f "$REPO/Dockerfile" --framework dockerfile --skip-check CKV_DOCKER_2,CKV_DOCKER_7
+}
+
+generated_up_to_date() {
+  need "$PY" "python in $VENV; run scripts/setup-test-env.sh" || return 1
+  "$PY" "$REPO/deploy/generate.py" --check
+}
+
+# Renders both kustomize variants into $TMP/k8s (used by the next checks).
+k8s_render() {
+  need "$PY" "python in $VENV; run scripts/setup-test-env.sh" || return 1
+  rm -rf "$TMP/k8s" && mkdir -p "$TMP/k8s"
+  "$PY" "$TESTS/k8s_check.py" "$REPO" "$TMP/k8s"
+}
+
 validate_manifests() {
   need "$KUBE_VALIDATE" "kubernetes-validate in $VENV; run scripts/setup-test-env.sh" || return 1
-  local files=() f
-  for f in "$K8S_DIR"/*.yaml; do
-    # Kustomization has no Kubernetes schema; it is checked by kustomization_resources.
-    [[ "$(basename "$f")" == kustomization.yaml ]] && continue
-    files+=("$f")
+  local files=("$TMP"/k8s/single.yaml "$TMP"/k8s/sharded.yaml) f
+  for f in "${files[@]}"; do
+    [[ -s "$f" ]] || { echo "$f missing: the kustomize render failed"; return 1; }
   done
-  ((${#files[@]} > 0)) || { echo "no manifests in $K8S_DIR"; return 1; }
   local rc=0
   "$KUBE_VALIDATE" --strict -k "$K8S_VERSION" "${files[@]}" >"$TMP/kv" 2>&1 || rc=$?
   cat "$TMP/kv"
@@ -81,28 +131,38 @@ validate_manifests() {
   return "$rc"
 }
 
-kustomization_resources() {
-  need "$PY" "python in $VENV; run scripts/setup-test-env.sh" || return 1
-  "$PY" - "$K8S_DIR" <<'PY'
-import os, sys, yaml
-d = sys.argv[1]
-k = yaml.safe_load(open(os.path.join(d, "kustomization.yaml")))
-errors = []
-if k.get("kind") != "Kustomization" or not str(k.get("apiVersion", "")).startswith("kustomize.config.k8s.io/"):
-    errors.append("kustomization.yaml: not a kustomize.config.k8s.io Kustomization")
-listed = k.get("resources") or []
-for r in listed:
-    if not os.path.isfile(os.path.join(d, r)):
-        errors.append(f"kustomization.yaml: resource {r} does not exist")
-for f in sorted(os.listdir(d)):
-    if f.endswith(".yaml") and f != "kustomization.yaml" and f not in listed:
-        errors.append(f"kustomization.yaml: {f} is not listed in resources")
-for e in errors:
-    print(e)
-if errors:
-    sys.exit(1)
-print(f"kustomization.yaml lists {len(listed)} existing resources: {', '.join(listed)}")
+validate_crds() {
+  need "$NODE" "node (Node.js)" || return 1
+  [[ -d "$CRD_MODELS" ]] || { echo "missing $CRD_MODELS; run scripts/setup-test-env.sh"; return 1; }
+  "$PY" -c 'import json, sys; d = [o for f in sys.argv[1:] for o in json.load(open(f))]; json.dump(d, open(sys.argv[1] + ".all", "w"))' \
+    "$TMP/k8s/sharded-crds.json" "$TMP/k8s/single-crds.json"
+  "$NODE" "$TESTS/validate_crds.mjs" "$CRD_MODELS" "$TMP/k8s/sharded-crds.json.all" || return 1
+  # The PrometheusRule's groups, as Prometheus will load them.
+  need "$PROMTOOL" "promtool: apt-get install prometheus" || return 1
+  "$PY" - "$TMP/k8s/sharded-crds.json.all" "$TMP/prometheusrule-groups.yml" <<'PY'
+import json, sys, yaml
+rules = [o for o in json.load(open(sys.argv[1])) if o["kind"] == "PrometheusRule"]
+assert len(rules) == 1, f"{len(rules)} PrometheusRules"
+yaml.safe_dump(rules[0]["spec"], open(sys.argv[2], "w"), sort_keys=False)
 PY
+  "$PROMTOOL" check rules "$TMP/prometheusrule-groups.yml"
+}
+
+checkov_kubernetes() {
+  need "$CHECKOV" "checkov in $VENV/tools/checkov; run scripts/setup-test-env.sh" || return 1
+  # Skipped, on purpose:
+  #   CKV_K8S_11   CPU limits: none on purpose (throttling only slows refreshes; see
+  #                deploy/kubernetes/deployment.yaml); memory is limited.
+  #   CKV_K8S_15   imagePullPolicy Always: IfNotPresent with a pinned tag (kustomize
+  #                `images`) is deterministic; pin a digest there if you want one.
+  #   CKV_K8S_43   image digest: same; the tag is set per variant with `images`.
+  #   CKV2_K8S_6   NetworkPolicy: Prometheus' and DNS' pod selectors are site-specific.
+  local f
+  for f in "$TMP"/k8s/single.yaml "$TMP"/k8s/sharded.yaml; do
+    [[ -s "$f" ]] || { echo "$f missing: the kustomize render failed"; return 1; }
+  done
+  checkov_scan -f "$TMP/k8s/single.yaml" -f "$TMP/k8s/sharded.yaml" --framework kubernetes \
+    --skip-check CKV_K8S_11,CKV_K8S_15,CKV_K8S_43,CKV2_K8S_6
 }
 
 promtool_check_rules() {
@@ -120,12 +180,13 @@ promtool_check_config() {
   "$PROMTOOL" check config "$PROM_CONFIG"
 }
 
-# Shared by the rule and dashboard lints: the metric contract (DESIGN.md) and
+# Shared by the rule and dashboard lints: the metric contract (README.md "Metrics",
+# plus the discovery and sharding metrics) and
 # a PromQL identifier scanner.
 cat >"$TMP/promql_names.py" <<'PY'
 import re
 
-# Metric names the exporter exposes (DESIGN.md, "Metric contract").
+# Metric names the exporter exposes (README.md "Metrics"; discovery and sharding).
 ALLOWED_METRICS = {
     "aws_iam_access_key_created_timestamp_seconds",
     "aws_iam_access_key_age_seconds",
@@ -150,6 +211,12 @@ ALLOWED_METRICS = {
     "iam_key_exporter_config_last_reload_successful",
     "iam_key_exporter_config_last_reload_success_timestamp_seconds",
     "iam_key_exporter_build_info",
+    # discovery and sharding
+    "iam_key_exporter_shards",
+    "iam_key_exporter_shard_index",
+    "iam_key_exporter_discovered_accounts",
+    "iam_key_exporter_discovery_up",
+    "iam_key_exporter_discovery_last_success_timestamp_seconds",
 }
 
 FUNCTIONS = {
@@ -209,6 +276,15 @@ REQUIRED = {
     "IAMAccessKeyTooOld", "IAMAccessKeyUnused", "IAMUserMultipleActiveKeys",
     "IAMRootAccessKeyPresent", "IAMKeyExporterAccountDown", "IAMKeyExporterAccountStale",
     "IAMKeyExporterSessionExpiring", "IAMKeyExporterDown",
+    "IAMKeyExporterShardingMismatch", "IAMKeyExporterAccountsUnread",
+    "IAMKeyExporterDiscoveryFailing",
+}
+# Alerts about the exporter as a whole: they name its job (or instance), not an account.
+EXPORTER_WIDE = {
+    "IAMKeyExporterDown": None,
+    "IAMKeyExporterShardingMismatch": "job",
+    "IAMKeyExporterAccountsUnread": "job",
+    "IAMKeyExporterDiscoveryFailing": "instance",
 }
 errors = []
 alerts = {}
@@ -228,7 +304,11 @@ for group in yaml.safe_load(open(rules_file))["groups"]:
         if ann.get("runbook_url") != RUNBOOK + name.lower():
             errors.append(f"{name}: runbook_url should be {RUNBOOK + name.lower()}")
         text = ann.get("summary", "") + ann.get("description", "")
-        if name != "IAMKeyExporterDown":
+        if name in EXPORTER_WIDE:
+            lbl = EXPORTER_WIDE[name]
+            if lbl and "$labels." + lbl not in text:
+                errors.append(f"{name}: annotations do not name {lbl}")
+        else:
             for lbl in ("account_name", "account_id"):
                 if "$labels." + lbl not in text:
                     errors.append(f"{name}: annotations do not name {lbl}")
@@ -390,14 +470,168 @@ print(f"{len(panels)} panels, {len(exprs)} targets: valid JSON, datasource {DS_U
 PY
 }
 
+# checkov_scan ARGS...: checkov offline (no platform download), failed checks and the
+# summary only. checkov exits 0 when it finds nothing to scan: require that it
+# checked something.
+checkov_scan() {
+  local rc=0
+  "$CHECKOV" --skip-download --quiet --compact "$@" >"$TMP/checkov" 2>&1 || rc=1
+  grep -v -E '^\s*$|^ *(_|__|___|\\|/ _|\| \(|By Prisma)' "$TMP/checkov" || true
+  grep -Eq 'Passed checks: [1-9]' "$TMP/checkov" || { echo "checkov scanned nothing"; rc=1; }
+  return "$rc"
+}
+
+cfn_lint() {
+  need "$CFN_LINT" "cfn-lint in $VENV; run scripts/setup-test-env.sh" || return 1
+  local files=("$CFN_DIR"/*.yaml)
+  [[ -e "${files[0]}" ]] || { echo "no templates in $CFN_DIR"; return 1; }
+  "$CFN_LINT" --include-checks I -- "${files[@]}" && echo "cfn-lint: ${#files[@]} templates clean"
+}
+
+# Renders every template for each parameter variant into $TMP/cfn (used by checkov).
+cfn_policies() {
+  need "$CHECKOV_PY" "checkov's python (policy_sentry) in $VENV/tools/checkov; run scripts/setup-test-env.sh" || return 1
+  rm -rf "$TMP/cfn" && mkdir -p "$TMP/cfn"
+  "$CHECKOV_PY" "$TESTS/cfn_policies.py" "$CFN_DIR" "$TMP/cfn"
+}
+
+checkov_cloudformation() {
+  need "$CHECKOV" "checkov in $VENV/tools/checkov; run scripts/setup-test-env.sh" || return 1
+  local rc=0
+  echo "the templates as written:"
+  checkov_scan -d "$CFN_DIR" --framework cloudformation || rc=1
+  # checkov does not evaluate a policy written as a JSON string (the IRSA trust) or a
+  # statement behind Fn::If; the renders have neither.
+  echo "rendered for each parameter variant (tests/deploy/cfn_policies.py):"
+  [[ -n "$(ls "$TMP/cfn" 2>/dev/null)" ]] || { echo "no renders: the policy check failed"; return 1; }
+  checkov_scan -d "$TMP/cfn" --framework cloudformation || rc=1
+  return "$rc"
+}
+
+# A root directory for systemd-analyze verify --root: the host's own unit files
+# (sysinit.target, ...), the real kill for ExecReload, the real exporter binary at the
+# units' ExecStart path, and the units as they would be installed.
+systemd_root() {
+  local root="$TMP/sysroot"
+  rm -rf "$root"
+  mkdir -p "$root/usr/local/bin" "$root/usr/bin" "$root/usr/lib/systemd" \
+    "$root/etc/systemd/system" "$root/usr/lib/sysusers.d"
+  ln -s usr/bin "$root/bin"
+  cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
+  cp "$(type -P kill)" "$root/usr/bin/kill"
+  ln "$IKE_BIN" "$root/usr/local/bin/iam-key-exporter" 2>/dev/null \
+    || cp "$IKE_BIN" "$root/usr/local/bin/iam-key-exporter"
+  cp "$SYSTEMD_DIR"/*.service "$SYSTEMD_DIR"/*.timer "$root/etc/systemd/system/"
+  cp "$SYSTEMD_DIR/iam-key-exporter.sysusers" "$root/usr/lib/sysusers.d/iam-key-exporter.conf"
+  echo "$root"
+}
+
+systemd_verify() {
+  need "$SYSTEMD_ANALYZE" "systemd-analyze (Debian package systemd)" || return 1
+  [[ -x "$IKE_BIN" ]] || { echo "no exporter binary at $IKE_BIN: cargo build, or set IKE_BIN"; return 1; }
+  local root units=() u
+  root="$(systemd_root)"
+  for u in "$SYSTEMD_DIR"/*.service "$SYSTEMD_DIR"/*.timer; do units+=("$(basename "$u")"); done
+  # verify exits 0 on unknown keys and bad values (it only warns): any output fails.
+  if ! "$SYSTEMD_ANALYZE" verify --root="$root" "${units[@]}" >"$TMP/verify" 2>&1 \
+      || [[ -s "$TMP/verify" ]]; then
+    cat "$TMP/verify"
+    return 1
+  fi
+  echo "systemd-analyze verify: ${units[*]} clean (ExecStart: $IKE_BIN)"
+  # The sysusers.d file creates the user the units run as.
+  systemd-sysusers --dry-run --root="$root" >"$TMP/sysusers" 2>&1 || { cat "$TMP/sysusers"; return 1; }
+  cat "$TMP/sysusers"
+  grep -q "Creating user 'iam-key-exporter'" "$TMP/sysusers" \
+    || { echo "sysusers does not create iam-key-exporter"; return 1; }
+  local user
+  for u in "$SYSTEMD_DIR"/*.service; do
+    user="$(sed -n 's/^User=//p' "$u")"
+    [[ "$user" == iam-key-exporter ]] || { echo "$(basename "$u"): User=$user, not the sysusers user"; return 1; }
+  done
+}
+
+systemd_security() {
+  need "$SYSTEMD_ANALYZE" "systemd-analyze (Debian package systemd)" || return 1
+  local threshold rc=0 u
+  threshold="$(awk -v x="$SYSTEMD_MAX_EXPOSURE" 'BEGIN { printf "%d", x * 10 }')"
+  for u in "$SYSTEMD_DIR"/*.service; do
+    if ! "$SYSTEMD_ANALYZE" security --offline=true --threshold="$threshold" "$u" >"$TMP/sec" 2>&1; then
+      rc=1
+      grep -E '✗' "$TMP/sec" || true
+    fi
+    tail -n 1 "$TMP/sec"
+  done
+  echo "threshold: exposure <= $SYSTEMD_MAX_EXPOSURE"
+  return "$rc"
+}
+
+# Every flag the manifests and units pass is one the binary knows, and the shipped
+# configuration passes the binary's own check-config.
+binary_contract() {
+  [[ -x "$IKE_BIN" ]] || { echo "no exporter binary at $IKE_BIN: cargo build, or set IKE_BIN"; return 1; }
+  "$IKE_BIN" --help >"$TMP/help" 2>&1 || { cat "$TMP/help"; return 1; }
+  "$IKE_BIN" once --help >"$TMP/help-once" 2>&1 || { cat "$TMP/help-once"; return 1; }
+  "$PY" - "$TMP" "$SYSTEMD_DIR" <<'PY' || return 1
+import glob, os, re, sys, yaml
+tmp, systemd_dir = sys.argv[1:3]
+help_main = open(os.path.join(tmp, "help")).read()
+help_once = open(os.path.join(tmp, "help-once")).read()
+errors, uses = [], []
+for variant in ("single", "sharded"):
+    for o in yaml.safe_load_all(open(os.path.join(tmp, "k8s", f"{variant}.yaml"))):
+        if o and o["kind"] in ("Deployment", "StatefulSet"):
+            for c in o["spec"]["template"]["spec"]["containers"]:
+                uses += [(f"{variant} {o['kind']}", a, help_main) for a in c.get("args", [])]
+            cm = [x for x in yaml.safe_load_all(open(os.path.join(tmp, "k8s", f"{variant}.yaml")))
+                  if x and x["kind"] == "ConfigMap" and "config.yaml" in x.get("data", {})]
+            open(os.path.join(tmp, f"config-{variant}.yaml"), "w").write(cm[0]["data"]["config.yaml"])
+for unit in glob.glob(os.path.join(systemd_dir, "*.service")):
+    text = open(unit).read().replace("\\\n", " ")
+    for line in re.findall(r"^ExecStart=(.*)$", text, re.M):
+        words = line.split()
+        h = help_once if len(words) > 1 and words[1] == "once" else help_main
+        uses += [(os.path.basename(unit), w, h) for w in words[1:] if w.startswith("--")]
+for where, arg, h in uses:
+    flag = arg.split("=", 1)[0]
+    if not re.search(re.escape(flag) + r"\b", h):
+        errors.append(f"{where}: {flag} is not in the binary's --help")
+for e in errors:
+    print(e)
+print(f"{len(uses)} flag uses checked against --help")
+sys.exit(1 if errors else 0)
+PY
+  local v
+  for v in single sharded; do
+    "$IKE_BIN" check-config --config.file "$TMP/config-$v.yaml" || { echo "check-config failed on the $v ConfigMap"; return 1; }
+  done
+  echo "check-config: the shipped ConfigMap configuration is valid"
+}
+
+readme_check() {
+  need "$PY" "python in $VENV; run scripts/setup-test-env.sh" || return 1
+  "$PY" "$TESTS/readme_check.py" "$REPO"
+}
+
 run "hadolint Dockerfile" hadolint_dockerfile
-run "kubernetes-validate --strict (k8s $K8S_VERSION) deploy/kubernetes" validate_manifests
-run "kustomization resources" kustomization_resources
+run "checkov Dockerfile" checkov_dockerfile
+run "cfn-lint deploy/cloudformation" cfn_lint
+run "CloudFormation IAM policies (read-only, no wildcard action)" cfn_policies
+run "checkov deploy/cloudformation" checkov_cloudformation
+run "generated Kubernetes files up to date (deploy/generate.py --check)" generated_up_to_date
+run "kustomize build + consistency (deploy/kubernetes, deploy/kubernetes-sharded)" k8s_render
+run "kubernetes-validate --strict (k8s $K8S_VERSION) on the rendered variants" validate_manifests
+run "ServiceMonitor/PrometheusRule against the CRD schemas" validate_crds
+run "checkov kubernetes (rendered variants)" checkov_kubernetes
 run "promtool check rules" promtool_check_rules
 run "promtool test rules" promtool_test_rules
 run "promtool check config prometheus.example.yml" promtool_check_config
 run "alert rule lint" lint_rules
 run "grafana dashboard lint" lint_dashboard
+run "systemd-analyze verify deploy/systemd" systemd_verify
+run "systemd-analyze security deploy/systemd" systemd_security
+run "binary contract: flags and check-config" binary_contract
+run "deploy/README.md: links, paths, aws CLI operations" readme_check
 
 echo
 if ((failed > 0)); then
