@@ -16,6 +16,8 @@ const MGMT: &str = "123456789012";
 const PAYMENTS: &str = "210000000001";
 const REPORTS: &str = "210000000002";
 const LEGACY: &str = "310000000001";
+/// Its role cannot be assumed: the failure series.
+const DENIED: &str = "410000000001";
 
 const GOLDEN: &str = "tests/fixtures/golden/metrics.prom";
 
@@ -102,6 +104,7 @@ fn the_exposition_of_a_seeded_world_matches_the_golden_file() {
             {"access_key_id": "AKIAGOLDEN0000000005", "create_date": "2019-04-04T04:04:04Z",
              "last_used": used("2020-10-10T10:10:10Z", "ec2")}]}]),
     );
+    moto.faults(json!([{"kind": "access_denied", "operation": "AssumeRole", "account": DENIED}]));
     let exporter = Exporter::start(
         &moto,
         &format!(
@@ -113,6 +116,7 @@ discovery:
 accounts:
   - {{id: "{REPORTS}", source: credential_report}}
   - {{id: "{LEGACY}", name: legacy, labels: {{env: prod}}}}
+  - {{id: "{DENIED}", name: denied}}
 "#
         ),
     );

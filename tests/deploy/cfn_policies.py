@@ -50,7 +50,7 @@ TEMPLATES = {
         [{"ExporterRoleArn": EXPORTER_ROLE}],
         {"organizations:ListRoots", "organizations:ListOrganizationalUnitsForParent",
          "organizations:ListAccountsForParent", "organizations:ListAccounts",
-         "organizations:ListTagsForResource", "organizations:DescribeOrganization"},
+         "organizations:ListTagsForResource"},
     ),
     "exporter-role.yaml": (
         [{"OIDCProviderArn": OIDC_ARN, "OIDCProviderUrl": OIDC_URL},

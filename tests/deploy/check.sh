@@ -180,44 +180,18 @@ promtool_check_config() {
   "$PROMTOOL" check config "$PROM_CONFIG"
 }
 
-# Shared by the rule and dashboard lints: the metric contract (README.md "Metrics",
-# plus the discovery and sharding metrics) and
-# a PromQL identifier scanner.
+# Shared by the rule and dashboard lints: the metric names the exporter exposes, read from
+# the golden exposition (tests/fixtures/golden/metrics.prom, checked by tests/golden.rs
+# against the real binary), and a PromQL identifier scanner.
+export GOLDEN="$REPO/tests/fixtures/golden/metrics.prom"
 cat >"$TMP/promql_names.py" <<'PY'
+import os
 import re
 
-# Metric names the exporter exposes (README.md "Metrics"; discovery and sharding).
-ALLOWED_METRICS = {
-    "aws_iam_access_key_created_timestamp_seconds",
-    "aws_iam_access_key_age_seconds",
-    "aws_iam_access_key_last_used_timestamp_seconds",
-    "aws_iam_access_key_idle_seconds",
-    "aws_iam_access_key_last_used_info",
-    "aws_iam_user_created_timestamp_seconds",
-    "aws_iam_user_password_last_used_timestamp_seconds",
-    "aws_iam_user_mfa_active",
-    "aws_iam_root_access_key_active",
-    "aws_iam_root_mfa_active",
-    "aws_iam_credential_report_generated_timestamp_seconds",
-    "aws_iam_account_info",
-    "iam_key_exporter_account_up",
-    "iam_key_exporter_account_last_success_timestamp_seconds",
-    "iam_key_exporter_account_refresh_duration_seconds",
-    "iam_key_exporter_session_expiry_timestamp_seconds",
-    "iam_key_exporter_assume_role_total",
-    "iam_key_exporter_refresh_errors_total",
-    "iam_key_exporter_aws_requests_total",
-    "iam_key_exporter_accounts",
-    "iam_key_exporter_config_last_reload_successful",
-    "iam_key_exporter_config_last_reload_success_timestamp_seconds",
-    "iam_key_exporter_build_info",
-    # discovery and sharding
-    "iam_key_exporter_shards",
-    "iam_key_exporter_shard_index",
-    "iam_key_exporter_discovered_accounts",
-    "iam_key_exporter_discovery_up",
-    "iam_key_exporter_discovery_last_success_timestamp_seconds",
-}
+# Every family of the golden exposition: what the exporter really serves.
+with open(os.environ["GOLDEN"]) as golden:
+    ALLOWED_METRICS = {l.split()[2] for l in golden if l.startswith("# TYPE ")}
+assert "aws_iam_access_key_age_seconds" in ALLOWED_METRICS, "golden file without key metrics"
 
 FUNCTIONS = {
     # aggregations
