@@ -11,11 +11,13 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
-bench: ## render time, memory, and CPU per AWS request (release build)
+bench: ## render time, memory, config validation at scale, CPU per AWS request, sizing (release build)
 	cargo bench --bench render
+	cargo bench --bench config
 	cargo build --release
 	.venv/bin/python scripts/bench_refresh.py cpu 1500
 	.venv/bin/python scripts/bench_refresh.py memory 100000
+	.venv/bin/python scripts/bench_refresh.py sizing 200 200
 
 image-test: ## static release binary -> container image (buildah) -> run as 65532 against moto; ~10 min from clean, so not in `make test`
 	bash tests/image/test.sh

@@ -7,6 +7,12 @@ memory [KEYS]    Seeds one account with KEYS/2 users of two keys each, serves it
                  credential_report source, and reports the exporter's RSS while it holds them,
                  and the time and size of /metrics scrapes (plain and gzip).
 
+sizing [ACCOUNTS] [USERS]
+                 A simulated Organization (ACCOUNTS accounts found by discovery, USERS users of
+                 one key each): for each source, the wall time of one replica's first full
+                 refresh, its AWS calls, CPU, RSS and scrape time. What the README's sizing
+                 advice rests on.
+
 Run: .venv/bin/python scripts/bench_refresh.py cpu 1500
      .venv/bin/python scripts/bench_refresh.py memory 100000     (after `cargo build --release`)
 """
@@ -143,6 +149,80 @@ def cpu(users):
         launcher.wait()
 
 
+def proc_cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sizing(accounts, users):
+    launcher, url = start_launcher()
+    try:
+        ids = [f"{500000000000 + i:012}" for i in range(accounts)]
+        post(url, "/_launcher/organization", {
+            "accounts": [{"id": i, "name": f"account-{n:04}"} for n, i in enumerate(ids)],
+        })
+        t = time.monotonic()
+        batch = [{"name": f"user-{u:05}", "keys": [{}]} for u in range(users)]
+        for i in ids + ["123456789012"]:
+            post(url, "/_launcher/seed", {"account": i, "users": batch})
+        print(f"seeded {accounts + 1} accounts (the management account too) x {users} users "
+              f"in {time.monotonic() - t:.0f} s")
+        for source in ["credential_report", "api"]:
+            post(url, "/_launcher/counts/reset", {})
+            port = free_port()
+            with tempfile.TemporaryDirectory() as tmp:
+                config = os.path.join(tmp, "c.yaml")
+                with open(config, "w") as f:
+                    f.write(f"refresh_interval: 1h\nsource: {source}\n"
+                            "discovery: {organizations: {}}\n")
+                exporter = subprocess.Popen(
+                    [BINARY, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
+                     "--log.level=warn"], env=aws_env(url))
+                try:
+                    base = f"http://127.0.0.1:{port}"
+                    start = time.monotonic()
+                    while True:
+                        try:
+                            with urllib.request.urlopen(base + "/-/ready") as r:
+                                if r.status == 200:
+                                    break
+                        except (urllib.error.URLError, ConnectionError):
+                            pass
+                        if exporter.poll() is not None:
+                            sys.exit("the exporter exited")
+                        time.sleep(1)
+                    wall = time.monotonic() - start
+                    with urllib.request.urlopen(url + "/_launcher/counts") as resp:
+                        counts = json.load(resp)
+                    by_op = {}
+                    for ops in counts.values():
+                        for op, n in ops.items():
+                            by_op[op] = by_op.get(op, 0) + n
+                    t = time.monotonic()
+                    with urllib.request.urlopen(urllib.request.Request(
+                            base + "/metrics", headers={"Accept-Encoding": "gzip"})) as r:
+                        body = r.read()
+                    scrape = time.monotonic() - t
+                    print(f"{source}: first full refresh of {accounts + 1} accounts in {wall:.0f} s; "
+                          f"{sum(by_op.values())} AWS calls {json.dumps(by_op, sort_keys=True)}; "
+                          f"exporter CPU {proc_cpu_seconds(exporter.pid):.1f} s, "
+                          f"RSS {rss_mib(exporter.pid):.1f} MiB; gzip scrape {scrape * 1000:.0f} ms, "
+                          f"{len(body) / 1024:.0f} KiB")
+                finally:
+                    exporter.terminate()
+                    exporter.wait()
+    finally:
+        launcher.terminate()
+        launcher.wait()
+
+
 def main():
     if not os.path.exists(BINARY):
         sys.exit("build first: cargo build --release")
@@ -151,6 +231,9 @@ def main():
         cpu(int(sys.argv[2]) if len(sys.argv) > 2 else 1500)
     elif mode == "memory":
         memory(int(sys.argv[2]) if len(sys.argv) > 2 else 100_000)
+    elif mode == "sizing":
+        sizing(int(sys.argv[2]) if len(sys.argv) > 2 else 200,
+               int(sys.argv[3]) if len(sys.argv) > 3 else 200)
     else:
         sys.exit(__doc__)
 

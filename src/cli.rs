@@ -16,7 +16,7 @@ pub struct Cli {
     #[arg(
         long = "config.file",
         global = true,
-        default_value = "iam-key-exporter.yml",
+        default_value = "iam-key-exporter.yaml",
         value_name = "PATH"
     )]
     pub config_file: PathBuf,
