@@ -13,6 +13,15 @@ sizing [ACCOUNTS] [USERS]
                  refresh, its AWS calls, CPU, RSS and scrape time. What the README's sizing
                  advice rests on.
 
+throttled [ACCOUNTS USERS BIG_USERS [SOURCES]]
+                 IAM as it behaves on AWS: 30-80 ms per call and a token bucket of 10 calls/s
+                 (burst 10) per account and operation, answering Throttling beyond. ACCOUNTS
+                 accounts of USERS users plus one of BIG_USERS (default 20, 1000, 5000), one
+                 key each, read by one exporter per source: wall time to a complete refresh
+                 against the lower bound the limits imply, AWS calls, throttled calls and
+                 failed refreshes. Then a second refresh of each (steady state). SOURCES:
+                 comma-separated, default credential_report,api.
+
 Run: .venv/bin/python scripts/bench_refresh.py cpu 1500
      .venv/bin/python scripts/bench_refresh.py memory 100000     (after `cargo build --release`)
 """
@@ -223,6 +232,134 @@ def sizing(accounts, users):
         launcher.wait()
 
 
+# What the benchmark's IAM allows: calls per second per account and operation, and latency.
+RATE, BURST = 10.0, 10
+LATENCY_MS = (30, 80)
+
+
+def lower_bound(users_by_account, calls_by_op, concurrency):
+    """Seconds the limits force: per account, its slowest operation's calls beyond the burst
+    at RATE (operations have buckets of their own and run side by side); accounts in
+    parallel up to `concurrency`, longest first (a lower bound of any schedule)."""
+    per_account = []
+    for users in users_by_account:
+        ops = calls_by_op(users)
+        per_account.append(max(max(0, n - BURST) / RATE for n in ops.values()))
+    return max(max(per_account), sum(per_account) / concurrency)
+
+
+def run_exporter(url, accounts, source):
+    port = free_port()
+    tmp = tempfile.mkdtemp()
+    config = os.path.join(tmp, "c.yaml")
+    with open(config, "w") as f:
+        # A second refresh starts a minute after the first: the steady state.
+        f.write(f"refresh_interval: 1m\nrefresh_timeout: 1h\nmax_staleness: 3h\nsource: {source}\n"
+                "sts: {session_duration: 12h}\n"
+                "aws: {operation_timeout: 30m, credential_report_timeout: 10m}\naccounts:\n")
+        for a in accounts:
+            f.write(f'  - id: "{a}"\n')
+    proc = subprocess.Popen(
+        [BINARY, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
+         "--log.level=warn"], env=aws_env(url))
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def metrics(base):
+    with urllib.request.urlopen(base + "/metrics") as r:
+        return r.read().decode()
+
+
+def samples(text, name):
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, value = line.rsplit(" ", 1)
+            out.append((labels, float(value)))
+    return out
+
+
+def wait_until(proc, check):
+    while True:
+        if proc.poll() is not None:
+            sys.exit("the exporter exited")
+        try:
+            result = check()
+            if result is not None:
+                return result
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(1)
+
+
+def launcher_totals(url):
+    totals = {}
+    for table in ["counts", "throttled"]:
+        with urllib.request.urlopen(f"{url}/_launcher/{table}") as resp:
+            totals[table] = sum(sum(ops.values()) for ops in json.load(resp).values())
+    return totals
+
+
+def throttled(n_accounts, users, big_users):
+    launcher, url = start_launcher()
+    try:
+        accounts = [f"{600000000000 + i:012}" for i in range(n_accounts + 1)]
+        sizes = [users] * n_accounts + [big_users]
+        t = time.monotonic()
+        for a, n in zip(accounts, sizes):
+            batch = [{"name": f"user-{u:05}", "keys": [{}]} for u in range(n)]
+            for i in range(0, n, 5000):
+                post(url, "/_launcher/seed", {"account": a, "users": batch[i:i + 5000]})
+        print(f"seeded {n_accounts} accounts x {users} users + 1 x {big_users} in {time.monotonic() - t:.0f} s; "
+              f"IAM: {LATENCY_MS[0]}-{LATENCY_MS[1]} ms per call, {RATE:g} calls/s (burst {BURST}) "
+              f"per account and operation")
+        post(url, "/_launcher/latency", {"min_ms": LATENCY_MS[0], "max_ms": LATENCY_MS[1]})
+        sources = sys.argv[5].split(",") if len(sys.argv) > 5 else ["credential_report", "api"]
+        calls = {
+            "credential_report": lambda u: {"GenerateCredentialReport": 2, "GetCredentialReport": 1},
+            "api": lambda u: {"ListUsers": -(-u // 1000), "ListAccessKeys": u, "GetAccessKeyLastUsed": u},
+        }
+        for source in sources:
+            post(url, "/_launcher/rate_limits", {"default": {"rate": RATE, "burst": BURST}})
+            post(url, "/_launcher/counts/reset", {})
+            proc, base = run_exporter(url, accounts, source)
+            try:
+                start = time.monotonic()
+                wait_until(proc, lambda: urllib.request.urlopen(base + "/-/ready").status == 200 or None)
+                first = time.monotonic() - start
+                text = metrics(base)
+                report(source, "first ", first, lower_bound(sizes, calls[source], 8), text,
+                       launcher_totals(url), proc)
+                before = launcher_totals(url)
+                ready_at = time.time()
+                start = time.monotonic()
+
+                def all_refreshed_again():
+                    text = metrics(base)
+                    done = samples(text, "iam_key_exporter_account_last_success_timestamp_seconds")
+                    return text if len(done) == len(accounts) and min(v for _, v in done) > ready_at else None
+
+                text = wait_until(proc, all_refreshed_again)
+                after = launcher_totals(url)
+                steady = {k: after[k] - before[k] for k in after}
+                report(source, "second", time.monotonic() - start, None, text, steady, proc)
+            finally:
+                proc.terminate()
+                proc.wait()
+    finally:
+        launcher.terminate()
+        launcher.wait()
+
+
+def report(source, which, wall, bound, text, totals, proc):
+    down = [l for l, v in samples(text, "iam_key_exporter_account_up") if v == 0]
+    errors = sum(v for _, v in samples(text, "iam_key_exporter_refresh_errors_total"))
+    against = f", lower bound {bound:5.0f} s ({wall / bound:.2f}x)" if bound else ""
+    print(f"{source:18} {which} refresh: wall {wall:5.0f} s{against}; {totals['counts']} AWS calls, "
+          f"{totals['throttled']} throttled; {len(down)} accounts down, {errors:g} refresh errors in all; "
+          f"exporter CPU {proc_cpu_seconds(proc.pid):.1f} s so far", flush=True)
+
+
 def main():
     if not os.path.exists(BINARY):
         sys.exit("build first: cargo build --release")
@@ -231,6 +368,9 @@ def main():
         cpu(int(sys.argv[2]) if len(sys.argv) > 2 else 1500)
     elif mode == "memory":
         memory(int(sys.argv[2]) if len(sys.argv) > 2 else 100_000)
+    elif mode == "throttled":
+        args = [int(a) for a in sys.argv[2:5]]
+        throttled(*(args + [20, 1000, 5000][len(args):]))
     elif mode == "sizing":
         sizing(int(sys.argv[2]) if len(sys.argv) > 2 else 200,
                int(sys.argv[3]) if len(sys.argv) > 3 else 200)

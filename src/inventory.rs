@@ -61,7 +61,7 @@ pub struct Root {
     pub access_keys_active: [bool; 2],
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AccessKey {
     pub user: String,
     pub id: String,
@@ -101,7 +101,7 @@ impl KeyStatus {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LastUse {
     pub at: Timestamp,
     /// None where AWS says `N/A` or `not_supported`.

@@ -2,10 +2,13 @@
 //!
 //! The call count is the minimum the API allows: one ListUsers per page of up to 1000 users,
 //! one ListAccessKeys per user (a user has at most two keys, so one page), one
-//! GetAccessKeyLastUsed per key. Users are read concurrently, up to `concurrency` at once.
+//! GetAccessKeyLastUsed per key. Users are read concurrently, up to `concurrency` at once;
+//! a user whose calls still fail after the SDK's retries is tried once more at the end of
+//! the scan (`per_user`), so a late burst of errors does not throw a long scan away.
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::time::Duration;
 
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use futures_util::stream::{self, StreamExt};
@@ -35,14 +38,9 @@ pub async fn scan(iam: &aws_sdk_iam::Client, concurrency: usize) -> Result<Snaps
 
     let mut keys = Vec::new();
     let mut vanished = HashSet::new();
-    // Owned names: a closure over `&User` trips the compiler's higher-ranked lifetime check
-    // once the future is spawned.
     let names: Vec<String> = users.iter().map(|u| u.user_name.clone()).collect();
-    let mut per_user = stream::iter(names)
-        .map(|name| async move { (user_keys(iam, &name).await, name) })
-        .buffer_unordered(concurrency.max(1));
-    while let Some((result, name)) = per_user.next().await {
-        match result? {
+    for (name, found) in per_user(names, concurrency, |name| user_keys(iam, name)).await? {
+        match found {
             Some(k) => keys.extend(k),
             None => {
                 vanished.insert(name);
@@ -68,10 +66,77 @@ pub async fn scan(iam: &aws_sdk_iam::Client, concurrency: usize) -> Result<Snaps
     .sorted())
 }
 
+/// How long to wait before the second try of users whose calls failed.
+const RETRY_PAUSE: Duration = Duration::from_secs(5);
+/// More failed users than this in one pass is no passing trouble (a permission, the
+/// network): the scan stops at once instead of calling on for every user.
+const MAX_RETRIED: usize = 10;
+
+/// Runs `work` for every user, `concurrency` at a time. Users whose work fails are tried
+/// once more after all others, after a jittered pause; a second failure fails the scan.
+pub(super) async fn per_user<T, F, Fut>(
+    users: Vec<String>,
+    concurrency: usize,
+    work: F,
+) -> Result<Vec<(String, T)>, RefreshError>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<T, RefreshError>>,
+{
+    let mut done = Vec::with_capacity(users.len());
+    let mut failed = Vec::new();
+    // Owned names: a closure over `&str` trips the compiler's higher-ranked lifetime check.
+    let mut results = stream::iter(users)
+        .map(|name| {
+            let attempt = work(name.clone());
+            async move { (attempt.await, name) }
+        })
+        .buffer_unordered(concurrency.max(1));
+    while let Some((result, name)) = results.next().await {
+        match result {
+            Ok(v) => done.push((name, v)),
+            Err(e) if failed.len() >= MAX_RETRIED => return Err(e),
+            Err(e) => failed.push((name, e)),
+        }
+    }
+    drop(results);
+    if let Some((_, first)) = failed.first() {
+        tracing::debug!(users = failed.len(), error = %first.message, "retrying users whose calls failed");
+        tokio::time::sleep(RETRY_PAUSE.mul_f64(0.5 + fastrand::f64())).await;
+    }
+    for (name, _) in failed {
+        let v = work(name.clone()).await?;
+        done.push((name, v));
+    }
+    Ok(done)
+}
+
 /// One user's keys with their last use, or None if the user was deleted since ListUsers.
 /// A user or key deleted while we read answers `NoSuchEntity`: it is skipped, not an error,
 /// since IAM changes under a scan.
 async fn user_keys(
+    iam: &aws_sdk_iam::Client,
+    user: String,
+) -> Result<Option<Vec<AccessKey>>, RefreshError> {
+    let Some(listed) = list_keys(iam, &user).await? else {
+        return Ok(None);
+    };
+    let mut keys = Vec::with_capacity(listed.len());
+    for key in listed {
+        let Some(last_used) = last_used(iam, &key.id).await? else {
+            continue;
+        };
+        keys.push(AccessKey {
+            user: user.clone(),
+            last_used,
+            ..key
+        });
+    }
+    Ok(Some(keys))
+}
+
+/// A user's keys as ListAccessKeys gives them (no last use yet), or None if the user is gone.
+pub(super) async fn list_keys(
     iam: &aws_sdk_iam::Client,
     user: &str,
 ) -> Result<Option<Vec<AccessKey>>, RefreshError> {
@@ -104,43 +169,49 @@ async fn user_keys(
         Err(Listing::Failed(e)) => return Err(stage(Stage::ListAccessKeys)(e)),
         Ok(keys) => keys,
     };
-
-    let mut keys = Vec::with_capacity(listed.len());
-    for meta in listed {
-        let (Some(id), Some(created)) = (meta.access_key_id, meta.create_date) else {
-            continue;
-        };
-        let last_used = match iam
-            .get_access_key_last_used()
-            .access_key_id(&id)
-            .send()
-            .await
-        {
-            Ok(out) => out.access_key_last_used.and_then(|u| {
-                u.last_used_date.map(|at| LastUse {
-                    at: secs(&at),
-                    service: known(u.service_name),
-                    region: known(u.region),
+    Ok(Some(
+        listed
+            .into_iter()
+            .filter_map(|meta| {
+                Some(AccessKey {
+                    user: user.to_string(),
+                    status: meta
+                        .status
+                        .as_ref()
+                        .map_or(KeyStatus::Other("Unknown".into()), |s| {
+                            KeyStatus::parse(s.as_str())
+                        }),
+                    created: secs(meta.create_date.as_ref()?),
+                    last_used: None,
+                    id: meta.access_key_id?,
                 })
-            }),
-            // The API models no error, but IAM answers NoSuchEntity for a deleted key.
-            Err(e) if e.code() == Some("NoSuchEntity") => continue,
-            Err(e) => return Err(stage(Stage::GetAccessKeyLastUsed)(e.into())),
-        };
-        keys.push(AccessKey {
-            user: user.to_string(),
-            status: meta
-                .status
-                .as_ref()
-                .map_or(KeyStatus::Other("Unknown".into()), |s| {
-                    KeyStatus::parse(s.as_str())
-                }),
-            created: secs(&created),
-            last_used,
-            id,
-        });
+            })
+            .collect(),
+    ))
+}
+
+/// A key's last use (None inside when never used), or None if the key is gone.
+pub(super) async fn last_used(
+    iam: &aws_sdk_iam::Client,
+    id: &str,
+) -> Result<Option<Option<LastUse>>, RefreshError> {
+    match iam
+        .get_access_key_last_used()
+        .access_key_id(id)
+        .send()
+        .await
+    {
+        Ok(out) => Ok(Some(out.access_key_last_used.and_then(|u| {
+            u.last_used_date.map(|at| LastUse {
+                at: secs(&at),
+                service: known(u.service_name),
+                region: known(u.region),
+            })
+        }))),
+        // The API models no error, but IAM answers NoSuchEntity for a deleted key.
+        Err(e) if e.code() == Some("NoSuchEntity") => Ok(None),
+        Err(e) => Err(stage(Stage::GetAccessKeyLastUsed)(e.into())),
     }
-    Ok(Some(keys))
 }
 
 /// Why a user's keys could not be listed.

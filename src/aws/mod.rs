@@ -8,6 +8,7 @@
 
 mod api_source;
 mod credential_report_source;
+mod hybrid_source;
 mod organizations;
 mod session;
 
@@ -196,6 +197,8 @@ pub struct AccountReader {
     iam_reach: Reach,
     sts_reach: Reach,
     source: Source,
+    /// Key ids the `hybrid` source has learned, kept from one refresh to the next.
+    known_keys: hybrid_source::KnownKeys,
     requests_per_account: usize,
     report_timeout: std::time::Duration,
 }
@@ -227,6 +230,7 @@ impl AccountReader {
             iam_reach: Reach::new(base, cfg, "IAM", default_endpoint(cfg, "iam")),
             sts_reach: Reach::new(base, cfg, "STS", default_endpoint(cfg, "sts")),
             source: account.source,
+            known_keys: Default::default(),
             requests_per_account: cfg.aws.requests_per_account,
             report_timeout: cfg.aws.credential_report_timeout,
         }
@@ -248,6 +252,15 @@ impl AccountReader {
             Source::Api => api_source::scan(&self.iam, self.requests_per_account).await,
             Source::CredentialReport => {
                 credential_report_source::read(&self.iam, self.report_timeout).await
+            }
+            Source::Hybrid => {
+                hybrid_source::read(
+                    &self.iam,
+                    &self.known_keys,
+                    self.report_timeout,
+                    self.requests_per_account,
+                )
+                .await
             }
         }
     }

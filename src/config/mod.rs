@@ -120,15 +120,18 @@ pub enum Source {
     /// The IAM credential report: a constant few calls per account, up to 4 hours old, and
     /// the only view of the root user's keys and of MFA.
     CredentialReport,
+    /// The credential report, with real key ids learned from ListAccessKeys once per user.
+    Hybrid,
 }
 
 impl Source {
-    pub const NAMES: &'static str = "api or credential_report";
+    pub const NAMES: &'static str = "api, credential_report or hybrid";
 
     fn parse(s: &str) -> Result<Source, String> {
         match s {
             "api" => Ok(Source::Api),
             "credential_report" => Ok(Source::CredentialReport),
+            "hybrid" => Ok(Source::Hybrid),
             _ => Err(format!("unknown source {s:?}: expected {}", Source::NAMES)),
         }
     }

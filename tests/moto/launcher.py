@@ -77,6 +77,8 @@ endpoints take no body; every POST setting answers the setting as it now is.
                                          path shows everywhere, in the user's ARN too, and filters PathPrefix
   POST /_launcher/key                    {"account", "user", "access_key_id", "status"?, "create_date"?,
                                           "last_used"?: {...}|null (null = never used)}  -> the key
+  POST /_launcher/add_key                {"account", "user", "status"?, "create_date"?}  a new key for an
+                                         existing user (at most 2), as CreateAccessKey makes it -> the key
   POST /_launcher/delete_key             {"account", "user", "access_key_id"}
   POST /_launcher/delete_user            {"account", "user"}   (and its keys)
   GET  /_launcher/demo                   what --seed-demo made, with the base credentials
@@ -108,6 +110,8 @@ endpoints take no body; every POST setting answers the setting as it now is.
   GET|POST /_launcher/credential_report  {"max_age_seconds": 14400, "csv_quoting": false}
   POST /_launcher/credential_report/expire  {"account"}  the account's report counts as expired: Get answers
                                          410 ReportExpired and the next Generate starts a new one
+  POST /_launcher/credential_report/generate  {"account"}  a report generated now, as a completed Generate
+                                         makes it -> {"account", "generated"}
   POST /_launcher/root                   {"account", "mfa_active", "access_key_1_active", "access_key_2_active"}
                                          adds the <root_account> row (moto has none) to that account's
                                          reports generated from now on
@@ -809,6 +813,27 @@ def seed(account: str, users: Any) -> list[dict]:
     return out
 
 
+def add_key(body: dict) -> dict:
+    """A new key for an existing user, as CreateAccessKey makes one (now, never used)."""
+    unknown = set(body) - {"account", "user", "status", "create_date"}
+    if unknown:
+        raise BadInput(f"unknown field(s) {sorted(unknown)}")
+    account = want_account(body)
+    user_name = want_str(body, "user")
+    backend = iam_backend(account)
+    user = backend.users.get(user_name)
+    if user is None:
+        raise BadInput(f"user: no user {user_name!r} in account {account}")
+    if len(user.access_keys) >= 2:
+        raise BadInput(f"user: {user_name!r} already has 2 access keys, the most IAM allows")
+    status = want_status(body.get("status", "Active"), "status")
+    created = parse_date(body["create_date"], "create_date") if body.get("create_date") is not None else None
+    key = backend.create_access_key(user_name, status=status)
+    if created is not None:
+        key.create_date = created
+    return key_view(key)
+
+
 def find_user_key(body: dict) -> tuple[IAMBackend, Any, Any]:
     account = want_account(body)
     user_name = want_str(body, "user")
@@ -1232,6 +1257,12 @@ def seed_demo(state: State) -> dict:
                                   ("333333333333", "security-tooling", security)):
         seeded = seed(account, users)
         summary[account] = {"name": name, "users": [u["name"] for u in seeded]}
+    # security-tooling is read through the credential report (config/demo.yaml): its root
+    # user has an active access key and no MFA, which IAMRootAccessKeyPresent pages on.
+    root = {"mfa_active": False, "access_key_1_active": True, "access_key_2_active": False}
+    with state.lock:
+        state.root_rows["333333333333"] = root
+    summary["333333333333"]["root"] = root
     state.demo = {
         "accounts": summary,
         "base_credentials": {
@@ -1791,6 +1822,7 @@ class Launcher:
             ("POST", "/_launcher/pagination"): self.pagination,
             ("POST", "/_launcher/seed"): self.seed,
             ("POST", "/_launcher/key"): mutate_key,
+            ("POST", "/_launcher/add_key"): add_key,
             ("POST", "/_launcher/delete_key"): delete_key,
             ("POST", "/_launcher/delete_user"): delete_user,
             ("POST", "/_launcher/root"): self.set_root,
@@ -1804,6 +1836,7 @@ class Launcher:
             ("GET", "/_launcher/credential_report"): self.report_settings,
             ("POST", "/_launcher/credential_report"): self.report_settings,
             ("POST", "/_launcher/credential_report/expire"): self.expire_report,
+            ("POST", "/_launcher/credential_report/generate"): self.make_report,
             ("GET", "/_launcher/organization"): lambda b: list_organizations(),
             ("POST", "/_launcher/organization"): seed_organization,
             ("POST", "/_launcher/organization/delete"): delete_organization,
@@ -1944,6 +1977,20 @@ class Launcher:
                 report.expired = True
             self.state.report_started.pop(account, None)
         return {"account": account, "expired": report is not None}
+
+    def make_report(self, body: dict) -> dict:
+        """A report generated now, as if a Generate had completed: what a test needs to change
+        IAM after the report and before the exporter reads it."""
+        check_fields(body, {"account"})
+        account = want_account(body)
+        now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+        with self.state.lock:
+            root_row, quoting = self.state.root_rows.get(account), self.state.csv_quoting
+        content = build_report(account, root_row, now, quoting)  # control handlers hold moto_lock
+        with self.state.lock:
+            self.state.reports[account] = CredentialReport(content, now)
+            self.state.report_started.pop(account, None)
+        return {"account": account, "generated": fmt_date(now)}
 
     def organizations_paging(self, body: dict) -> dict:
         if body:

@@ -984,6 +984,19 @@ class TestLauncher(unittest.TestCase):
         self.assertEqual(rows3[-1]["user"], "svc,legacy")
         self.assertEqual(rows3[-1]["access_key_1_active"], "true")
 
+        # a report made on request, then a key added after it: not in it
+        made = self.L.ok("/_launcher/credential_report/generate", {"account": acct})
+        self.assertEqual(iam.generate_credential_report()["State"], "COMPLETE")
+        generated4, rows4 = self.report_rows(iam)
+        self.assertEqual(generated4, utc(made["generated"]))
+        bob_key = self.L.ok("/_launcher/add_key", {"account": acct, "user": "bob"})
+        self.assertTrue(bob_key["access_key_id"].startswith("AKIA"))
+        listed = iam.list_access_keys(UserName="bob")["AccessKeyMetadata"]
+        self.assertEqual([k["AccessKeyId"] for k in listed], [bob_key["access_key_id"]])
+        self.assertEqual(self.report_rows(iam)[1], rows4)
+        self.assertEqual(self.L.control("/_launcher/add_key", {"account": acct, "user": "alice"})[0], 400,
+                         "a third key")
+
     # -- user tags, paths, ListUserTags and GetAccountAuthorizationDetails paging
     def test_21_user_tags_paths_and_authorization_details(self) -> None:
         many = {f"tag-{i}": f"value-{i}" for i in range(5)}
