@@ -1,8 +1,12 @@
 # The two commands of the README, and a few conveniences.
 .PHONY: demo test lint bench image-test
 
-demo:  ## moto with seeded accounts + the exporter on http://127.0.0.1:9871
+demo:  ## moto with seeded accounts, the exporter, Prometheus with the shipped rules and Alertmanager; alerts fire in about a minute
 	bash scripts/demo.sh
+
+.PHONY: docs
+docs:  ## docs/screenshot.png: the demo's firing alerts in Prometheus, taken by headless Chromium (installs chromium)
+	bash scripts/docs.sh
 
 test:  ## installs what the tests need (venv with moto, Prometheus), then runs every test
 	bash scripts/test.sh

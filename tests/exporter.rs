@@ -359,6 +359,43 @@ fn a_throttling_burst_is_retried_to_complete_data() {
 }
 
 #[test]
+fn a_long_throttling_burst_slows_the_account_down_instead_of_failing_it() {
+    // 30 throttles in a row on one operation: more than the SDK's 6 attempts for any call,
+    // which used to fail the refresh after a few seconds.
+    let moto = Moto::start();
+    moto.seed(A, users("u", 10, 1));
+    moto.faults(json!([
+        {"kind": "throttle", "operation": "ListAccessKeys", "account": A, "count": 30},
+    ]));
+    let exporter = Exporter::start(
+        &moto,
+        &format!(
+            "refresh_interval: 1h\naws: {{requests_per_second: 20}}\naccounts:\n  - id: \"{A}\"\n"
+        ),
+    );
+    exporter.wait_ready(Duration::from_secs(120));
+    let m = exporter.scrape();
+    assert_eq!(m.get(UP, &[("account_id", A)]), Some(1.0), "{}", m.raw);
+    assert_eq!(m.find(KEY_CREATED, &[("account_id", A)]).len(), 10);
+    assert_eq!(
+        m.get(
+            "iam_key_exporter_aws_requests_total",
+            &[
+                ("account_id", A),
+                ("operation", "ListAccessKeys"),
+                ("outcome", "throttled")
+            ]
+        ),
+        Some(30.0)
+    );
+    // The pace came down from its 20 requests a second and has not climbed all the way back.
+    let rate = m
+        .get("iam_key_exporter_aws_request_rate", &[("account_id", A)])
+        .unwrap();
+    assert!((0.5..20.0).contains(&rate), "{rate}");
+}
+
+#[test]
 fn a_stalled_endpoint_times_out_without_holding_up_other_accounts() {
     let moto = Moto::start();
     moto.seed(A, json!([{"name": "stuck", "keys": [{}]}]));

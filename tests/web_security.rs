@@ -138,18 +138,22 @@ fn tls_and_basic_auth_protect_every_endpoint() {
     // A new password takes effect (the file is watched; a reload applies it at once too);
     // the old one stops working.
     std::fs::write(&web, web_config("n3w")).unwrap();
-    wait_for("a reload with the new password", Duration::from_secs(15), || {
-        let (status, _) = curl(&[
-            "--cacert",
-            cacert,
-            "-u",
-            "prometheus:n3w",
-            "-X",
-            "POST",
-            &url("/-/reload"),
-        ]);
-        (status == 200).then_some(())
-    });
+    wait_for(
+        "a reload with the new password",
+        Duration::from_secs(15),
+        || {
+            let (status, _) = curl(&[
+                "--cacert",
+                cacert,
+                "-u",
+                "prometheus:n3w",
+                "-X",
+                "POST",
+                &url("/-/reload"),
+            ]);
+            (status == 200).then_some(())
+        },
+    );
     assert_eq!(
         curl(&["--cacert", cacert, "-u", "prometheus:n3w", &url("/metrics")]).0,
         200

@@ -13,19 +13,23 @@ use std::time::Duration;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use futures_util::stream::{self, StreamExt};
 
-use super::{secs, stage, AwsError};
+use super::{secs, stage, AwsError, Iam};
 use crate::inventory::{AccessKey, KeyStatus, LastUse, RefreshError, Snapshot, Stage, User};
 
 /// The most IAM accepts as `MaxItems`.
 const MAX_ITEMS: i32 = 1000;
 
-pub async fn scan(iam: &aws_sdk_iam::Client, concurrency: usize) -> Result<Snapshot, RefreshError> {
+pub async fn scan(iam: &Iam, concurrency: usize) -> Result<Snapshot, RefreshError> {
     let users = paginate(|marker| async move {
         let out = iam
-            .list_users()
-            .max_items(MAX_ITEMS)
-            .set_marker(marker)
-            .send()
+            .pace
+            .call(|| {
+                iam.client
+                    .list_users()
+                    .max_items(MAX_ITEMS)
+                    .set_marker(marker.clone())
+                    .send()
+            })
             .await?;
         Ok(Page {
             items: out.users,
@@ -114,10 +118,7 @@ where
 /// One user's keys with their last use, or None if the user was deleted since ListUsers.
 /// A user or key deleted while we read answers `NoSuchEntity`: it is skipped, not an error,
 /// since IAM changes under a scan.
-async fn user_keys(
-    iam: &aws_sdk_iam::Client,
-    user: String,
-) -> Result<Option<Vec<AccessKey>>, RefreshError> {
+async fn user_keys(iam: &Iam, user: String) -> Result<Option<Vec<AccessKey>>, RefreshError> {
     let Some(listed) = list_keys(iam, &user).await? else {
         return Ok(None);
     };
@@ -137,16 +138,20 @@ async fn user_keys(
 
 /// A user's keys as ListAccessKeys gives them (no last use yet), or None if the user is gone.
 pub(super) async fn list_keys(
-    iam: &aws_sdk_iam::Client,
+    iam: &Iam,
     user: &str,
 ) -> Result<Option<Vec<AccessKey>>, RefreshError> {
     let listed = paginate(|marker| async move {
         let out = iam
-            .list_access_keys()
-            .user_name(user)
-            .max_items(MAX_ITEMS)
-            .set_marker(marker)
-            .send()
+            .pace
+            .call(|| {
+                iam.client
+                    .list_access_keys()
+                    .user_name(user)
+                    .max_items(MAX_ITEMS)
+                    .set_marker(marker.clone())
+                    .send()
+            })
             .await
             .map_err(|e| {
                 if e.as_service_error()
@@ -192,15 +197,19 @@ pub(super) async fn list_keys(
 
 /// A key's last use (None inside when never used), or None if the key is gone.
 pub(super) async fn last_used(
-    iam: &aws_sdk_iam::Client,
+    iam: &Iam,
     id: &str,
 ) -> Result<Option<Option<LastUse>>, RefreshError> {
-    match iam
-        .get_access_key_last_used()
-        .access_key_id(id)
-        .send()
-        .await
-    {
+    let sent = iam
+        .pace
+        .call(|| {
+            iam.client
+                .get_access_key_last_used()
+                .access_key_id(id)
+                .send()
+        })
+        .await;
+    match sent {
         Ok(out) => Ok(Some(out.access_key_last_used.and_then(|u| {
             u.last_used_date.map(|at| LastUse {
                 at: secs(&at),

@@ -10,18 +10,22 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_iam::types::ReportStateType;
 
-use super::{secs, stage};
+use super::{secs, stage, Iam};
 use crate::credential_report;
 use crate::inventory::{RefreshError, Snapshot, Stage};
 
 const FIRST_POLL: Duration = Duration::from_secs(1);
 const MAX_POLL: Duration = Duration::from_secs(15);
 
-pub async fn read(iam: &aws_sdk_iam::Client, timeout: Duration) -> Result<Snapshot, RefreshError> {
+pub async fn read(iam: &Iam, timeout: Duration) -> Result<Snapshot, RefreshError> {
     let deadline = Instant::now() + timeout;
     let mut delay = FIRST_POLL;
     loop {
-        let complete = match iam.generate_credential_report().send().await {
+        let generated = iam
+            .pace
+            .call(|| iam.client.generate_credential_report().send())
+            .await;
+        let complete = match generated {
             Ok(out) => out.state == Some(ReportStateType::Complete),
             // Too many Generate calls in a short time: wait, like for a report in progress.
             Err(e)
@@ -33,7 +37,11 @@ pub async fn read(iam: &aws_sdk_iam::Client, timeout: Duration) -> Result<Snapsh
             Err(e) => return Err(stage(Stage::GenerateCredentialReport)(e.into())),
         };
         if complete {
-            match iam.get_credential_report().send().await {
+            match iam
+                .pace
+                .call(|| iam.client.get_credential_report().send())
+                .await
+            {
                 Ok(out) => {
                     let generated =
                         out.generated_time

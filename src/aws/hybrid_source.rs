@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::api_source::{last_used, list_keys, per_user};
-use super::credential_report_source;
+use super::{credential_report_source, Iam};
 use crate::inventory::{AccessKey, KeyStatus, RefreshError, Snapshot, Timestamp};
 
 /// What ListAccessKeys last said of each user, and against which report.
@@ -40,7 +40,7 @@ fn same_key(key: &AccessKey, slot: &AccessKey) -> bool {
 }
 
 pub async fn read(
-    iam: &aws_sdk_iam::Client,
+    iam: &Iam,
     known: &KnownKeys,
     report_timeout: Duration,
     concurrency: usize,

@@ -10,6 +10,7 @@ mod api_source;
 mod credential_report_source;
 mod hybrid_source;
 mod organizations;
+mod pace;
 mod session;
 
 use std::fmt;
@@ -20,7 +21,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_iam::config::interceptors::FinalizerInterceptorContextRef;
-use aws_sdk_iam::config::retry::RetryPartition;
+use aws_sdk_iam::config::retry::{ClassifyRetry, RetryPartition};
 use aws_sdk_iam::config::{ConfigBag, IdentityCache, Intercept, RuntimeComponents};
 use aws_smithy_runtime::client::retries::classifiers::run_classifiers_on_ctx;
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -189,10 +190,16 @@ impl Reach {
     }
 }
 
+/// An account's IAM client and the pace its requests keep.
+struct Iam {
+    client: aws_sdk_iam::Client,
+    pace: pace::Pace,
+}
+
 /// Reads one account: its session (if it assumes a role) and its IAM client, both reused
 /// across refreshes.
 pub struct AccountReader {
-    iam: aws_sdk_iam::Client,
+    iam: Iam,
     session: Option<Arc<Session>>,
     iam_reach: Reach,
     sts_reach: Reach,
@@ -214,18 +221,23 @@ impl AccountReader {
         };
         let mut iam = aws_sdk_iam::config::Builder::from(&base.0)
             .retry_partition(RetryPartition::new(format!("iam-{}", account.id)))
+            .retry_classifier(pace::LeaveThrottlingToPace)
             .interceptor(counter.clone());
         let session = account
             .role
             .as_ref()
-            .map(|role| Session::new(base, role.clone(), cfg, counter, health));
+            .map(|role| Session::new(base, role.clone(), cfg, counter, health.clone()));
         if let Some(s) = &session {
             iam = iam
                 .credentials_provider(s.provider())
                 .identity_cache(IdentityCache::no_cache());
         }
+        let rate = health.request_rate([&account.id, &account.name]);
         AccountReader {
-            iam: aws_sdk_iam::Client::from_conf(iam.build()),
+            iam: Iam {
+                client: aws_sdk_iam::Client::from_conf(iam.build()),
+                pace: pace::Pace::new(cfg.aws.requests_per_second, rate),
+            },
             session,
             iam_reach: Reach::new(base, cfg, "IAM", default_endpoint(cfg, "iam")),
             sts_reach: Reach::new(base, cfg, "STS", default_endpoint(cfg, "sts")),
@@ -365,7 +377,12 @@ impl Intercept for RequestCounter {
         let outcome = if succeeded {
             "ok"
         } else {
-            match run_classifiers_on_ctx(components.retry_classifiers(), context.inner()) {
+            // Leaving out the pacer's own classifier, which forbids the SDK's retry of a
+            // throttled attempt but does not make it any less throttled.
+            let classifiers = components
+                .retry_classifiers()
+                .filter(|c| c.name() != pace::NAME);
+            match run_classifiers_on_ctx(classifiers, context.inner()) {
                 RetryAction::RetryIndicated(RetryReason::RetryableError {
                     kind: ErrorKind::ThrottlingError,
                     ..

@@ -56,6 +56,8 @@ pub struct AwsClient {
     pub max_attempts: u32,
     pub max_backoff: Duration,
     pub requests_per_account: usize,
+    /// The most IAM requests per second per account; the pace starts there.
+    pub requests_per_second: f64,
     pub credential_report_timeout: Duration,
 }
 

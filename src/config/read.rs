@@ -43,6 +43,7 @@ const DISCOVERY_INTERVAL: RangeInclusive<Duration> = secs(5)..=secs(7 * DAY);
 const CONCURRENCY: RangeInclusive<u32> = 1..=1024;
 const MAX_ATTEMPTS: RangeInclusive<u32> = 1..=20;
 const REQUESTS_PER_ACCOUNT: RangeInclusive<u32> = 1..=64;
+const REQUESTS_PER_SECOND: RangeInclusive<u32> = 1..=1000;
 
 /// Parses `text` as YAML and hands the top-level node to `read`; any problem it records, or
 /// a YAML error, makes the whole file an error.
@@ -309,6 +310,7 @@ pub(super) fn config(root: Value, p: &mut Problems) -> Option<Config> {
             max_attempts: aws.max_attempts.value?,
             max_backoff: aws.max_backoff.value?,
             requests_per_account: aws.requests_per_account.value? as usize,
+            requests_per_second: f64::from(aws.requests_per_second.value?),
             credential_report_timeout: aws.credential_report_timeout.value?,
         },
         defaults: Defaults {
@@ -384,6 +386,7 @@ struct AwsSettings {
     max_attempts: Setting<u32>,
     max_backoff: Setting<Duration>,
     requests_per_account: Setting<u32>,
+    requests_per_second: Setting<u32>,
     credential_report_timeout: Setting<Duration>,
 }
 
@@ -396,6 +399,7 @@ fn aws(mut map: Map, p: &mut Problems) -> AwsSettings {
         max_attempts: number(m, "max_attempts", 6, MAX_ATTEMPTS, p),
         max_backoff: duration(m, "max_backoff", secs(20), MAX_BACKOFF, p),
         requests_per_account: number(m, "requests_per_account", 4, REQUESTS_PER_ACCOUNT, p),
+        requests_per_second: number(m, "requests_per_second", 50, REQUESTS_PER_SECOND, p),
         credential_report_timeout: duration(
             m,
             "credential_report_timeout",
@@ -490,7 +494,7 @@ fn account(m: &mut Map, p: &mut Problems) -> Option<(AccountEntry, EntryPos)> {
         }
         Some(v) => match v.scalar("a quoted 12-digit account id", p) {
             Some(s) if s.may_coerce() && s.as_str().bytes().all(|b| b.is_ascii_digit()) => {
-                p.add(v.pos(), &v.path, values::unquoted_account_id(s.as_str()));
+                p.add(v.pos(), &v.path(), values::unquoted_account_id(s.as_str()));
                 None
             }
             Some(_) => v.parse(p, values::account_id),
@@ -502,7 +506,7 @@ fn account(m: &mut Map, p: &mut Problems) -> Option<(AccountEntry, EntryPos)> {
     let name = name_value.and_then(|v| v.parse(p, non_empty("account name")));
     let role_arn = m
         .get("role_arn")
-        .map(|v| (v.pos(), v.path.clone(), v.parse(p, values::role_arn)));
+        .map(|v| (v.pos(), v.path(), v.parse(p, values::role_arn)));
     let role_name = m
         .get("role_name")
         .map(|v| (v.pos(), v.parse(p, values::role_name)));
@@ -520,7 +524,7 @@ fn account(m: &mut Map, p: &mut Problems) -> Option<(AccountEntry, EntryPos)> {
     let mut label_pos = Vec::new();
     for (key, value) in labels {
         let Ok(name) =
-            values::label_name(key.as_str()).map_err(|e| p.add(pos(key.span()), &value.path, e))
+            values::label_name(key.as_str()).map_err(|e| p.add(pos(key.span()), &value.path(), e))
         else {
             continue;
         };
@@ -645,14 +649,14 @@ fn discovery(v: &Value, p: &mut Problems) -> Option<(Discovery, DiscoveryPos)> {
         let label = match values::tag_label(&tag) {
             Ok(l) => l,
             Err(e) => {
-                p.add(item.pos(), &item.path, e);
+                p.add(item.pos(), &item.path(), e);
                 continue;
             }
         };
         if let Some(other) = tags_as_labels.iter().find(|t| t.label == label) {
             p.add(
                 item.pos(),
-                &item.path,
+                &item.path(),
                 format!(
                     "tag {tag:?} and tag {:?} would both become label {label}; keep one",
                     other.tag
@@ -691,7 +695,7 @@ fn ids(
     let items = m.get(key).and_then(|v| v.list(p)).unwrap_or_default();
     items
         .iter()
-        .filter_map(|v| Some((v.parse(p, check)?, v.pos(), v.path.clone())))
+        .filter_map(|v| Some((v.parse(p, check)?, v.pos(), v.path())))
         .collect()
 }
 

@@ -1,0 +1,213 @@
+//! Pacing an account's IAM requests to what IAM allows.
+//!
+//! IAM throttles per account and does not publish its rates. Each account's reader has a
+//! token bucket whose rate adapts like TCP's congestion window (AIMD): it starts at
+//! `aws.requests_per_second`, grows by about one request per second every second while
+//! calls succeed, and drops to 70 % when IAM answers `Throttling` (at most once a second, so
+//! one burst of throttled answers counts once). A throttled call waits for the next token and
+//! is sent again; it does not use up the SDK's attempts (the SDK is told not to retry
+//! throttling itself), so a long burst slows a refresh down instead of failing it.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use aws_runtime::retries::classifiers::THROTTLING_ERRORS;
+use aws_sdk_iam::config::retry::ClassifyRetry;
+use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::client::retries::classifiers::{
+    RetryAction, RetryClassifierPriority, RetryReason,
+};
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use aws_smithy_types::retry::ErrorKind;
+use prometheus::Gauge;
+
+/// The slowest pace: one request every two seconds.
+const MIN_RATE: f64 = 0.5;
+/// A throttle cuts the rate to this share.
+const DECREASE: f64 = 0.7;
+/// Throttles closer together than this are one congestion event.
+const COOLDOWN: Duration = Duration::from_secs(1);
+/// How many times one call may be throttled before its error is given up to the caller.
+const MAX_THROTTLED: u32 = 100;
+
+pub struct Pace {
+    max: f64,
+    state: Mutex<State>,
+    /// `iam_key_exporter_aws_request_rate` of the account.
+    gauge: Gauge,
+}
+
+struct State {
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
+    last_cut: Option<Instant>,
+}
+
+impl Pace {
+    pub fn new(max: f64, gauge: Gauge) -> Self {
+        gauge.set(max);
+        Pace {
+            max,
+            state: Mutex::new(State {
+                rate: max,
+                tokens: max.max(1.0),
+                refilled: Instant::now(),
+                last_cut: None,
+            }),
+            gauge,
+        }
+    }
+
+    /// Waits until the account may send its next request.
+    async fn turn(&self) {
+        let wait = {
+            let mut s = self.state.lock().unwrap();
+            let now = Instant::now();
+            let burst = s.rate.max(1.0);
+            s.tokens =
+                (s.tokens + now.duration_since(s.refilled).as_secs_f64() * s.rate).min(burst);
+            s.refilled = now;
+            s.tokens -= 1.0;
+            // A negative balance is this request's place in the queue.
+            Duration::from_secs_f64((-s.tokens / s.rate).max(0.0))
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn succeeded(&self) {
+        let mut s = self.state.lock().unwrap();
+        if s.rate < self.max {
+            // +1/rate per success: about one request per second more each second.
+            s.rate = (s.rate + 1.0 / s.rate).min(self.max);
+            self.gauge.set(s.rate);
+        }
+    }
+
+    fn throttled(&self) {
+        let mut s = self.state.lock().unwrap();
+        let now = Instant::now();
+        if s.last_cut.is_some_and(|t| now.duration_since(t) < COOLDOWN) {
+            return;
+        }
+        s.last_cut = Some(now);
+        s.rate = (s.rate * DECREASE).max(MIN_RATE);
+        s.tokens = s.tokens.min(0.0);
+        self.gauge.set(s.rate);
+    }
+
+    /// Sends a request in its turn; a throttled one again in a later turn, at a lower rate.
+    pub async fn call<T, E, R, F, Fut>(&self, mut send: F) -> Result<T, SdkError<E, R>>
+    where
+        E: ProvideErrorMetadata,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SdkError<E, R>>>,
+    {
+        let mut throttled = 0;
+        loop {
+            self.turn().await;
+            match send().await {
+                Ok(out) => {
+                    self.succeeded();
+                    return Ok(out);
+                }
+                Err(e) if is_throttling(&e) && throttled < MAX_THROTTLED => {
+                    throttled += 1;
+                    self.throttled();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn is_throttling<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    match e {
+        SdkError::ServiceError(s) => s
+            .err()
+            .code()
+            .is_some_and(|c| THROTTLING_ERRORS.contains(&c)),
+        _ => false,
+    }
+}
+
+/// Tells the SDK not to retry throttled attempts itself: `Pace::call` does, in turn.
+#[derive(Debug)]
+pub struct LeaveThrottlingToPace;
+
+impl ClassifyRetry for LeaveThrottlingToPace {
+    fn classify_retry(&self, _: &InterceptorContext) -> RetryAction {
+        RetryAction::NoActionIndicated
+    }
+
+    fn classify_retry_v2(&self, _: &InterceptorContext, previous: &RetryAction) -> RetryAction {
+        match previous {
+            RetryAction::RetryIndicated(RetryReason::RetryableError {
+                kind: ErrorKind::ThrottlingError,
+                ..
+            }) => RetryAction::RetryForbidden,
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn priority(&self) -> RetryClassifierPriority {
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
+}
+
+/// Its name, so the request counter can leave it out when it asks the SDK what an attempt was.
+pub const NAME: &str = "LeaveThrottlingToPace";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pace(max: f64) -> Pace {
+        Pace::new(max, Gauge::new("t", "t").unwrap())
+    }
+
+    #[test]
+    fn throttles_cut_the_rate_once_a_second_and_successes_win_it_back() {
+        let p = pace(20.0);
+        p.throttled();
+        p.throttled();
+        assert!(
+            (p.gauge.get() - 14.0).abs() < 1e-9,
+            "one cut for a burst: {}",
+            p.gauge.get()
+        );
+        for _ in 0..14 {
+            p.succeeded();
+        }
+        assert!(
+            p.gauge.get() > 14.9 && p.gauge.get() < 15.1,
+            "about +1 a second: {}",
+            p.gauge.get()
+        );
+        for _ in 0..1000 {
+            p.succeeded();
+        }
+        assert_eq!(p.gauge.get(), 20.0, "never above the configured rate");
+    }
+
+    #[tokio::test]
+    async fn turns_come_at_the_rate() {
+        let p = pace(20.0);
+        let start = std::time::Instant::now();
+        for _ in 0..30 {
+            p.turn().await;
+        }
+        // 20 at once (the burst), then 10 more at 20 a second.
+        let took = start.elapsed().as_secs_f64();
+        assert!((0.45..2.0).contains(&took), "{took}");
+    }
+}
