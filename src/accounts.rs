@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{AccountEntry, Config, RoleChoice, Source};
+use crate::config::{AccountEntry, Config, RoleChoice, Source, TagLabel};
 
 /// One account to read, with its role resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +22,10 @@ pub struct Account {
     /// Labels for `aws_iam_account_info`: the entry's own, then those made from tags.
     pub labels: BTreeMap<String, String>,
     pub origin: Origin,
+    /// The IAM user tags shown as labels of `aws_iam_user_info`.
+    pub user_tags: Vec<TagLabel>,
+    /// Whether the users' tags must be read: for labels, or for exemptions by tag.
+    pub reads_user_tags: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -237,6 +241,9 @@ fn excluded(cfg: &Config) -> HashSet<&str> {
 /// unless the entry names it.
 fn resolve(cfg: &Config, id: &str, entry: Option<&AccountEntry>) -> Account {
     let d = &cfg.defaults;
+    let user_tags = entry
+        .and_then(|e| e.user_tags.as_ref())
+        .unwrap_or(&cfg.user_tags);
     let external_id = entry
         .and_then(|e| e.external_id.clone())
         .or_else(|| d.external_id.clone());
@@ -262,6 +269,8 @@ fn resolve(cfg: &Config, id: &str, entry: Option<&AccountEntry>) -> Account {
         role,
         labels: entry.map(|e| e.labels.clone()).unwrap_or_default(),
         origin: Origin::Static,
+        user_tags: user_tags.clone(),
+        reads_user_tags: !user_tags.is_empty() || cfg.exemptions.tag.is_some(),
     }
 }
 

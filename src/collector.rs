@@ -9,6 +9,9 @@
 
 use std::sync::Arc;
 
+use crate::accounts::Account;
+use crate::config::Exemptions;
+use crate::exemptions;
 use crate::exposition::{write_header, write_line, write_sample, Labels};
 use crate::health::Health;
 use crate::inventory::{AccessKey, AccountState, Snapshot, User};
@@ -53,17 +56,95 @@ const SNAPSHOT_FAMILIES: &[Family] = &[
     Family {
         name: "aws_iam_user_created_timestamp_seconds",
         help: "When the IAM user was created, in Unix seconds.",
-        rows: Rows::User(|u| Some(u.created)),
+        rows: Rows::User(|u, _, emit| emit(&[], u.created)),
+    },
+    Family {
+        name: "aws_iam_user_info",
+        help: "An IAM user, with its IAM path where the source knows it and its tags named in user_tags_as_labels (always 1).",
+        rows: Rows::User(|u, a, emit| {
+            let mut labels: Vec<Label> = Vec::with_capacity(a.account.user_tags.len() + 1);
+            if let Some(path) = &u.path {
+                labels.push(("path", path));
+            }
+            for t in &a.account.user_tags {
+                if let Some(value) = u.tags.get(&t.tag) {
+                    labels.push((&t.label, value));
+                }
+            }
+            emit(&labels, 1.0)
+        }),
     },
     Family {
         name: "aws_iam_user_password_last_used_timestamp_seconds",
         help: "When the IAM user's console password was last used, in Unix seconds, when known.",
-        rows: Rows::User(|u| u.password_last_used),
+        rows: Rows::User(|u, _, emit| {
+            if let Some(t) = u.password_last_used {
+                emit(&[], t)
+            }
+        }),
+    },
+    Family {
+        name: "aws_iam_user_password_enabled",
+        help: "1 if the IAM user has a console password (credential_report and hybrid sources).",
+        rows: Rows::User(|u, _, emit| {
+            if let Some(c) = &u.console {
+                emit(&[], f64::from(u8::from(c.password_enabled)))
+            }
+        }),
+    },
+    Family {
+        name: "aws_iam_user_password_last_changed_timestamp_seconds",
+        help: "When the IAM user's console password was last set, in Unix seconds (credential_report and hybrid sources).",
+        rows: Rows::User(|u, _, emit| {
+            if let Some(t) = u.console.as_ref().and_then(|c| c.password_last_changed) {
+                emit(&[], t)
+            }
+        }),
     },
     Family {
         name: "aws_iam_user_mfa_active",
-        help: "1 if the IAM user has an active MFA device (credential_report source).",
-        rows: Rows::User(|u| u.mfa_active.map(|m| f64::from(u8::from(m)))),
+        help: "1 if the IAM user has an active MFA device (credential_report and hybrid sources).",
+        rows: Rows::User(|u, _, emit| {
+            if let Some(c) = &u.console {
+                emit(&[], f64::from(u8::from(c.mfa_active)))
+            }
+        }),
+    },
+    Family {
+        name: "aws_iam_user_signing_certificate_active",
+        help: "1 if the IAM user's X.509 signing certificate 1 or 2 (label cert) is active (credential_report and hybrid sources).",
+        rows: Rows::User(|u, _, emit| {
+            for (cert, c) in ["1", "2"].iter().zip(u.console.iter().flat_map(|c| &c.certificates)) {
+                if let Some(c) = c {
+                    emit(&[("cert", cert)], f64::from(u8::from(c.active)))
+                }
+            }
+        }),
+    },
+    Family {
+        name: "aws_iam_user_signing_certificate_last_rotated_timestamp_seconds",
+        help: "When the IAM user's X.509 signing certificate 1 or 2 (label cert) was created or last rotated, in Unix seconds (credential_report and hybrid sources).",
+        rows: Rows::User(|u, _, emit| {
+            for (cert, c) in ["1", "2"].iter().zip(u.console.iter().flat_map(|c| &c.certificates)) {
+                if let Some(c) = c {
+                    emit(&[("cert", cert)], c.last_rotated)
+                }
+            }
+        }),
+    },
+    Family {
+        name: "aws_iam_exemption_until_timestamp_seconds",
+        help: "Until when a user's keys (access_key_id empty) or one key are exempt from the key alerts, by a user tag or a configured rule (label origin), with the reason; expired ones stay until removed.",
+        rows: Rows::User(|u, a, emit| {
+            for e in exemptions::of_user(a.exemptions, a.account, u) {
+                let labels = [
+                    ("access_key_id", e.access_key_id.as_deref().unwrap_or("")),
+                    ("reason", e.reason.as_str()),
+                    ("origin", e.origin.label()),
+                ];
+                emit(&labels, e.until)
+            }
+        }),
     },
     Family {
         name: "aws_iam_root_access_key_active",
@@ -104,12 +185,21 @@ type KeySample<'a> = (f64, Option<Label<'a>>);
 /// An account's samples, each with at most one extra label.
 type AccountSamples = Vec<(Option<Label<'static>>, f64)>;
 
+/// Writes one sample of a user: the labels besides account and user, and the value.
+type Emit<'e> = dyn FnMut(&[Label], f64) + 'e;
+
+/// What a user's samples may draw on besides the user.
+struct UserContext<'a> {
+    account: &'a Account,
+    exemptions: &'a Exemptions,
+}
+
 /// How a family's samples come out of a snapshot.
 enum Rows {
     /// At most one sample per key: its value and, for the info metric, service and region.
     Key(fn(&AccessKey, f64) -> Option<KeySample<'_>>),
-    /// At most one sample per user.
-    User(fn(&User) -> Option<f64>),
+    /// Any samples per user, each with labels of its own.
+    User(fn(&User, &UserContext, &mut Emit)),
     /// A few samples per account, each with at most one extra label.
     Account(fn(&Snapshot) -> AccountSamples),
 }
@@ -117,7 +207,14 @@ enum Rows {
 impl Family {
     /// Writes this family's samples of one account from row `start` on, stopping once the
     /// buffer holds a chunk. Returns the row to resume at, or None when the account is done.
-    fn write(&self, out: &mut Vec<u8>, a: &Prepared, now: f64, start: usize) -> Option<usize> {
+    fn write(
+        &self,
+        out: &mut Vec<u8>,
+        a: &Prepared,
+        exemptions: &Exemptions,
+        now: f64,
+        start: usize,
+    ) -> Option<usize> {
         let s = &*a.snapshot;
         match self.rows {
             Rows::Key(value) => {
@@ -145,15 +242,22 @@ impl Family {
                     }
                 }
             }
-            Rows::User(value) => {
+            Rows::User(samples) => {
+                let context = UserContext {
+                    account: &a.state.account,
+                    exemptions,
+                };
                 for (i, u) in s.users.iter().enumerate().skip(start) {
                     // Only after a row: yielding without progress would repeat the header.
                     if i > start && out.len() >= CHUNK {
                         return Some(i);
                     }
-                    if let Some(v) = value(u) {
-                        write_line(out, self.name, a.account.as_str(), &[("user", &u.name)], v);
-                    }
+                    samples(u, &context, &mut |extra, v| {
+                        let mut labels: Vec<Label> = Vec::with_capacity(extra.len() + 1);
+                        labels.push(("user", &u.name));
+                        labels.extend_from_slice(extra);
+                        write_line(out, self.name, a.account.as_str(), &labels, v);
+                    });
                 }
             }
             Rows::Account(samples) => {
@@ -170,8 +274,9 @@ impl Family {
     }
 }
 
-/// One account's snapshot and its escaped `account_id, account_name` labels.
+/// One account's state and snapshot, and its escaped `account_id, account_name` labels.
 struct Prepared {
+    state: Arc<AccountState>,
     snapshot: Arc<Snapshot>,
     account: Labels,
 }
@@ -190,6 +295,7 @@ pub enum Scope {
 pub struct Exposition {
     buf: Vec<u8>,
     accounts: Vec<Prepared>,
+    exemptions: Arc<Exemptions>,
     now: f64,
     family: usize,
     account: usize,
@@ -201,6 +307,7 @@ pub struct Exposition {
 /// and per-user families (large, streamed). `now` is Unix seconds.
 pub fn render(
     accounts: &[Arc<AccountState>],
+    exemptions: Arc<Exemptions>,
     health: &Health,
     scope: Scope,
     now: f64,
@@ -224,12 +331,17 @@ pub fn render(
             s.snapshot
                 .clone()
                 .filter(|_| fresh)
-                .map(|snapshot| Prepared { snapshot, account })
+                .map(|snapshot| Prepared {
+                    state: s.clone(),
+                    snapshot,
+                    account,
+                })
         })
         .collect();
     Exposition {
         buf,
         accounts,
+        exemptions,
         now,
         family: 0,
         account: 0,
@@ -300,7 +412,7 @@ impl Iterator for Exposition {
                 write_header(&mut self.buf, family.name, "gauge", family.help);
             }
             let resume = match self.accounts.get(self.account) {
-                Some(a) => family.write(&mut self.buf, a, self.now, self.row),
+                Some(a) => family.write(&mut self.buf, a, &self.exemptions, self.now, self.row),
                 None => None,
             };
             match resume {
@@ -341,7 +453,9 @@ mod tests {
                 name: name.clone(),
                 created: 1e9,
                 password_last_used: None,
-                mfa_active: None,
+                path: None,
+                tags: Default::default(),
+                console: None,
             });
             snapshot.keys.push(AccessKey {
                 user: name,
@@ -358,6 +472,8 @@ mod tests {
             role: None,
             labels: Default::default(),
             origin: Origin::Static,
+            user_tags: Vec::new(),
+            reads_user_tags: false,
         };
         let mut s = AccountState::new(Arc::new(account));
         s.snapshot = Some(Arc::new(snapshot));
@@ -375,7 +491,7 @@ mod tests {
         // Varying name lengths move every chunk boundary across header and row positions.
         for pad in 0..160 {
             let accounts = [state(300, pad)];
-            let text: Vec<u8> = render(&accounts, &health, Scope::Server, 2e9)
+            let text: Vec<u8> = render(&accounts, Default::default(), &health, Scope::Server, 2e9)
                 .flatten()
                 .collect();
             let text = String::from_utf8(text).unwrap();

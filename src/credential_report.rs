@@ -12,7 +12,9 @@
 
 use std::fmt;
 
-use crate::inventory::{AccessKey, KeyStatus, LastUse, Root, Snapshot, Timestamp, User};
+use crate::inventory::{
+    AccessKey, Certificate, Console, KeyStatus, LastUse, Root, Snapshot, Timestamp, User,
+};
 
 /// What is wrong with a report, and where.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,8 +31,11 @@ const ROOT: &str = "<root_account>";
 /// Columns the exporter reads; the report may have more.
 const REQUIRED: &[&str] = &[
     "user",
+    "arn",
     "user_creation_time",
+    "password_enabled",
     "password_last_used",
+    "password_last_changed",
     "mfa_active",
     "access_key_1_active",
     "access_key_1_last_rotated",
@@ -42,6 +47,10 @@ const REQUIRED: &[&str] = &[
     "access_key_2_last_used_date",
     "access_key_2_last_used_region",
     "access_key_2_last_used_service",
+    "cert_1_active",
+    "cert_1_last_rotated",
+    "cert_2_active",
+    "cert_2_last_rotated",
 ];
 
 /// Parses a whole report. `generated` is the report's GeneratedTime.
@@ -139,6 +148,19 @@ impl Row<'_> {
         }
     }
 
+    /// The user's IAM path, from its ARN (`arn:aws:iam::1:user/team/alice` → `/team/`).
+    fn path(&self) -> Result<String, ReportError> {
+        let arn = self.field("arn")?;
+        let resource = arn.splitn(6, ':').nth(5).unwrap_or("");
+        let Some(name_and_path) = resource.strip_prefix("user/") else {
+            return Err(self.error("arn", &format!("expected a user ARN, found {arn:?}")));
+        };
+        Ok(match name_and_path.rfind('/') {
+            Some(i) => format!("/{}/", &name_and_path[..i]),
+            None => "/".to_string(),
+        })
+    }
+
     /// A free-text value, or None for AWS's "no value" markers.
     fn text(&self, name: &'static str) -> Result<Option<String>, ReportError> {
         Ok(match self.field(name)? {
@@ -165,11 +187,30 @@ impl Row<'_> {
         let created = self
             .date("user_creation_time")?
             .ok_or_else(|| self.error("user_creation_time", "is missing"))?;
+        let certificate = |active, rotated| -> Result<Option<Certificate>, ReportError> {
+            Ok(match self.date(rotated)? {
+                Some(last_rotated) => Some(Certificate {
+                    active: self.flag(active)?,
+                    last_rotated,
+                }),
+                None => None,
+            })
+        };
         snapshot.users.push(User {
             name: user.to_string(),
             created,
             password_last_used: self.date("password_last_used")?,
-            mfa_active: Some(self.flag("mfa_active")?),
+            path: Some(self.path()?),
+            tags: Default::default(),
+            console: Some(Console {
+                password_enabled: self.flag("password_enabled")?,
+                password_last_changed: self.date("password_last_changed")?,
+                mfa_active: self.flag("mfa_active")?,
+                certificates: [
+                    certificate("cert_1_active", "cert_1_last_rotated")?,
+                    certificate("cert_2_active", "cert_2_last_rotated")?,
+                ],
+            }),
         });
         for (slot, active, rotated, used, region, service) in [
             (

@@ -21,8 +21,9 @@ use crate::inventory::{unix_now, RefreshError, Stage};
 const FIRST_RETRY: Duration = Duration::from_secs(15);
 
 /// A discovery result for the refresher, tagged with the generation of the discovery task
-/// that made it (a reload starts a new generation and the old results are ignored).
-pub type Found = (u64, Discovered);
+/// that made it (a reload starts a new generation and the old results are ignored). None:
+/// the task's first discovery failed, so the refresher should not wait for one any longer.
+pub type Found = (u64, Option<Discovered>);
 
 /// Discovers forever; returns when the refresher stops listening.
 pub async fn run(
@@ -37,21 +38,21 @@ pub async fn run(
         return;
     };
     let mut retry = FIRST_RETRY;
+    let mut first = true;
     loop {
-        let wait = match once(&cfg, d, shard, &reader, &health).await {
-            Some(discovered) => {
-                if found.send((generation, discovered)).await.is_err() {
-                    return;
-                }
-                retry = FIRST_RETRY;
-                d.refresh_interval
-            }
-            None => {
-                let wait = retry;
-                retry = (retry * 2).min(d.refresh_interval);
-                wait
-            }
+        let result = once(&cfg, d, shard, &reader, &health).await;
+        let wait = if result.is_some() {
+            retry = FIRST_RETRY;
+            d.refresh_interval
+        } else {
+            let wait = retry;
+            retry = (retry * 2).min(d.refresh_interval);
+            wait
         };
+        if (result.is_some() || first) && found.send((generation, result)).await.is_err() {
+            return;
+        }
+        first = false;
         tokio::time::sleep(jittered(wait)).await;
     }
 }

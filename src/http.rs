@@ -325,6 +325,7 @@ async fn handle(web: &Web, req: Request<Incoming>) -> Response<Body> {
 fn metrics(web: &Web, req: &Request<Incoming>) -> Response<Body> {
     let chunks = collector::render(
         &web.inventory.accounts(),
+        web.inventory.exemptions(),
         &web.health,
         Scope::Server,
         unix_now().floor(),

@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::accounts::Account;
+use crate::config::Exemptions;
 
 /// Seconds since the Unix epoch.
 pub type Timestamp = f64;
@@ -45,13 +46,33 @@ impl Snapshot {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct User {
     pub name: String,
     pub created: Timestamp,
     pub password_last_used: Option<Timestamp>,
-    /// Known from the credential report only.
-    pub mfa_active: Option<bool>,
+    /// The IAM path (`/`, `/team/payments/`), where a source knows it.
+    pub path: Option<String>,
+    /// The user's tags, where they were read (only when labels or exemptions need them).
+    pub tags: BTreeMap<String, String>,
+    /// From the credential report only: console password, MFA, signing certificates.
+    pub console: Option<Console>,
+}
+
+/// What the credential report says of a user beyond access keys.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Console {
+    pub password_enabled: bool,
+    pub password_last_changed: Option<Timestamp>,
+    pub mfa_active: bool,
+    /// X.509 signing certificates 1 and 2: active, and when last rotated.
+    pub certificates: [Option<Certificate>; 2],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Certificate {
+    pub active: bool,
+    pub last_rotated: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +152,8 @@ pub enum Stage {
     GenerateCredentialReport,
     GetCredentialReport,
     ParseCredentialReport,
+    /// GetAccountAuthorizationDetails, for the users' tags.
+    UserTags,
     /// Listing the organization's accounts or their tags.
     Discovery,
 }
@@ -146,6 +169,7 @@ impl Stage {
             Stage::GenerateCredentialReport => "generate_credential_report",
             Stage::GetCredentialReport => "get_credential_report",
             Stage::ParseCredentialReport => "parse_credential_report",
+            Stage::UserTags => "get_account_authorization_details",
             Stage::Discovery => "discovery",
         }
     }
@@ -189,12 +213,22 @@ impl AccountState {
 #[derive(Default)]
 pub struct Inventory {
     accounts: RwLock<BTreeMap<String, Arc<AccountState>>>,
+    /// The exemptions in force, from the configuration: which of the data is accepted.
+    exemptions: RwLock<Arc<Exemptions>>,
 }
 
 impl Inventory {
     /// Every account's current state, in account-id order.
     pub fn accounts(&self) -> Vec<Arc<AccountState>> {
         self.accounts.read().unwrap().values().cloned().collect()
+    }
+
+    pub fn exemptions(&self) -> Arc<Exemptions> {
+        self.exemptions.read().unwrap().clone()
+    }
+
+    pub fn set_exemptions(&self, exemptions: Exemptions) {
+        *self.exemptions.write().unwrap() = Arc::new(exemptions);
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<AccountState>> {

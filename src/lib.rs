@@ -10,6 +10,7 @@ pub mod collector;
 pub mod config;
 pub mod credential_report;
 pub mod discovery;
+pub mod exemptions;
 pub mod exposition;
 pub mod health;
 pub mod http;

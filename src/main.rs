@@ -131,7 +131,8 @@ async fn once(cfg: Arc<Config>, shard: Shard, output: &Path) -> ExitCode {
     let write = || -> std::io::Result<()> {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         let now = unix_now().floor();
-        for chunk in collector::render(&accounts, &health, Scope::File, now) {
+        for chunk in collector::render(&accounts, inventory.exemptions(), &health, Scope::File, now)
+        {
             f.write_all(&chunk)?;
         }
         f.into_inner()?.sync_all()?;

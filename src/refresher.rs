@@ -32,8 +32,9 @@ pub struct Refresher {
 type Reload = (Arc<Config>, oneshot::Sender<()>);
 
 impl Refresher {
-    /// Starts discovery (if configured) and the static accounts' tasks. Every account known
-    /// now is in the inventory when this returns, so readiness never sees an empty one.
+    /// Starts discovery (if configured) and the accounts' tasks: without discovery at once
+    /// (every account is in the inventory when this returns, so readiness never sees an
+    /// empty one), with it after the first discovery (readiness waits for that anyway).
     pub async fn start(
         cfg: Arc<Config>,
         shard: Shard,
@@ -55,7 +56,12 @@ impl Refresher {
             found_tx,
         };
         supervisor.restart_discovery().await;
-        supervisor.apply().await;
+        // With discovery, accounts start once the first discovery has answered (or failed):
+        // an account listed in the file and also discovered then starts once, under its
+        // final name, not twice.
+        if supervisor.cfg.discovery.is_none() {
+            supervisor.apply().await;
+        }
         let identity = tokio::spawn(ask_identity(
             supervisor.base.clone(),
             supervisor.cfg.clone(),
@@ -136,7 +142,9 @@ impl Supervisor {
                 },
                 Some((generation, discovered)) = found.recv() => {
                     if generation == self.generation {
-                        self.discovered = Some(discovered);
+                        if discovered.is_some() {
+                            self.discovered = discovered;
+                        }
                         self.apply().await;
                     }
                 }
@@ -174,6 +182,7 @@ impl Supervisor {
         self.stop_where(|a| wanted.get(a.id.as_str()) != Some(&a))
             .await;
         self.inventory.retain_only(&accounts);
+        self.inventory.set_exemptions(self.cfg.exemptions.clone());
         let owner = self.cfg.discovery.as_ref().map(OrgReader::owner_id);
         self.health.track_accounts(&accounts, owner.as_deref());
         for account in &accounts {
@@ -255,6 +264,7 @@ pub async fn refresh_all_once(
     }
     let accounts = accounts::plan(&cfg, discovered.as_ref(), shard);
     inventory.retain_only(&accounts);
+    inventory.set_exemptions(cfg.exemptions.clone());
     health.track_accounts(&accounts, None);
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let mut tasks = JoinSet::new();
@@ -339,12 +349,20 @@ impl AccountTask {
 
         let (id, name) = (&self.account.id, &self.account.name);
         match result {
-            Ok(snapshot) => {
+            Ok((snapshot, tags_error)) => {
                 tracing::info!(
                     account_id = %id, account_name = %name, duration_seconds = duration,
                     users = snapshot.users.len(), keys = snapshot.keys.len(),
                     "refreshed account"
                 );
+                if let Some(e) = tags_error {
+                    self.health.count_refresh_error([id, name], &e);
+                    tracing::warn!(
+                        account_id = %id, account_name = %name, code = %e.code, error = %e.message,
+                        "cannot read the users' tags: owners unknown, no user exempt by tag"
+                    );
+                    state.last_error = Some(e);
+                }
                 state.snapshot = Some(Arc::new(snapshot));
                 state.up = true;
                 state.last_success = Some(now);

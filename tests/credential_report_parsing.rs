@@ -36,7 +36,14 @@ fn typical_aws_report() {
     let alice = &s.users[0];
     assert_eq!(alice.created, date("2020-01-15T10:00:00Z"));
     assert_eq!(alice.password_last_used, Some(date("2026-11-20T07:30:00Z")));
-    assert_eq!(alice.mfa_active, Some(true));
+    let console = alice.console.as_ref().unwrap();
+    assert!(console.mfa_active && console.password_enabled);
+    assert_eq!(
+        console.password_last_changed,
+        Some(date("2025-06-01T00:00:00Z"))
+    );
+    assert_eq!(console.certificates, [None, None]);
+    assert_eq!(alice.path.as_deref(), Some("/"));
     let k1 = key(&s, "alice", "key_1");
     assert_eq!(k1.status, KeyStatus::Active);
     assert_eq!(k1.created, date("2025-07-29T12:00:00Z"));
@@ -58,7 +65,14 @@ fn typical_aws_report() {
     // ci-deploy: no password (N/A), key 1 never used (N/A), key 2 used.
     let ci = s.users.iter().find(|u| u.name == "ci-deploy").unwrap();
     assert_eq!(ci.password_last_used, None);
-    assert_eq!(ci.mfa_active, Some(false));
+    let console = ci.console.as_ref().unwrap();
+    assert!(!console.mfa_active && !console.password_enabled);
+    assert_eq!(console.password_last_changed, None);
+    assert_eq!(
+        ci.path.as_deref(),
+        Some("/automation/"),
+        "the path comes from the ARN"
+    );
     assert!(key(&s, "ci-deploy", "key_1").last_used.is_none());
     assert_eq!(
         key(&s, "ci-deploy", "key_2").created,

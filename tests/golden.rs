@@ -70,13 +70,15 @@ fn the_exposition_of_a_seeded_world_matches_the_golden_file() {
     moto.seed(
         PAYMENTS,
         json!([
-            {"name": "ci-deploy", "create_date": "2023-03-01T09:00:00Z", "keys": [
+            {"name": "ci-deploy", "create_date": "2023-03-01T09:00:00Z", "path": "/automation/",
+             "tags": {"owner": "platform@example.com", "team": "platform", "iam-key-exporter:exempt-until": "2099-12-31 rotation planned"},
+             "keys": [
                 {"access_key_id": "AKIAGOLDEN0000000001", "create_date": "2024-01-15T10:00:00Z",
                  "last_used": used("2025-06-01T08:00:00Z", "s3")},
                 {"access_key_id": "AKIAGOLDEN0000000002", "create_date": "2025-02-01T10:00:00Z",
                  "status": "Inactive"},
             ]},
-            {"name": "alice", "create_date": "2022-05-10T12:00:00Z", "password": true,
+            {"name": "alice", "create_date": "2022-05-10T12:00:00Z", "password": true, "tags": {"team": "payments"},
              "password_last_used": "2025-09-09T09:09:09Z", "keys": []},
         ]),
     );
@@ -110,6 +112,10 @@ fn the_exposition_of_a_seeded_world_matches_the_golden_file() {
         &format!(
             r#"
 refresh_interval: 30m
+user_tags_as_labels: [owner, team]
+exemptions:
+  rules:
+    - {{account: "{LEGACY}", user: old-*, reason: "decommissioned in Q1", until: 2020-01-31}}
 discovery:
   organizations:
     tags_as_labels: [team]

@@ -17,7 +17,7 @@ use super::{secs, stage, AwsError, Iam};
 use crate::inventory::{AccessKey, KeyStatus, LastUse, RefreshError, Snapshot, Stage, User};
 
 /// The most IAM accepts as `MaxItems`.
-const MAX_ITEMS: i32 = 1000;
+pub(super) const MAX_ITEMS: i32 = 1000;
 
 pub async fn scan(iam: &Iam, concurrency: usize) -> Result<Snapshot, RefreshError> {
     let users = paginate(|marker| async move {
@@ -58,7 +58,9 @@ pub async fn scan(iam: &Iam, concurrency: usize) -> Result<Snapshot, RefreshErro
         .map(|u| User {
             created: secs(&u.create_date),
             password_last_used: u.password_last_used.as_ref().map(secs),
-            mfa_active: None,
+            path: Some(u.path),
+            tags: Default::default(),
+            console: None,
             name: u.user_name,
         })
         .collect();
@@ -236,15 +238,15 @@ impl From<AwsError> for Listing {
     }
 }
 
-struct Page<T> {
-    items: Vec<T>,
-    truncated: bool,
-    marker: Option<String>,
+pub(super) struct Page<T> {
+    pub items: Vec<T>,
+    pub truncated: bool,
+    pub marker: Option<String>,
 }
 
 /// Follows `Marker` until the API says `IsTruncated: false`. A short page proves nothing:
 /// IAM may return fewer than `MaxItems` items with more to come.
-async fn paginate<T, E, F, Fut>(mut fetch: F) -> Result<Vec<T>, E>
+pub(super) async fn paginate<T, E, F, Fut>(mut fetch: F) -> Result<Vec<T>, E>
 where
     E: From<AwsError>,
     F: FnMut(Option<String>) -> Fut,

@@ -12,6 +12,7 @@ mod hybrid_source;
 mod organizations;
 mod pace;
 mod session;
+mod user_tags;
 
 use std::fmt;
 use std::sync::Arc;
@@ -204,6 +205,7 @@ pub struct AccountReader {
     iam_reach: Reach,
     sts_reach: Reach,
     source: Source,
+    reads_user_tags: bool,
     /// Key ids the `hybrid` source has learned, kept from one refresh to the next.
     known_keys: hybrid_source::KnownKeys,
     requests_per_account: usize,
@@ -242,24 +244,42 @@ impl AccountReader {
             iam_reach: Reach::new(base, cfg, "IAM", default_endpoint(cfg, "iam")),
             sts_reach: Reach::new(base, cfg, "STS", default_endpoint(cfg, "sts")),
             source: account.source,
+            reads_user_tags: account.reads_user_tags,
             known_keys: Default::default(),
             requests_per_account: cfg.aws.requests_per_account,
             report_timeout: cfg.aws.credential_report_timeout,
         }
     }
 
-    /// One full read of the account's IAM users and keys.
-    pub async fn read(&self) -> Result<Snapshot, RefreshError> {
-        self.read_sources().await.map_err(|e| match e.stage {
+    /// One full read of the account's IAM users and keys. The users' tags are read too when
+    /// needed; if that alone fails, the keys still count and the error comes back beside them:
+    /// without tags, owners are unknown and no user is exempt, so alerts fire rather than hide.
+    pub async fn read(&self) -> Result<(Snapshot, Option<RefreshError>), RefreshError> {
+        let explain = |e: RefreshError| match e.stage {
             Stage::AssumeRole => self.sts_reach.explain(e),
             _ => self.iam_reach.explain(e),
-        })
+        };
+        if let Some(s) = &self.session {
+            s.begin_refresh()
+                .await
+                .map_err(|e| explain(stage(Stage::AssumeRole)(e)))?;
+        }
+        let mut snapshot = self.read_keys().await.map_err(explain)?;
+        if !self.reads_user_tags {
+            return Ok((snapshot, None));
+        }
+        match user_tags::user_tags(&self.iam).await {
+            Ok(mut tags) => {
+                for u in &mut snapshot.users {
+                    u.tags = tags.remove(&u.name).unwrap_or_default();
+                }
+                Ok((snapshot, None))
+            }
+            Err(e) => Ok((snapshot, Some(explain(e)))),
+        }
     }
 
-    async fn read_sources(&self) -> Result<Snapshot, RefreshError> {
-        if let Some(s) = &self.session {
-            s.begin_refresh().await.map_err(stage(Stage::AssumeRole))?;
-        }
+    async fn read_keys(&self) -> Result<Snapshot, RefreshError> {
         match self.source {
             Source::Api => api_source::scan(&self.iam, self.requests_per_account).await,
             Source::CredentialReport => {

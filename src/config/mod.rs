@@ -35,6 +35,9 @@ pub struct Config {
     /// The `accounts:` entries, in file order.
     pub accounts: Vec<AccountEntry>,
     pub discovery: Option<Discovery>,
+    /// IAM user tags shown as labels of `aws_iam_user_info` (accounts may say otherwise).
+    pub user_tags: Vec<TagLabel>,
+    pub exemptions: Exemptions,
     /// Settings that work, but probably not as meant: logged at load, shown by check-config.
     pub warnings: Vec<Problem>,
 }
@@ -79,6 +82,8 @@ pub struct AccountEntry {
     pub role: RoleChoice,
     pub external_id: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// `user_tags_as_labels` of this account, instead of the global one.
+    pub user_tags: Option<Vec<TagLabel>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +108,31 @@ pub struct Discovery {
     pub exclude_accounts: Vec<String>,
     pub tags_as_labels: Vec<TagLabel>,
     pub refresh_interval: Duration,
+}
+
+/// Keys or users that the key alerts leave alone until a date.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Exemptions {
+    /// The IAM user tag whose value (`2027-03-31`, optionally followed by a reason) exempts
+    /// the user's keys; None turns tag exemptions off.
+    pub tag: Option<String>,
+    pub rules: Vec<ExemptionRule>,
+}
+
+pub const DEFAULT_EXEMPTION_TAG: &str = "iam-key-exporter:exempt-until";
+
+/// An exemption written in the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExemptionRule {
+    /// None: every account.
+    pub account: Option<String>,
+    /// A user name, or a pattern with `*` (any characters) and `?` (one).
+    pub user: String,
+    /// Only this key of the matching users; None: all their keys.
+    pub access_key_id: Option<String>,
+    pub reason: String,
+    /// The end of the `until` day, UTC, in Unix seconds: exempt while now is before it.
+    pub until: f64,
 }
 
 /// An account tag shown as a label of `aws_iam_account_info`.

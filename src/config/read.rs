@@ -189,6 +189,8 @@ pub(super) fn config(root: Value, p: &mut Problems) -> Option<Config> {
         .get("external_id")
         .and_then(|v| v.parse(p, values::external_id));
     defaults.finish(p);
+    let user_tags = user_tags(&mut top, p).unwrap_or_default();
+    let exemptions = exemptions(section(&mut top, "exemptions", p), p);
     let accounts_at = top.get("accounts").map(|v| (v.pos(), v.list(p)));
     let discovery = top.get("discovery").and_then(|v| discovery(&v, p));
     top.finish(p);
@@ -320,6 +322,8 @@ pub(super) fn config(root: Value, p: &mut Problems) -> Option<Config> {
         },
         accounts: accounts.into_iter().map(|(entry, _)| entry).collect(),
         discovery: discovery.map(|(d, _)| d),
+        user_tags,
+        exemptions,
         warnings: warnings.0,
     })
 }
@@ -515,6 +519,7 @@ fn account(m: &mut Map, p: &mut Problems) -> Option<(AccountEntry, EntryPos)> {
         .map(|v| (v.pos(), v.parse(p, values::external_id)));
     let source = m.get("source").map(|v| v.parse(p, Source::parse));
     let assume_role = m.get("assume_role").map(|v| (v.pos(), v.bool(p)));
+    let user_tags = user_tags(m, p);
     let labels = m
         .get("labels")
         .and_then(|v| v.entries(p))
@@ -577,6 +582,7 @@ fn account(m: &mut Map, p: &mut Problems) -> Option<(AccountEntry, EntryPos)> {
         role: role?,
         external_id: external_id.and_then(|(_, e)| e),
         labels: label_map,
+        user_tags,
     };
     let id_at = id_value.map_or(m.pos(), |v| v.pos());
     let at = EntryPos {
@@ -642,31 +648,7 @@ fn discovery(v: &Value, p: &mut Problems) -> Option<(Discovery, DiscoveryPos)> {
             );
         }
     }
-    let mut tags_as_labels: Vec<TagLabel> = Vec::new();
-    let mut tag_pos = Vec::new();
-    for item in &tags {
-        let Some(tag) = item.string(p) else { continue };
-        let label = match values::tag_label(&tag) {
-            Ok(l) => l,
-            Err(e) => {
-                p.add(item.pos(), &item.path(), e);
-                continue;
-            }
-        };
-        if let Some(other) = tags_as_labels.iter().find(|t| t.label == label) {
-            p.add(
-                item.pos(),
-                &item.path(),
-                format!(
-                    "tag {tag:?} and tag {:?} would both become label {label}; keep one",
-                    other.tag
-                ),
-            );
-            continue;
-        }
-        tag_pos.push(item.pos());
-        tags_as_labels.push(TagLabel { tag, label });
-    }
+    let (tags_as_labels, tag_pos) = tag_labels(&tags, p);
     let discovery = Discovery {
         role_arn: role_arn.flatten(),
         include_ous: include_ous.into_iter().map(|(id, _, _)| id).collect(),
@@ -683,6 +665,99 @@ fn discovery(v: &Value, p: &mut Problems) -> Option<(Discovery, DiscoveryPos)> {
         tags: tag_pos,
     };
     Some((discovery, at))
+}
+
+/// Tag keys that become labels (`tag_<key>`), with the position of each; two keys that would
+/// make the same label are an error.
+fn tag_labels(items: &[Value], p: &mut Problems) -> (Vec<TagLabel>, Vec<Pos>) {
+    let mut labels: Vec<TagLabel> = Vec::new();
+    let mut at = Vec::new();
+    for item in items {
+        let Some(tag) = item.string(p) else { continue };
+        let label = match values::tag_label(&tag) {
+            Ok(l) => l,
+            Err(e) => {
+                p.add(item.pos(), &item.path(), e);
+                continue;
+            }
+        };
+        if let Some(other) = labels.iter().find(|t| t.label == label) {
+            p.add(
+                item.pos(),
+                &item.path(),
+                format!(
+                    "tag {tag:?} and tag {:?} would both become label {label}; keep one",
+                    other.tag
+                ),
+            );
+            continue;
+        }
+        at.push(item.pos());
+        labels.push(TagLabel { tag, label });
+    }
+    (labels, at)
+}
+
+/// `user_tags_as_labels`, where it is written.
+fn user_tags(m: &mut Map, p: &mut Problems) -> Option<Vec<TagLabel>> {
+    let items = m.get("user_tags_as_labels")?.list(p)?;
+    Some(tag_labels(&items, p).0)
+}
+
+/// `exemptions:`: the user tag that exempts (on by default) and the configured rules.
+fn exemptions(mut m: Map, p: &mut Problems) -> Exemptions {
+    let tag = match m.get("tag") {
+        None => Some(DEFAULT_EXEMPTION_TAG.to_string()),
+        Some(v) => v.string(p).filter(|t| !t.is_empty()),
+    };
+    let mut rules = Vec::new();
+    for item in m.get("rules").and_then(|v| v.list(p)).unwrap_or_default() {
+        let Some(mut r) = item.map(p) else { continue };
+        let account = r.get("account").and_then(|v| {
+            v.parse(p, |s| {
+                if s == "*" {
+                    Ok(None)
+                } else {
+                    values::account_id(s).map(Some)
+                }
+            })
+        });
+        let user = r
+            .required("user", p)
+            .and_then(|v| v.parse(p, values::user_pattern));
+        let access_key_id = r
+            .get("access_key_id")
+            .and_then(|v| v.parse(p, values::access_key_id));
+        let reason = r
+            .required("reason", p)
+            .and_then(|v| v.parse(p, non_empty("reason")));
+        let until = match r.get("until") {
+            Some(v) => v.parse(p, values::until_date),
+            None => {
+                p.add(
+                    r.pos(),
+                    &format!("{}.until", r.path()),
+                    "missing: every exemption needs an end date (until: 2027-03-31); \
+                     an exemption without one would silence alerts forever",
+                );
+                None
+            }
+        };
+        r.finish(p);
+        if let (Some(account), Some(user), Some(reason), Some(until)) =
+            (account.or(Some(None)), user, reason, until)
+        {
+            rules.push(ExemptionRule {
+                account,
+                user,
+                access_key_id,
+                reason,
+                until,
+            });
+        }
+    }
+    m.finish(p);
+    Exemptions { tag, rules }
 }
 
 /// A list of ids, each checked; with the position and path of each for later checks.

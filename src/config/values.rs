@@ -140,6 +140,34 @@ pub fn ou_id(s: &str) -> Result<String, String> {
     }
 }
 
+/// A user name or a pattern of them (`*`, `?`): IAM's characters and the wildcards.
+pub fn user_pattern(s: &str) -> Result<String, String> {
+    aws_name("user name or pattern", s, 1..=64, "+=,.@_-*?")
+}
+
+pub fn access_key_id(s: &str) -> Result<String, String> {
+    let ok = (16..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not an access key id like AKIAIOSFODNN7EXAMPLE"
+        ))
+    }
+}
+
+/// A calendar date `YYYY-MM-DD`, as the end of that day (UTC) in Unix seconds.
+pub fn until_date(s: &str) -> Result<f64, String> {
+    use aws_smithy_types::date_time::{DateTime, Format};
+    let start = (s.len() == 10)
+        .then(|| DateTime::from_str(&format!("{s}T00:00:00Z"), Format::DateTime).ok())
+        .flatten()
+        .ok_or_else(|| format!("{s:?} is not a date like 2027-03-31"))?;
+    Ok(start.as_secs_f64() + 86400.0)
+}
+
 /// An AWS tag key (1-128 characters) and the label name it becomes: `tag_` and the key with
 /// every character a label name cannot hold replaced by `_`.
 pub fn tag_label(s: &str) -> Result<String, String> {

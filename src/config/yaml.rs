@@ -278,6 +278,15 @@ impl<'a> Map<'a> {
         (!value.is_null()).then_some(value)
     }
 
+    /// The value of `key`, which must be present: its absence is reported at the mapping.
+    pub fn required(&mut self, key: &'static str, p: &mut Problems) -> Option<Value<'a>> {
+        let v = self.get(key);
+        if v.is_none() {
+            p.add(self.pos(), &join(&self.path, Step::Key(key)), "missing");
+        }
+        v
+    }
+
     /// Where the mapping starts, for problems about the mapping as a whole.
     pub fn pos(&self) -> Pos {
         pos(self.node.span())

@@ -1,0 +1,147 @@
+//! Which keys the key alerts leave alone, and until when: a user tag
+//! (`iam-key-exporter:exempt-until: 2027-03-31 break-glass`) or a rule in the configuration.
+//! Every exemption has an end; an expired one no longer exempts but stays visible, so
+//! auditors see every exception that was made.
+
+use crate::accounts::Account;
+use crate::config::{values::until_date, Exemptions};
+use crate::inventory::{Timestamp, User};
+
+/// One exemption of a user (all its keys) or of one key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exemption {
+    /// None: every key of the user.
+    pub access_key_id: Option<String>,
+    pub reason: String,
+    /// The end, in Unix seconds: exempt while now is before it.
+    pub until: Timestamp,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Tag,
+    Config,
+}
+
+impl Origin {
+    pub fn label(self) -> &'static str {
+        match self {
+            Origin::Tag => "tag",
+            Origin::Config => "config",
+        }
+    }
+}
+
+impl Exemption {
+    pub fn active(&self, now: Timestamp) -> bool {
+        now < self.until
+    }
+
+    fn covers(&self, key_id: &str) -> bool {
+        self.access_key_id.as_deref().is_none_or(|id| id == key_id)
+    }
+
+    /// The end date as written (`2027-03-31`), the day before `until`.
+    pub fn until_date(&self) -> String {
+        let last_day = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs_f64((self.until - 86400.0).max(0.0));
+        humantime::format_rfc3339_seconds(last_day).to_string()[..10].to_string()
+    }
+}
+
+/// Every exemption of `user` in `account`, active or expired: from the tag, then the rules.
+pub fn of_user(exemptions: &Exemptions, account: &Account, user: &User) -> Vec<Exemption> {
+    let tag = exemptions
+        .tag
+        .as_ref()
+        .and_then(|t| user.tags.get(t))
+        .map(|value| from_tag(value));
+    let rules = exemptions.rules.iter().filter(|r| {
+        r.account.as_deref().is_none_or(|a| a == account.id) && glob(&r.user, &user.name)
+    });
+    tag.into_iter()
+        .chain(rules.map(|r| Exemption {
+            access_key_id: r.access_key_id.clone(),
+            reason: r.reason.clone(),
+            until: r.until,
+            origin: Origin::Config,
+        }))
+        .collect()
+}
+
+/// The active exemption that covers key `key_id`, if any.
+pub fn covering<'a>(list: &'a [Exemption], key_id: &str, now: Timestamp) -> Option<&'a Exemption> {
+    list.iter().find(|e| e.covers(key_id) && e.active(now))
+}
+
+/// A tag value: a date (`2027-03-31`), optionally followed by the reason. One that cannot be
+/// read exempts nothing (it ended in 1970) and says why.
+fn from_tag(value: &str) -> Exemption {
+    let (date, reason) = value.split_once(' ').unwrap_or((value, ""));
+    match until_date(date.trim()) {
+        Ok(until) => Exemption {
+            access_key_id: None,
+            reason: reason.trim().to_string(),
+            until,
+            origin: Origin::Tag,
+        },
+        Err(_) => Exemption {
+            access_key_id: None,
+            reason: format!("unreadable date in the tag: {value:?}"),
+            until: 0.0,
+            origin: Origin::Tag,
+        },
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` is any run of characters and `?` one.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // The classic two-pointer match, backtracking only to the last `*`.
+    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(s) = star {
+            i = s + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("break-glass-*", "break-glass-admin"));
+        assert!(glob("*", "anyone"));
+        assert!(glob("ci-?", "ci-1"));
+        assert!(!glob("ci-?", "ci-10"));
+        assert!(glob("a*b*c", "aXXbYYc"));
+        assert!(!glob("a*b*c", "aXXbYY"));
+        assert!(glob("exact", "exact") && !glob("exact", "exactly"));
+    }
+
+    #[test]
+    fn tag_values() {
+        let e = from_tag("2027-03-31 break-glass, reviewed quarterly");
+        assert_eq!(e.reason, "break-glass, reviewed quarterly");
+        assert_eq!(e.until_date(), "2027-03-31");
+        assert!(e.active(until_date("2027-03-31").unwrap() - 1.0));
+        assert!(!e.active(until_date("2027-03-31").unwrap()));
+        let bad = from_tag("someday");
+        assert!(!bad.active(0.5) && bad.reason.contains("someday"));
+    }
+}
