@@ -101,6 +101,32 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         output: PathBuf,
     },
+    /// Read every account once and print what is wrong: keys too old or unused, users with
+    /// two active keys, root keys, unused passwords, missing MFA; exempt ones apart.
+    /// Exits 0 when clean, 3 with findings, 1 if an account could not be read.
+    Audit {
+        /// `table` for a person, `json` or `csv` for tooling.
+        #[arg(long, value_enum, default_value_t = crate::audit::Format::Table)]
+        format: crate::audit::Format,
+        /// An active key older than this is a finding (IAMAccessKeyTooOld's 90 days).
+        #[arg(long = "key-max-age", default_value = "90d", value_parser = parse_days, value_name = "DAYS")]
+        key_max_age: std::time::Duration,
+        /// An active key unused (or never used) for this long is a finding.
+        #[arg(long = "key-max-idle", default_value = "45d", value_parser = parse_days, value_name = "DAYS")]
+        key_max_idle: std::time::Duration,
+        /// A console password unused for this long is a finding.
+        #[arg(long = "password-max-idle", default_value = "45d", value_parser = parse_days, value_name = "DAYS")]
+        password_max_idle: std::time::Duration,
+    },
+}
+
+/// A number of days, `90d` or `90`.
+fn parse_days(s: &str) -> Result<std::time::Duration, String> {
+    let n: u64 = s
+        .trim_end_matches('d')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of days like 90d"))?;
+    Ok(std::time::Duration::from_secs(n * 86400))
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

@@ -4,6 +4,7 @@
 //! exposition) → http.
 
 pub mod accounts;
+pub mod audit;
 pub mod aws;
 pub mod cli;
 pub mod collector;
@@ -12,6 +13,7 @@ pub mod credential_report;
 pub mod discovery;
 pub mod exemptions;
 pub mod exposition;
+pub mod findings;
 pub mod health;
 pub mod http;
 pub mod inventory;

@@ -1,25 +1,27 @@
 //! iam-key-exporter: wires the configuration, refresher, inventory and HTTP server together.
 //! See ARCHITECTURE.md for the code map.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use iam_key_exporter::accounts::{self, Shard};
-use iam_key_exporter::cli::{Cli, Command};
+use iam_key_exporter::cli::{Cli, Command, LogLevel};
 use iam_key_exporter::collector::{self, Scope};
 use iam_key_exporter::config::{self, Config};
+use iam_key_exporter::findings::Thresholds;
 use iam_key_exporter::health::{BuildInfo, Health};
 use iam_key_exporter::inventory::{unix_now, Inventory};
 use iam_key_exporter::refresher::{self, Refresher};
 use iam_key_exporter::web_config::{self, WebConfig, WebSecurity};
-use iam_key_exporter::{http, logging};
+use iam_key_exporter::{audit, http, logging};
 
 const BUILD: BuildInfo = BuildInfo {
     version: env!("CARGO_PKG_VERSION"),
@@ -31,8 +33,15 @@ const BUILD: BuildInfo = BuildInfo {
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    logging::init(cli.log_level, cli.log_format);
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The audit's output is its report: it logs only warnings unless asked for more.
+    let quiet = matches!(cli.command, Some(Command::Audit { .. }))
+        && matches.value_source("log_level") != Some(ValueSource::CommandLine);
+    logging::init(
+        if quiet { LogLevel::Warn } else { cli.log_level },
+        cli.log_format,
+    );
     let checking = matches!(cli.command, Some(Command::CheckConfig));
     let fail = |e: &dyn std::fmt::Display| {
         if checking {
@@ -69,6 +78,19 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Once { ref output }) => runtime.block_on(once(cfg, shard, output)),
+        Some(Command::Audit {
+            format,
+            key_max_age,
+            key_max_idle,
+            password_max_idle,
+        }) => {
+            let thresholds = Thresholds {
+                key_age: key_max_age,
+                key_idle: key_max_idle,
+                password_idle: password_max_idle,
+            };
+            runtime.block_on(audit(cfg, shard, format, thresholds))
+        }
         None => runtime.block_on(serve(cli, cfg, shard, security)),
     };
     // Blocking work still running (a DNS lookup, a bcrypt check) must not delay the exit.
@@ -148,6 +170,50 @@ async fn once(cfg: Arc<Config>, shard: Shard, output: &Path) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Reads every account once and prints the findings (`audit`), with a progress line on a
+/// terminal.
+async fn audit(cfg: Arc<Config>, shard: Shard, format: audit::Format, t: Thresholds) -> ExitCode {
+    let inventory = Arc::new(Inventory::default());
+    let health = Arc::new(Health::new(unix_now(), shard, BUILD));
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let inventory = inventory.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let accounts = inventory.accounts();
+                let done = accounts.iter().filter(|s| s.attempted).count();
+                eprint!("\rreading accounts: {done} of {} ", accounts.len());
+            }
+        })
+    });
+    refresher::refresh_all_once(cfg, shard, inventory.clone(), health.clone()).await;
+    if let Some(p) = progress {
+        p.abort();
+        eprint!("\r\x1b[K");
+    }
+    let discovery_error = health
+        .discovery()
+        .and_then(|d| d.last_error)
+        .map(|e| format!("{} ({}): {}", e.code, e.stage.as_str(), e.message));
+    let mut out = std::io::stdout().lock();
+    let written = audit::write(
+        &mut out,
+        format,
+        &inventory.accounts(),
+        &inventory.exemptions(),
+        &t,
+        discovery_error.as_deref(),
+        unix_now(),
+    );
+    match written.and_then(|code| out.flush().map(|_| code)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write the audit");
+            ExitCode::from(audit::INCOMPLETE)
+        }
     }
 }
 

@@ -1,0 +1,273 @@
+//! `iam-key-exporter audit`: every account read once, its findings printed for a person (a
+//! table per account) or for tooling (JSON, CSV). Exempt findings are listed apart, with
+//! their reason and end date.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::config::Exemptions;
+use crate::findings::{self, Finding, Thresholds};
+use crate::inventory::{AccountState, Timestamp};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// Exit codes: every account read and nothing found; something found; an account (or the
+/// discovery) could not be read, so the audit is incomplete.
+pub const CLEAN: u8 = 0;
+pub const INCOMPLETE: u8 = 1;
+pub const FOUND: u8 = 3;
+
+/// One account's outcome and findings.
+struct Audited<'a> {
+    state: &'a AccountState,
+    findings: Vec<Finding>,
+}
+
+/// Writes the audit of `accounts` to `out`; returns the exit code.
+pub fn write(
+    out: &mut dyn Write,
+    format: Format,
+    accounts: &[Arc<AccountState>],
+    exemptions: &Exemptions,
+    thresholds: &Thresholds,
+    discovery_error: Option<&str>,
+    now: Timestamp,
+) -> io::Result<u8> {
+    let audited: Vec<Audited> = accounts
+        .iter()
+        .map(|s| Audited {
+            state: s,
+            findings: findings::of_account(s, exemptions, thresholds, now),
+        })
+        .collect();
+    match format {
+        Format::Table => table(out, &audited, thresholds, discovery_error)?,
+        Format::Json => json(out, &audited, thresholds, discovery_error)?,
+        Format::Csv => csv(out, &audited)?,
+    }
+    let failed = discovery_error.is_some() || audited.iter().any(|a| !a.state.up);
+    let found = audited
+        .iter()
+        .flat_map(|a| &a.findings)
+        .any(|f| f.exemption.is_none());
+    Ok(if failed {
+        INCOMPLETE
+    } else if found {
+        FOUND
+    } else {
+        CLEAN
+    })
+}
+
+fn key(f: &Finding) -> &str {
+    f.access_key_id.as_deref().unwrap_or("")
+}
+
+fn days(f: &Finding) -> String {
+    f.days.map(|d| d.to_string()).unwrap_or_default()
+}
+
+fn error_text(s: &AccountState) -> String {
+    s.last_error.as_ref().map_or_else(
+        || "not read".to_string(),
+        |e| format!("{} ({}): {}", e.code, e.stage.as_str(), e.message),
+    )
+}
+
+fn table(
+    out: &mut dyn Write,
+    audited: &[Audited],
+    t: &Thresholds,
+    discovery_error: Option<&str>,
+) -> io::Result<()> {
+    let d = |x: std::time::Duration| x.as_secs() / 86400;
+    writeln!(
+        out,
+        "Findings: keys older than {} days, keys unused for {} days, passwords unused for {} days, users with two active keys, root keys, missing MFA.",
+        d(t.key_age),
+        d(t.key_idle),
+        d(t.password_idle)
+    )?;
+    if let Some(e) = discovery_error {
+        writeln!(out, "\nDiscovery FAILED: {e}")?;
+    }
+    let row = |out: &mut dyn Write, f: &Finding| {
+        let line = format!(
+            "  {:<20} {:<24} {:<22} {:>5}",
+            f.kind.name(),
+            f.user,
+            key(f),
+            days(f)
+        );
+        writeln!(out, "{}", line.trim_end())
+    };
+    for a in audited {
+        let account = &a.state.account;
+        write!(out, "\nAccount {} ({}): ", account.id, account.name)?;
+        if !a.state.up {
+            writeln!(out, "FAILED: {}", error_text(a.state))?;
+            continue;
+        }
+        let (open, exempt): (Vec<&Finding>, Vec<&Finding>) =
+            a.findings.iter().partition(|f| f.exemption.is_none());
+        match open.len() {
+            0 => writeln!(out, "no findings")?,
+            1 => writeln!(out, "1 finding")?,
+            n => writeln!(out, "{n} findings")?,
+        }
+        if !open.is_empty() {
+            writeln!(
+                out,
+                "  {:<20} {:<24} {:<22} {:>5}",
+                "FINDING", "USER", "ACCESS KEY", "DAYS"
+            )?;
+            for f in open {
+                row(out, f)?;
+            }
+        }
+        if !exempt.is_empty() {
+            writeln!(out, "  exempt:")?;
+            for f in exempt {
+                let e = f.exemption.as_ref().expect("partitioned on it");
+                writeln!(
+                    out,
+                    "  {:<20} {:<24} {:<22} {:>5}  until {} ({}: {})",
+                    f.kind.name(),
+                    f.user,
+                    key(f),
+                    days(f),
+                    e.until_date(),
+                    e.origin.label(),
+                    e.reason
+                )?;
+            }
+        }
+    }
+    let failed = audited.iter().filter(|a| !a.state.up).count();
+    let all: Vec<&Finding> = audited.iter().flat_map(|a| &a.findings).collect();
+    let exempt = all.iter().filter(|f| f.exemption.is_some()).count();
+    writeln!(
+        out,
+        "\n{} accounts, {failed} not read; {} findings, {exempt} more exempt.",
+        audited.len(),
+        all.len() - exempt
+    )
+}
+
+fn finding_json(a: &Audited, f: &Finding) -> serde_json::Value {
+    let mut v = json!({
+        "account_id": a.state.account.id,
+        "account_name": a.state.account.name,
+        "kind": f.kind.name(),
+        "user": f.user,
+        "access_key_id": f.access_key_id,
+        "days": f.days,
+    });
+    if let Some(e) = &f.exemption {
+        v["exempt_until"] = json!(e.until_date());
+        v["exempt_reason"] = json!(e.reason);
+        v["exempt_by"] = json!(e.origin.label());
+    }
+    v
+}
+
+fn json(
+    out: &mut dyn Write,
+    audited: &[Audited],
+    t: &Thresholds,
+    discovery_error: Option<&str>,
+) -> io::Result<()> {
+    let d = |x: std::time::Duration| x.as_secs() / 86400;
+    let accounts: Vec<_> = audited
+        .iter()
+        .map(|a| {
+            json!({
+                "account_id": a.state.account.id,
+                "account_name": a.state.account.name,
+                "read": a.state.up,
+                "error": (!a.state.up).then(|| error_text(a.state)),
+            })
+        })
+        .collect();
+    let pick = |exempt: bool| -> Vec<serde_json::Value> {
+        audited
+            .iter()
+            .flat_map(|a| a.findings.iter().map(move |f| (a, f)))
+            .filter(|(_, f)| f.exemption.is_some() == exempt)
+            .map(|(a, f)| finding_json(a, f))
+            .collect()
+    };
+    let doc = json!({
+        "thresholds": {
+            "key_max_age_days": d(t.key_age),
+            "key_max_idle_days": d(t.key_idle),
+            "password_max_idle_days": d(t.password_idle),
+        },
+        "discovery_error": discovery_error,
+        "accounts": accounts,
+        "findings": pick(false),
+        "exempt": pick(true),
+    });
+    serde_json::to_writer_pretty(&mut *out, &doc)?;
+    writeln!(out)
+}
+
+fn csv(out: &mut dyn Write, audited: &[Audited]) -> io::Result<()> {
+    let mut w = ::csv::Writer::from_writer(out);
+    w.write_record([
+        "account_id",
+        "account_name",
+        "kind",
+        "user",
+        "access_key_id",
+        "days",
+        "exempt_until",
+        "exempt_reason",
+        "error",
+    ])?;
+    for a in audited {
+        let account = &a.state.account;
+        if !a.state.up {
+            let error = error_text(a.state);
+            w.write_record([
+                &account.id,
+                &account.name,
+                "not_read",
+                "",
+                "",
+                "",
+                "",
+                "",
+                &error,
+            ])?;
+            continue;
+        }
+        for f in &a.findings {
+            let (until, reason) = f
+                .exemption
+                .as_ref()
+                .map_or((String::new(), String::new()), |e| {
+                    (e.until_date(), e.reason.clone())
+                });
+            w.write_record([
+                &account.id,
+                &account.name,
+                f.kind.name(),
+                &f.user,
+                key(f),
+                &days(f),
+                &until,
+                &reason,
+                "",
+            ])?;
+        }
+    }
+    w.flush()
+}
