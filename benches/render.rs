@@ -13,6 +13,7 @@ use iam_key_exporter::accounts::{Account, Origin, Shard};
 use iam_key_exporter::collector::{self, Scope};
 use iam_key_exporter::health::{BuildInfo, Health};
 use iam_key_exporter::inventory::{AccessKey, AccountState, KeyStatus, LastUse, Snapshot, User};
+use iam_key_exporter::keys;
 
 const BUILD: BuildInfo = BuildInfo {
     version: "bench",
@@ -32,6 +33,8 @@ fn inventory(keys: usize) -> Vec<Arc<AccountState>> {
                 role: None,
                 labels: Default::default(),
                 origin: Origin::Static,
+                user_tags: Vec::new(),
+                reads_user_tags: false,
             });
             let per_account = keys / accounts;
             let mut snapshot = Snapshot::default();
@@ -42,7 +45,9 @@ fn inventory(keys: usize) -> Vec<Arc<AccountState>> {
                         name: user.clone(),
                         created: NOW - 9e7,
                         password_last_used: None,
-                        mfa_active: None,
+                        path: None,
+                        tags: Default::default(),
+                        console: None,
                     });
                 }
                 snapshot.keys.push(AccessKey {
@@ -154,14 +159,16 @@ fn main() {
         let runs = if keys >= 100_000 { 10 } else { 50 };
         // Size of the output, measured outside the timed runs.
         let (mut bytes, mut lines) = (0, 0);
-        for chunk in collector::render(&accounts, &health, Scope::Server, NOW) {
+        for chunk in collector::render(&accounts, Default::default(), &health, Scope::Server, NOW) {
             bytes += chunk.len();
             lines += chunk.iter().filter(|c| **c == b'\n').count();
         }
         let mut times = Vec::new();
         for _ in 0..runs {
             let start = Instant::now();
-            for chunk in collector::render(&accounts, &health, Scope::Server, NOW) {
+            for chunk in
+                collector::render(&accounts, Default::default(), &health, Scope::Server, NOW)
+            {
                 std::hint::black_box(&chunk);
             }
             times.push(start.elapsed().as_secs_f64() * 1000.0);
@@ -178,8 +185,34 @@ fn main() {
         );
     }
 
-    // The same 100k keys through the crate, after the writer's runs so its peak shows alone.
+    // The key view's first page (500 of 100k keys, sorted oldest first), HTML and JSON.
     let accounts = inventory(100_000);
+    let exemptions = Default::default();
+    for json in [false, true] {
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..10 {
+            let start = Instant::now();
+            let q = keys::Query::parse(None);
+            let (total, rows) = keys::page(&accounts, &exemptions, &q, NOW);
+            let page = if json {
+                keys::json(total, &rows, &q, NOW)
+            } else {
+                keys::html(total, &rows, &q, &accounts, NOW)
+            };
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+            bytes = page.len();
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "/keys{} first page of 100000 keys: median {:6.1} ms, {:.0} KiB",
+            if json { ".json" } else { "" },
+            times[times.len() / 2],
+            bytes as f64 / 1024.0
+        );
+    }
+
+    // The same 100k keys through the crate, after the writer's runs so its peak shows alone.
     let peak_before = peak_mib();
     let mut times = Vec::new();
     let mut bytes = 0;

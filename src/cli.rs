@@ -167,7 +167,14 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// The paths the exporter serves itself; metrics cannot live there.
-pub const RESERVED_PATHS: &[&str] = &["/", "/-/healthy", "/-/ready", "/-/reload"];
+pub const RESERVED_PATHS: &[&str] = &[
+    "/",
+    "/keys",
+    "/keys.json",
+    "/-/healthy",
+    "/-/ready",
+    "/-/reload",
+];
 
 fn parse_telemetry_path(s: &str) -> Result<String, String> {
     if !s.starts_with('/') {

@@ -24,6 +24,7 @@ use crate::exposition::CONTENT_TYPE;
 use crate::health::{BuildInfo, Health, IdentityStatus};
 use crate::inventory::unix_now;
 use crate::inventory::Inventory;
+use crate::keys::{self, html_escape as html};
 use crate::web_config::{Auth, WebConfig};
 
 /// A client that opens a connection and never completes the TLS handshake, or never sends
@@ -240,6 +241,8 @@ where
 enum Route {
     Metrics,
     Landing,
+    Keys,
+    KeysJson,
     Healthy,
     Ready,
     Reload,
@@ -250,6 +253,8 @@ impl Route {
         match path {
             p if p == web.telemetry_path => Some(Route::Metrics),
             "/" => Some(Route::Landing),
+            "/keys" => Some(Route::Keys),
+            "/keys.json" => Some(Route::KeysJson),
             "/-/healthy" => Some(Route::Healthy),
             "/-/ready" => Some(Route::Ready),
             "/-/reload" => Some(Route::Reload),
@@ -308,6 +313,7 @@ async fn handle(web: &Web, req: Request<Incoming>) -> Response<Body> {
     match route {
         Route::Metrics => metrics(web, &req),
         Route::Landing => landing_page(web),
+        Route::Keys | Route::KeysJson => key_view(web, &req, route == Route::KeysJson),
         Route::Healthy => text(StatusCode::OK, "Healthy.\n"),
         Route::Ready if web.is_ready() => text(StatusCode::OK, "Ready.\n"),
         Route::Ready => text(
@@ -399,6 +405,26 @@ impl<I: Iterator<Item = Vec<u8>>> Iterator for Gzip<I> {
     }
 }
 
+/// `/keys` and `/keys.json`: a page of the inventory's keys.
+fn key_view(web: &Web, req: &Request<Incoming>, as_json: bool) -> Response<Body> {
+    let accounts = web.inventory.accounts();
+    let query = keys::Query::parse(req.uri().query());
+    let now = unix_now();
+    let (total, rows) = keys::page(&accounts, &web.inventory.exemptions(), &query, now);
+    let (body, content_type) = if as_json {
+        (keys::json(total, &rows, &query, now), "application/json")
+    } else {
+        (
+            keys::html(total, &rows, &query, &accounts, now),
+            "text/html; charset=utf-8",
+        )
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
 async fn reload(web: &Web) -> Response<Body> {
     let (tx, rx) = oneshot::channel();
     if web.reload.send(tx).await.is_err() {
@@ -486,7 +512,7 @@ fn landing_page(web: &Web) -> Response<Body> {
 .up{{color:#080}}.down{{color:#b00}}.pending{{color:#888}}</style></head>
 <body><h1>IAM Key Exporter</h1>
 <p>Version {version} (revision {revision}). <a href="{path}">Metrics</a> ·
-<a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
+<a href="/keys">Access keys</a> · <a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
 {identity}{sharding}{discovery}<table><tr><th>Account</th><th>Name</th><th>State</th><th>Keys</th><th>Last success</th><th>Last error</th></tr>
 {rows}</table></body></html>
 "#,
@@ -510,13 +536,6 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
-}
-
-fn html(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

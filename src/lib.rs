@@ -17,6 +17,7 @@ pub mod findings;
 pub mod health;
 pub mod http;
 pub mod inventory;
+pub mod keys;
 pub mod logging;
 pub mod process;
 pub mod refresher;

@@ -812,3 +812,97 @@ fn a_changed_config_file_is_picked_up_without_a_signal() {
     let failures = exporter.log().matches("reload failed").count();
     assert_eq!(failures, 1, "{}", exporter.log());
 }
+
+#[test]
+fn the_key_view_lists_the_keys_of_the_metrics_oldest_first() {
+    let moto = Moto::start();
+    let (_, d300) = days_ago(300.0);
+    let (_, d100) = days_ago(100.0);
+    let (_, d10) = days_ago(10.0);
+    moto.seed(
+        A,
+        json!([
+            {"name": "ci", "tags": {"owner": "platform@example.com"},
+             "keys": [{"create_date": d300}, {"create_date": d10, "status": "Inactive"}]},
+            {"name": "break-glass", "tags": {"iam-key-exporter:exempt-until": "2099-01-31 emergency only"},
+             "keys": [{"create_date": d100}]},
+        ]),
+    );
+    moto.seed(B, users("b", 3, 1));
+    let exporter = Exporter::start(
+        &moto,
+        &format!(
+            "user_tags_as_labels: [owner]\naccounts:\n  - {{id: \"{A}\", name: alpha}}\n  - {{id: \"{B}\", name: beta}}\n"
+        ),
+    );
+    exporter.wait_ready(Duration::from_secs(30));
+    let m = exporter.scrape();
+    let in_metrics: std::collections::BTreeSet<(String, String)> = m
+        .find(KEY_CREATED, &[])
+        .iter()
+        .map(|s| {
+            (
+                s.labels["account_id"].clone(),
+                s.labels["access_key_id"].clone(),
+            )
+        })
+        .collect();
+
+    let view = |query: &str| -> serde_json::Value {
+        let (status, body) = exporter.get(&format!("/keys.json{query}"));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let all = view("?limit=5000");
+    assert_eq!(all["total"], 6);
+    let keys = all["keys"].as_array().unwrap();
+    let in_view: std::collections::BTreeSet<(String, String)> = keys
+        .iter()
+        .map(|k| {
+            (
+                k["account_id"].as_str().unwrap().into(),
+                k["access_key_id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(in_view, in_metrics, "/keys and /metrics list the same keys");
+    let ages: Vec<u64> = keys
+        .iter()
+        .map(|k| k["age_days"].as_u64().unwrap())
+        .collect();
+    assert!(
+        ages.windows(2).all(|w| w[0] >= w[1]),
+        "oldest first: {ages:?}"
+    );
+    assert_eq!(keys[0]["user"], "ci");
+    assert_eq!(keys[0]["owner"]["owner"], "platform@example.com");
+    assert_eq!(keys[1]["user"], "break-glass");
+    assert_eq!(keys[1]["exempt_until"], "2099-01-31");
+    assert_eq!(keys[1]["exempt_reason"], "emergency only");
+
+    assert_eq!(view(&format!("?account={B}"))["total"], 3);
+    assert_eq!(view("?account=beta")["total"], 3, "by name too");
+    let inactive = view("?status=Inactive");
+    assert_eq!(inactive["total"], 1);
+    assert_eq!(inactive["keys"][0]["status"], "Inactive");
+    let second_page = view("?limit=2&offset=2");
+    assert_eq!(second_page["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(second_page["keys"][0], keys[2]);
+
+    let (status, page) = exporter.get("/keys?limit=2");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Showing 1 to 2 of 6 keys, oldest first."),
+        "{page}"
+    );
+    assert!(
+        page.contains("href=\"/keys?offset=2&amp;limit=2\">Next</a>"),
+        "{page}"
+    );
+    assert!(page.contains("owner: platform@example.com"), "{page}");
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no external assets"
+    );
+    assert!(exporter.get("/").1.contains("href=\"/keys\""));
+}
