@@ -68,7 +68,7 @@ fn read_file(
         let Some(text) = hash.string(p) else { continue };
         match text.parse::<bcrypt::HashParts>() {
             Ok(h) if (4..=31).contains(&h.get_cost()) => {
-                users.insert(user.as_str().to_string(), text);
+                users.insert(user.text.clone(), text);
             }
             _ => p.add(
                 hash.pos(),

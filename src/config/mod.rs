@@ -6,6 +6,7 @@
 //! (static entries, discovery, sharding) is the `accounts` module's job.
 
 mod read;
+mod tree;
 pub(crate) mod values;
 mod yaml;
 

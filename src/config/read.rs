@@ -7,10 +7,9 @@ use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
 
-use marked_yaml::{LoadError, LoaderOptions};
-
+use super::tree;
 use super::values;
-use super::yaml::{human, pos, Map, Problems, Value};
+use super::yaml::{human, Map, Problems, Value};
 use super::*;
 
 const fn secs(s: u64) -> Duration {
@@ -52,16 +51,10 @@ pub(crate) fn document<T>(
     path: &Path,
     read: impl FnOnce(Value, &mut Problems) -> Option<T>,
 ) -> Result<T, ConfigError> {
-    let options = LoaderOptions::default()
-        .error_on_duplicate_keys(true)
-        .prevent_coercion(true);
-    let root = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| {
-        let (at, message) = syntax_error(&e);
-        ConfigError::Syntax {
-            path: path.to_path_buf(),
-            at,
-            message,
-        }
+    let root = tree::parse(text).map_err(|(at, message)| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        at,
+        message,
     })?;
     let mut problems = Problems::default();
     let value = read(Value::root(&root), &mut problems);
@@ -75,34 +68,6 @@ pub(crate) fn document<T>(
                 problems,
             })
         }
-    }
-}
-
-fn syntax_error(e: &LoadError) -> (Pos, String) {
-    let at = |m: &marked_yaml::Marker| Pos {
-        line: m.line(),
-        column: m.column(),
-    };
-    match e {
-        LoadError::TopLevelMustBeMapping(m) => {
-            (at(m), "the file must be a mapping of settings".into())
-        }
-        LoadError::TopLevelMustBeSequence(m) => (at(m), "expected a list".into()),
-        LoadError::UnexpectedAnchor(m) => (
-            at(m),
-            "anchors and aliases (&name, *name) are not supported; write the value out".into(),
-        ),
-        LoadError::MappingKeyMustBeScalar(m) => (at(m), "a key must be a plain name".into()),
-        LoadError::UnexpectedTag(m) => (at(m), "YAML tags (!name) are not supported".into()),
-        LoadError::ScanError(m, e) => (at(m), e.info().to_string()),
-        LoadError::DuplicateKey(d) => (
-            pos(d.key.span()),
-            format!(
-                "key {:?} appears twice in the same mapping (first at line {})",
-                d.key.as_str(),
-                pos(d.prev_key.span()).line
-            ),
-        ),
     }
 }
 
@@ -497,8 +462,8 @@ fn account(m: &mut Map, p: &mut Problems) -> Option<(AccountEntry, EntryPos)> {
             None
         }
         Some(v) => match v.scalar("a quoted 12-digit account id", p) {
-            Some(s) if s.may_coerce() && s.as_str().bytes().all(|b| b.is_ascii_digit()) => {
-                p.add(v.pos(), &v.path(), values::unquoted_account_id(s.as_str()));
+            Some(s) if s.plain && s.text.bytes().all(|b| b.is_ascii_digit()) => {
+                p.add(v.pos(), &v.path(), values::unquoted_account_id(&s.text));
                 None
             }
             Some(_) => v.parse(p, values::account_id),
@@ -529,12 +494,12 @@ fn account(m: &mut Map, p: &mut Problems) -> Option<(AccountEntry, EntryPos)> {
     let mut label_pos = Vec::new();
     for (key, value) in labels {
         let Ok(name) =
-            values::label_name(key.as_str()).map_err(|e| p.add(pos(key.span()), &value.path(), e))
+            values::label_name(&key.text).map_err(|e| p.add(key.at, &value.path(), e))
         else {
             continue;
         };
         if let Some(v) = value.string(p) {
-            label_pos.push((name.clone(), pos(key.span())));
+            label_pos.push((name.clone(), key.at));
             label_map.insert(name, v);
         }
     }

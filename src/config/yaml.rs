@@ -1,16 +1,14 @@
 //! Reading a YAML document node by node, with every problem recorded at its line and column
 //! instead of stopping at the first: a user fixing a file sees all its mistakes at once.
 //!
-//! The tree comes from `marked_yaml`, which keeps each node's position. A `Map` remembers
-//! which keys were read, so whatever is left over is an unknown field.
+//! The tree (see `tree`) keeps each node's position. A `Map` remembers which keys were read,
+//! so whatever is left over is an unknown field.
 
 use std::ops::RangeInclusive;
 use std::rc::Rc;
 use std::time::Duration;
 
-use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
-use marked_yaml::{Node, Span};
-
+use super::tree::{Mapping, Node, Scalar};
 use super::{Pos, Problem};
 
 /// The problems found so far in one file.
@@ -25,13 +23,6 @@ impl Problems {
             message: message.into(),
         });
     }
-}
-
-pub fn pos(span: &Span) -> Pos {
-    span.start().map_or(Pos { line: 0, column: 0 }, |m| Pos {
-        line: m.line(),
-        column: m.column(),
-    })
 }
 
 /// A value at a path such as `accounts[2].role_arn`. The path text is only made when a
@@ -73,14 +64,13 @@ impl<'a> Value<'a> {
     }
 
     pub fn pos(&self) -> Pos {
-        pos(self.node.span())
+        self.node.at()
     }
 
     /// `key:` with nothing after it, or `~` / `null`.
     pub fn is_null(&self) -> bool {
-        self.node
-            .as_scalar()
-            .is_some_and(|s| s.may_coerce() && matches!(s.as_str(), "" | "~" | "null" | "Null"))
+        matches!(self.node, Node::Scalar(s)
+            if s.plain && matches!(s.text.as_str(), "" | "~" | "null" | "Null" | "NULL"))
     }
 
     fn kind(&self) -> &'static str {
@@ -100,9 +90,9 @@ impl<'a> Value<'a> {
         );
     }
 
-    pub fn scalar(&self, what: &str, p: &mut Problems) -> Option<&'a MarkedScalarNode> {
-        match self.node.as_scalar() {
-            Some(s) if !self.is_null() => Some(s),
+    pub fn scalar(&self, what: &str, p: &mut Problems) -> Option<&'a Scalar> {
+        match self.node {
+            Node::Scalar(s) if !self.is_null() => Some(s),
             _ => {
                 self.expected(what, p);
                 None
@@ -117,7 +107,7 @@ impl<'a> Value<'a> {
         check: impl FnOnce(&str) -> Result<T, String>,
     ) -> Option<T> {
         let s = self.scalar("a string", p)?;
-        match check(s.as_str()) {
+        match check(&s.text) {
             Ok(v) => Some(v),
             Err(message) => {
                 p.add(self.pos(), &self.path(), message);
@@ -132,12 +122,17 @@ impl<'a> Value<'a> {
 
     pub fn bool(&self, p: &mut Problems) -> Option<bool> {
         let s = self.scalar("true or false", p)?;
-        let b = s.as_bool().filter(|_| s.may_coerce());
+        // YAML 1.2's core schema spellings, unquoted: `"true"` is a string.
+        let b = match s.text.as_str() {
+            "true" | "True" | "TRUE" if s.plain => Some(true),
+            "false" | "False" | "FALSE" if s.plain => Some(false),
+            _ => None,
+        };
         if b.is_none() {
             p.add(
                 self.pos(),
                 &self.path(),
-                format!("expected true or false, found {:?}", s.as_str()),
+                format!("expected true or false, found {:?}", s.text),
             );
         }
         b
@@ -146,7 +141,7 @@ impl<'a> Value<'a> {
     /// A whole number within `range`.
     pub fn number(&self, range: RangeInclusive<u32>, p: &mut Problems) -> Option<u32> {
         let s = self.scalar("a number", p)?;
-        let n = s.as_str().parse::<u32>().ok().filter(|_| s.may_coerce());
+        let n = s.text.parse::<u32>().ok().filter(|_| s.plain);
         match n {
             Some(n) if range.contains(&n) => Some(n),
             _ => {
@@ -155,7 +150,7 @@ impl<'a> Value<'a> {
                     &self.path(),
                     format!(
                         "{:?} is not a whole number from {} to {}",
-                        s.as_str(),
+                        s.text,
                         range.start(),
                         range.end()
                     ),
@@ -188,13 +183,14 @@ impl<'a> Value<'a> {
         if self.is_null() {
             return Some(Vec::new());
         }
-        let Some(seq) = self.node.as_sequence() else {
+        let Node::Sequence(seq) = self.node else {
             self.expected("a list", p);
             return None;
         };
         let parent: Rc<str> = Rc::from(self.path());
         Some(
-            seq.iter()
+            seq.items
+                .iter()
                 .enumerate()
                 .map(|(i, node)| Value {
                     node,
@@ -209,7 +205,7 @@ impl<'a> Value<'a> {
     pub fn map(&self, p: &mut Problems) -> Option<Map<'a>> {
         let node = if self.is_null() {
             empty_mapping()
-        } else if let Some(m) = self.node.as_mapping() {
+        } else if let Node::Mapping(m) = self.node {
             m
         } else {
             self.expected("a mapping", p);
@@ -224,16 +220,17 @@ impl<'a> Value<'a> {
 
     /// The entries of a mapping such as `labels`, in file order: each key (for its text and
     /// position) with its value.
-    pub fn entries(&self, p: &mut Problems) -> Option<Vec<(&'a MarkedScalarNode, Value<'a>)>> {
+    pub fn entries(&self, p: &mut Problems) -> Option<Vec<(&'a Scalar, Value<'a>)>> {
         let map = self.map(p)?;
         Some(
             map.node
+                .entries
                 .iter()
                 .map(|(k, v)| {
                     let value = Value {
                         node: v,
                         parent: map.path.clone(),
-                        step: Step::Key(k.as_str()),
+                        step: Step::Key(&k.text),
                     };
                     (k, value)
                 })
@@ -244,14 +241,17 @@ impl<'a> Value<'a> {
 
 /// A mapping read key by key; `finish` reports the keys nobody asked for.
 pub struct Map<'a> {
-    node: &'a MarkedMappingNode,
+    node: &'a Mapping,
     path: Rc<str>,
     asked: Vec<&'static str>,
 }
 
-fn empty_mapping() -> &'static MarkedMappingNode {
-    static EMPTY: std::sync::OnceLock<MarkedMappingNode> = std::sync::OnceLock::new();
-    EMPTY.get_or_init(|| MarkedMappingNode::new_empty(Span::new_blank()))
+fn empty_mapping() -> &'static Mapping {
+    static EMPTY: Mapping = Mapping {
+        at: Pos { line: 0, column: 0 },
+        entries: Vec::new(),
+    };
+    &EMPTY
 }
 
 impl Map<'_> {
@@ -269,7 +269,7 @@ impl<'a> Map<'a> {
     /// The value of `key`, if present (null counts as absent).
     pub fn get(&mut self, key: &'static str) -> Option<Value<'a>> {
         self.asked.push(key);
-        let node = self.node.get_node(key)?;
+        let node = self.node.get(key)?;
         let value = Value {
             node,
             parent: self.path.clone(),
@@ -289,7 +289,7 @@ impl<'a> Map<'a> {
 
     /// Where the mapping starts, for problems about the mapping as a whole.
     pub fn pos(&self) -> Pos {
-        pos(self.node.span())
+        self.node.at
     }
 
     pub fn path(&self) -> &str {
@@ -298,23 +298,23 @@ impl<'a> Map<'a> {
 
     /// Reports every key that was never asked for, with the nearest known name.
     pub fn finish(self, p: &mut Problems) {
-        for key in self.node.keys() {
+        for (key, _) in &self.node.entries {
             // A handful of known names: a scan beats hashing.
-            if self.asked.contains(&key.as_str()) {
+            if self.asked.contains(&key.text.as_str()) {
                 continue;
             }
             let mut known = self.asked.clone();
             known.sort_unstable();
             known.dedup();
-            let hint = nearest(key.as_str(), &known)
+            let hint = nearest(&key.text, &known)
                 .map(|k| format!("; did you mean `{k}`?"))
                 .unwrap_or_default();
             p.add(
-                pos(key.span()),
-                &join(&self.path, Step::Key(key.as_str())),
+                key.at,
+                &join(&self.path, Step::Key(&key.text)),
                 format!(
                     "unknown field `{}`{hint} (expected one of {})",
-                    key.as_str(),
+                    key.text,
                     known
                         .iter()
                         .map(|k| format!("`{k}`"))
