@@ -493,8 +493,7 @@ fn account(m: &mut Map, p: &mut Problems) -> Option<(AccountEntry, EntryPos)> {
     let mut label_map = BTreeMap::new();
     let mut label_pos = Vec::new();
     for (key, value) in labels {
-        let Ok(name) =
-            values::label_name(&key.text).map_err(|e| p.add(key.at, &value.path(), e))
+        let Ok(name) = values::label_name(&key.text).map_err(|e| p.add(key.at, &value.path(), e))
         else {
             continue;
         };

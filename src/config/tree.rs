@@ -153,7 +153,10 @@ impl Builder {
                 (Some(k), value) => {
                     if map.entries.len() >= 32 {
                         let ix = index.get_or_insert_with(|| {
-                            map.entries.iter().map(|(e, _)| (e.text.clone(), e.at)).collect()
+                            map.entries
+                                .iter()
+                                .map(|(e, _)| (e.text.clone(), e.at))
+                                .collect()
                         });
                         ix.insert(k.text.clone(), k.at);
                     }
@@ -230,9 +233,13 @@ mod tests {
         let Node::Mapping(m) = parse("a: 1\nb: \"x\"\nc: [p, {q: r}]\n").unwrap() else {
             panic!()
         };
-        let Some(Node::Scalar(a)) = m.get("a") else { panic!() };
+        let Some(Node::Scalar(a)) = m.get("a") else {
+            panic!()
+        };
         assert!(a.plain && a.text == "1" && a.at == Pos { line: 1, column: 4 });
-        let Some(Node::Scalar(b)) = m.get("b") else { panic!() };
+        let Some(Node::Scalar(b)) = m.get("b") else {
+            panic!()
+        };
         assert!(!b.plain);
         assert!(matches!(m.get("c"), Some(Node::Sequence(s)) if s.items.len() == 2));
         assert!(parse("a: &x 1\nb: *x\n").unwrap_err().1.contains("anchors"));
@@ -243,6 +250,9 @@ mod tests {
         assert!(matches!(parse("").unwrap(), Node::Mapping(m) if m.entries.is_empty()));
         assert!(parse("a: [\n").is_err());
         let many: String = (0..100).map(|i| format!("k{i}: v\n")).collect();
-        assert!(parse(&format!("{many}k7: again\n")).unwrap_err().1.contains("twice"));
+        assert!(parse(&format!("{many}k7: again\n"))
+            .unwrap_err()
+            .1
+            .contains("twice"));
     }
 }
