@@ -7,6 +7,13 @@
 //! severity, summary, description and runbook; a deleted key's alert resolves; Prometheus
 //! scrapes the exporter and shows the alerts; every dashboard panel has data.
 //!
+//! Owners and exemptions: with `user_tags_as_labels: [owner, team]`, a tagged user's alerts
+//! carry `tag_owner` and `tag_team`, and a second Alertmanager running the shipped example
+//! routing (deploy/alertmanager/alertmanager.example.yml, only its receivers' URLs and its
+//! timers rewritten) delivers them to that team's receiver (or the owner's), and an untagged
+//! user's to the default one. Keys exempt by a user tag or a configured rule (user or key)
+//! never alert; a key whose exemption has ended does.
+//!
 //! Needs `prometheus`, `prometheus-alertmanager` and the moto virtualenv
 //! (scripts/setup-test-env.sh, or `make test`).
 
@@ -34,6 +41,15 @@ const UNUSED: &str = "IAMAccessKeyUnused";
 const MULTIPLE: &str = "IAMUserMultipleActiveKeys";
 const ACCOUNT_DOWN: &str = "IAMKeyExporterAccountDown";
 const ROOT_KEY: &str = "IAMRootAccessKeyPresent";
+const PASSWORD_UNUSED: &str = "IAMUserPasswordUnused";
+const NO_MFA: &str = "IAMUserWithoutMFA";
+const ROOT_NO_MFA: &str = "IAMRootWithoutMFA";
+
+/// The tag that exempts a user's keys until a date (the exporter's default).
+const EXEMPT_TAG: &str = "iam-key-exporter:exempt-until";
+/// Keys with fixed ids: one exempt by a configured rule naming the key, one not.
+const RULE_EXEMPT_KEY: &str = "AKIAE2EEXEMPT0000001";
+const NOT_EXEMPT_KEY: &str = "AKIAE2ENOTEXEMPT0002";
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -63,10 +79,44 @@ fn shipped_rules_page_the_right_keys_and_every_dashboard_panel_has_data() {
             // 5 days old, used yesterday: nothing.
             {"name": "new-service", "keys": [
                 {"status": "Active", "create_date": d5, "last_used": used(&d1, "sqs")}]},
+            // Owners (routing): too old, to the payments team's receiver.
+            {"name": "payments-api", "tags": {"team": "payments", "owner": "alice@example.com"},
+             "keys": [{"status": "Active", "create_date": d120, "last_used": used(&d2, "s3")}]},
+            // Too old, exempt until a date long past: alerts, to the platform team.
+            {"name": "platform-ftp",
+             "tags": {"team": "platform", "owner": "carol@example.com",
+                      EXEMPT_TAG: "2020-01-31 migration window"},
+             "keys": [{"status": "Active", "create_date": d100, "last_used": used(&d1, "s3")}]},
+            // Too old; the platform route's child route gives this owner a receiver.
+            {"name": "platform-batch", "tags": {"team": "platform", "owner": "bob@example.com"},
+             "keys": [{"status": "Active", "create_date": d100, "last_used": used(&d1, "sqs")}]},
+            // Too old and never used, but exempt by its tag until 2099: nothing at all.
+            {"name": "break-glass",
+             "tags": {"team": "payments", "owner": "alice@example.com",
+                      EXEMPT_TAG: "2099-12-31 emergency access, reviewed quarterly"},
+             "keys": [{"status": "Active", "create_date": d400}]},
+            // Too old, exempt by a configured rule for the user: nothing.
+            {"name": "vendor-sync",
+             "keys": [{"status": "Active", "create_date": d120, "last_used": used(&d1, "s3")}]},
+            // Two too-old keys, one exempt by a configured rule naming it: only the other
+            // alerts, and the exempt key does not count as a second active key.
+            {"name": "two-keys", "keys": [
+                {"status": "Active", "create_date": d100, "last_used": used(&d1, "s3"),
+                 "access_key_id": RULE_EXEMPT_KEY},
+                {"status": "Active", "create_date": d100, "last_used": used(&d1, "s3"),
+                 "access_key_id": NOT_EXEMPT_KEY}]},
         ]),
     );
     let (old_key, unused_key, inactive_key, fresh_key) =
         (&prod[0][0], &prod[1][0], &prod[2][0], &prod[3][0]);
+    let (payments_key, expired_key, bob_key, break_glass_key, vendor_key) = (
+        &prod[4][0],
+        &prod[5][0],
+        &prod[6][0],
+        &prod[7][0],
+        &prod[8][0],
+    );
+    assert_eq!(prod[9], [RULE_EXEMPT_KEY, NOT_EXEMPT_KEY]);
     // Without these the ">365d" band, the last-used column of unused keys, "Users with > 1
     // active key", "Accounts down" and the error panels would be legitimately empty.
     let staging = moto.seed(
@@ -78,13 +128,23 @@ fn shipped_rules_page_the_right_keys_and_every_dashboard_panel_has_data() {
         ]),
     );
     let (staging_old_key, staging_new_key) = (&staging[0][0], &staging[0][1]);
+    // A few throttled IAM requests: the pacing panels have data.
     moto.faults(json!([
-        {"kind": "access_denied", "operation": "AssumeRole", "account": SANDBOX}
+        {"kind": "access_denied", "operation": "AssumeRole", "account": SANDBOX},
+        {"kind": "throttle", "operation": "ListAccessKeys", "account": STAGING, "count": 3}
     ]));
+    let (_, d60_pw) = days_ago(60.0);
     moto.seed(
         ROOTED,
-        json!([{"name": "billing-export", "keys": [
-            {"status": "Active", "create_date": d5, "last_used": used(&d1, "s3")}]}]),
+        json!([
+            {"name": "billing-export", "keys": [
+                {"status": "Active", "create_date": d5, "last_used": used(&d1, "s3")}]},
+            // A console password last used 60 days ago (set 400 days ago, at creation), and
+            // no MFA device: IAMUserPasswordUnused and IAMUserWithoutMFA, to payments.
+            {"name": "console-admin", "create_date": d400, "password": true,
+             "password_last_used": d60_pw, "tags": {"team": "payments", "owner": "dana@example.com"},
+             "keys": []},
+        ]),
     );
     moto.post(
         "/_launcher/root",
@@ -97,6 +157,11 @@ fn shipped_rules_page_the_right_keys_and_every_dashboard_panel_has_data() {
         &format!(
             r#"
 refresh_interval: 1s
+user_tags_as_labels: [owner, team]
+exemptions:
+  rules:
+    - {{account: "{PRODUCTION}", user: vendor-sync, reason: "vendor cannot rotate", until: 2099-12-31}}
+    - {{account: "{PRODUCTION}", user: two-keys, access_key_id: {RULE_EXEMPT_KEY}, reason: "legacy client", until: 2099-12-31}}
 accounts:
   - {{id: "{PRODUCTION}", name: production, labels: {{team: platform}}}}
   - {{id: "{STAGING}", name: staging, labels: {{team: data}}}}
@@ -110,9 +175,24 @@ accounts:
     let shipped = ShippedRules::load();
     let webhook = Webhook::start();
     let alertmanager = Alertmanager::start(&webhook.url);
-    let prometheus = Prometheus::start(
-        exporter.address(),
-        alertmanager.url.trim_start_matches("http://"),
+    // The shipped example routing, each receiver a webhook of its own.
+    let routing = ShippedRouting::load();
+    let receivers: BTreeMap<String, Webhook> = routing
+        .receivers()
+        .into_iter()
+        .map(|r| (r, Webhook::start()))
+        .collect();
+    let urls = receivers
+        .iter()
+        .map(|(r, w)| (r.clone(), w.url.clone()))
+        .collect();
+    let routed = Alertmanager::start_with(&routing.for_test(&urls));
+    let prometheus = Prometheus::start_to(
+        &[("iam-key-exporter", &[exporter.address()])],
+        &[
+            alertmanager.url.trim_start_matches("http://"),
+            routed.url.trim_start_matches("http://"),
+        ],
         &shipped.with_for_zero(),
     );
 
@@ -133,6 +213,12 @@ accounts:
         access_key_id: key.into(),
     };
     let too_old_prod = id(TOO_OLD, "production", "ci-deployer", old_key);
+    let too_old_payments = id(TOO_OLD, "production", "payments-api", payments_key);
+    let too_old_expired = id(TOO_OLD, "production", "platform-ftp", expired_key);
+    let too_old_bob = id(TOO_OLD, "production", "platform-batch", bob_key);
+    let too_old_two_keys = id(TOO_OLD, "production", "two-keys", NOT_EXEMPT_KEY);
+    let console_unused = id(PASSWORD_UNUSED, "legacy-root", "console-admin", "");
+    let console_no_mfa = id(NO_MFA, "legacy-root", "console-admin", "");
     // Each key alert, with the days its description must show (`humanizeDuration` of the
     // age or idle time).
     let key_alert_days = [
@@ -140,6 +226,10 @@ accounts:
         (id(UNUSED, "production", "reporting", unused_key), 60),
         (id(TOO_OLD, "staging", "legacy-batch", staging_old_key), 400),
         (id(UNUSED, "staging", "legacy-batch", staging_old_key), 100),
+        (too_old_payments.clone(), 120),
+        (too_old_expired.clone(), 100),
+        (too_old_bob.clone(), 100),
+        (too_old_two_keys.clone(), 100),
     ];
     let expected_key_alerts: BTreeSet<AlertId> =
         key_alert_days.iter().map(|(a, _)| a.clone()).collect();
@@ -147,6 +237,9 @@ accounts:
     expected_firing.insert(id(MULTIPLE, "staging", "legacy-batch", ""));
     expected_firing.insert(id(ACCOUNT_DOWN, "sandbox", "", ""));
     expected_firing.insert(id(ROOT_KEY, "legacy-root", "", ""));
+    expected_firing.insert(id(ROOT_NO_MFA, "legacy-root", "", ""));
+    expected_firing.insert(console_unused.clone());
+    expected_firing.insert(console_no_mfa.clone());
 
     // Prometheus' view: exactly these alerts fire (IAMKeyExporterDown fires for the few
     // seconds before the first scrape, with `for: 0s`, so this polls until it is gone).
@@ -179,8 +272,19 @@ accounts:
         expected_key_alerts,
         "webhook: unexpected key alerts"
     );
-    let forbidden_keys = [inactive_key, fresh_key, staging_new_key];
-    webhook.assert_none_about(&forbidden_keys, &["former-admin", "new-service"]);
+    // Exempt: break-glass (tag), vendor-sync (rule for the user), two-keys' RULE_EXEMPT_KEY
+    // (rule for the key).
+    let rule_exempt_key = RULE_EXEMPT_KEY.to_string();
+    let forbidden_keys = [
+        inactive_key,
+        fresh_key,
+        staging_new_key,
+        break_glass_key,
+        vendor_key,
+        &rule_exempt_key,
+    ];
+    let forbidden_users = ["former-admin", "new-service", "break-glass", "vendor-sync"];
+    webhook.assert_none_about(&forbidden_keys, &forbidden_users);
 
     // Every notification: shipped severity and runbook_url, rendered summary and description.
     for alert in webhook.alerts() {
@@ -210,6 +314,133 @@ accounts:
             || description.contains(&format!("({staging_new_key}, {staging_old_key})")),
         "IAMUserMultipleActiveKeys does not list both keys: {description:?}"
     );
+    // Owners: the tagged users' alerts carry tag_owner and tag_team, and name them.
+    for (alert_id, owner, team) in [
+        (&too_old_payments, "alice@example.com", "payments"),
+        (&too_old_expired, "carol@example.com", "platform"),
+        (&too_old_bob, "bob@example.com", "platform"),
+        (&console_unused, "dana@example.com", "payments"),
+        (&console_no_mfa, "dana@example.com", "payments"),
+    ] {
+        let alert = wait_for(&format!("{alert_id:?} at the webhook"), TIMEOUT, || {
+            webhook.find(alert_id, "firing")
+        });
+        assert_eq!(alert["labels"]["tag_owner"], owner, "{alert:#}");
+        assert_eq!(alert["labels"]["tag_team"], team, "{alert:#}");
+        let description = shipped.assert_annotations(&alert, &["user", "account_name"]);
+        assert!(
+            description.contains(&format!("(owner {owner}, team {team})")),
+            "{alert_id:?}: {description:?}"
+        );
+    }
+    // The untagged user's alert has neither label (and its description no owner).
+    let untagged = webhook.find(&too_old_prod, "firing").unwrap();
+    for label in ["tag_owner", "tag_team"] {
+        assert!(untagged["labels"].get(label).is_none(), "{untagged:#}");
+    }
+    // The console password was last used 60 days ago.
+    let unused_pw = webhook.find(&console_unused, "firing").unwrap();
+    let description = unused_pw["annotations"]["description"].as_str().unwrap();
+    assert!(
+        description.contains("was last used 60d "),
+        "{description:?}"
+    );
+    let root_no_mfa = wait_for("IAMRootWithoutMFA at the webhook", TIMEOUT, || {
+        webhook.find(&id(ROOT_NO_MFA, "legacy-root", "", ""), "firing")
+    });
+    shipped.assert_annotations(&root_no_mfa, &["account_name", "account_id"]);
+    assert_eq!(root_no_mfa["labels"]["severity"], "critical");
+
+    // The shipped routing: each team's alerts at its receiver (bob's at his own), the rest at
+    // the default receiver, grouped by owner within a team.
+    let routed_expected: BTreeMap<&str, BTreeSet<AlertId>> = BTreeMap::from([
+        (
+            "team-payments",
+            BTreeSet::from([
+                too_old_payments.clone(),
+                console_unused.clone(),
+                console_no_mfa.clone(),
+            ]),
+        ),
+        ("team-platform", BTreeSet::from([too_old_expired.clone()])),
+        ("platform-bob", BTreeSet::from([too_old_bob.clone()])),
+        (
+            "security-default",
+            expected_firing
+                .iter()
+                .filter(|a| {
+                    ![
+                        &too_old_payments,
+                        &console_unused,
+                        &console_no_mfa,
+                        &too_old_expired,
+                        &too_old_bob,
+                    ]
+                    .contains(a)
+                })
+                .cloned()
+                .collect(),
+        ),
+    ]);
+    assert_eq!(
+        routed_expected.keys().collect::<Vec<_>>(),
+        receivers.keys().collect::<Vec<_>>(),
+        "the shipped example's receivers"
+    );
+    let routed_firing = |name: &str| -> BTreeSet<AlertId> {
+        receivers[name]
+            .alerts()
+            .iter()
+            .filter(|a| a["status"] == "firing")
+            .map(|a| AlertId::of(&a["labels"]))
+            .collect()
+    };
+    let mut last = BTreeMap::new();
+    wait_for_or(TIMEOUT, || {
+        last = routed_expected
+            .keys()
+            .map(|r| (*r, routed_firing(r)))
+            .collect::<BTreeMap<_, _>>();
+        routed_expected
+            .iter()
+            .all(|(r, want)| last[r].is_superset(want))
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!("routed alerts (receiver → firing alerts):\n{last:#?}\nexpected at least:\n{routed_expected:#?}")
+    });
+    for (name, want) in &routed_expected {
+        let got = routed_firing(name);
+        // Before the first scrape, IAMKeyExporterDown fires for a moment (`for: 0s`): it
+        // belongs to the default receiver too.
+        let extra: Vec<&AlertId> = got
+            .difference(want)
+            .filter(|a| !(*name == "security-default" && a.alertname == "IAMKeyExporterDown"))
+            .collect();
+        assert!(
+            extra.is_empty(),
+            "receiver {name} got alerts it should not: {extra:#?}"
+        );
+        for body in receivers[*name].bodies() {
+            assert_eq!(body["receiver"], *name, "{body:#}");
+        }
+        receivers[*name].assert_none_about(&forbidden_keys, &forbidden_users);
+    }
+    // Within a team, one notification group per owner.
+    for body in receivers["team-payments"].bodies() {
+        assert_eq!(body["commonLabels"]["tag_team"], "payments", "{body:#}");
+        assert!(
+            body["groupLabels"]["tag_owner"].is_string(),
+            "not grouped by owner: {body:#}"
+        );
+    }
+    for body in receivers["security-default"].bodies() {
+        assert!(
+            body["commonLabels"].get("tag_team").is_none(),
+            "a team's alert at the default receiver: {body:#}"
+        );
+    }
+
     let root = wait_for("IAMRootAccessKeyPresent at the webhook", TIMEOUT, || {
         webhook.find(&id(ROOT_KEY, "legacy-root", "", ""), "firing")
     });
@@ -266,7 +497,11 @@ accounts:
     );
 
     // Nothing arrived late about the keys that must never page.
-    webhook.assert_none_about(&forbidden_keys, &["former-admin", "new-service"]);
+    webhook.assert_none_about(&forbidden_keys, &forbidden_users);
+    for w in receivers.values() {
+        w.assert_none_about(&forbidden_keys, &forbidden_users);
+        assert!(w.errors().is_empty(), "webhook: {:?}", w.errors());
+    }
     assert_eq!(webhook.key_alerts("firing"), expected_key_alerts);
     assert!(
         webhook.errors().is_empty(),
@@ -294,8 +529,6 @@ struct DashboardQuery {
     expr: String,
 }
 
-/// Sends every panel query of deploy/grafana/iam-key-exporter.json to Prometheus: each must
-/// return data, except those on credential-report-only metrics, which must parse.
 /// Polls until the alerts firing in Prometheus are exactly `expected`.
 fn wait_for_firing(
     firing: &dyn Fn() -> BTreeSet<AlertId>,
@@ -316,6 +549,9 @@ fn wait_for_firing(
     });
 }
 
+/// Sends every panel query of deploy/grafana/iam-key-exporter.json to Prometheus: each must
+/// return data (the world has a credential_report account, exemptions, owners and throttled
+/// requests for the panels on them), and every variable must have values.
 fn check_dashboard(prometheus: &Prometheus) {
     let path = repo().join("deploy/grafana/iam-key-exporter.json");
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())

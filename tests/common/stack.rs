@@ -141,6 +141,142 @@ impl ShippedRules {
     }
 }
 
+/// deploy/alertmanager/alertmanager.example.yml as shipped: the example routing tree.
+pub struct ShippedRouting {
+    pub text: String,
+}
+
+impl ShippedRouting {
+    pub fn load() -> ShippedRouting {
+        let path = repo().join("deploy/alertmanager/alertmanager.example.yml");
+        ShippedRouting {
+            text: std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        }
+    }
+
+    /// The receivers' names, in the file's order.
+    pub fn receivers(&self) -> Vec<String> {
+        let v: serde_yaml::Value = serde_yaml::from_str(&self.text).unwrap();
+        v["receivers"]
+            .as_sequence()
+            .expect("no receivers")
+            .iter()
+            .map(|r| {
+                r["name"]
+                    .as_str()
+                    .expect("a receiver without name")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// The shipped file with each receiver's webhook `url` replaced by `urls[receiver]`, and
+    /// every `group_wait` and `group_interval` set to 1s (the test cannot wait 30 s before a
+    /// first notification, or 5 min before the next of a group). Only those lines change:
+    /// the routing tree, its matchers, grouping and receivers are the shipped text, which is
+    /// checked here by comparing both files parsed, minus those fields. Every receiver must
+    /// have only webhook configurations (anything else could not be pointed at the test).
+    pub fn for_test(&self, urls: &BTreeMap<String, String>) -> String {
+        let mut receiver: Option<String> = None;
+        let mut in_receivers = false;
+        let (mut timers, mut replaced) = (0, BTreeMap::<String, usize>::new());
+        let mut out: String = self
+            .text
+            .lines()
+            .map(|line| {
+                let trimmed = line.trim_start();
+                let indent = &line[..line.len() - trimmed.len()];
+                if !line.starts_with([' ', '#', '-']) && !line.trim().is_empty() {
+                    in_receivers = line.starts_with("receivers:");
+                }
+                if let Some(name) = trimmed.strip_prefix("- name:").filter(|_| in_receivers) {
+                    receiver = Some(name.trim().trim_matches(['"', '\'']).to_string());
+                }
+                for key in ["group_wait:", "group_interval:"] {
+                    if trimmed.starts_with(key) {
+                        timers += 1;
+                        return format!("{indent}{key} 1s");
+                    }
+                }
+                for prefix in ["- url:", "url:"] {
+                    if in_receivers && trimmed.starts_with(prefix) {
+                        let name = receiver.clone().expect("a url before any receiver name");
+                        let url = urls
+                            .get(&name)
+                            .unwrap_or_else(|| panic!("no test URL for receiver {name}"));
+                        *replaced.entry(name).or_default() += 1;
+                        return format!("{indent}{prefix} \"{url}\"");
+                    }
+                }
+                line.to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        out.push('\n');
+        assert!(
+            timers > 0,
+            "no group_wait/group_interval in the shipped routing"
+        );
+        let names: Vec<String> = self.receivers();
+        for name in &names {
+            assert_eq!(
+                replaced.get(name),
+                Some(&1),
+                "receiver {name}: expected exactly one webhook url"
+            );
+        }
+        // Parsed, minus the rewritten fields, both files must be equal.
+        let strip = |text: &str| {
+            let mut v: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+            fn routes(r: &mut serde_yaml::Value) {
+                let m = r.as_mapping_mut().unwrap();
+                m.remove("group_wait");
+                m.remove("group_interval");
+                for child in m
+                    .get_mut("routes")
+                    .and_then(|c| c.as_sequence_mut())
+                    .into_iter()
+                    .flatten()
+                {
+                    routes(child);
+                }
+            }
+            routes(&mut v["route"]);
+            let mut urls = BTreeMap::new();
+            for r in v["receivers"].as_sequence_mut().unwrap() {
+                let name = r["name"].as_str().unwrap().to_string();
+                let keys: Vec<String> = r
+                    .as_mapping()
+                    .unwrap()
+                    .keys()
+                    .map(|k| k.as_str().unwrap().to_string())
+                    .collect();
+                assert_eq!(
+                    keys,
+                    ["name", "webhook_configs"],
+                    "receiver {name}: only webhook_configs can be pointed at the test"
+                );
+                for w in r["webhook_configs"].as_sequence_mut().unwrap() {
+                    let url = w.as_mapping_mut().unwrap().remove("url").unwrap();
+                    urls.insert(name.clone(), url.as_str().unwrap().to_string());
+                }
+            }
+            (v, urls)
+        };
+        let (shipped, _) = strip(&self.text);
+        let (rewritten, got_urls) = strip(&out);
+        assert_eq!(
+            shipped, rewritten,
+            "the test's rewrite of the routing changed more than the URLs and timers"
+        );
+        let want: BTreeMap<String, String> =
+            names.iter().map(|n| (n.clone(), urls[n].clone())).collect();
+        assert_eq!(got_urls, want, "receivers' URLs after the rewrite");
+        out
+    }
+}
+
 // ----------------------------------------------------------------------------------------
 // The webhook receiver
 
@@ -278,6 +414,12 @@ impl Prometheus {
 
     /// Prometheus with one scrape job per `(job, targets)`.
     pub fn start_jobs(jobs: &[(&str, &[&str])], alertmanager: &str, rules: &str) -> Prometheus {
+        Prometheus::start_to(jobs, &[alertmanager], rules)
+    }
+
+    /// Prometheus with one scrape job per `(job, targets)`, sending every alert to each of
+    /// `alertmanagers` (`host:port`).
+    pub fn start_to(jobs: &[(&str, &[&str])], alertmanagers: &[&str], rules: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let rules_path = dir.path().join("iam-key-exporter.rules.yml");
         std::fs::write(&rules_path, rules).unwrap();
@@ -303,10 +445,15 @@ rule_files:
 alerting:
   alertmanagers:
     - static_configs:
-        - targets: ["{alertmanager}"]
+        - targets: [{alertmanagers}]
 scrape_configs:
 {scrape}"#,
-                rules = rules_path.display()
+                rules = rules_path.display(),
+                alertmanagers = alertmanagers
+                    .iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .unwrap();

@@ -44,7 +44,8 @@ TEMPLATES = {
         [{"ExporterRoleArn": EXPORTER_ROLE},
          {"ExporterRoleArn": EXPORTER_ROLE, "ExternalId": "example-external-id"}],
         {"iam:ListUsers", "iam:ListAccessKeys", "iam:GetAccessKeyLastUsed",
-         "iam:GenerateCredentialReport", "iam:GetCredentialReport"},
+         "iam:GenerateCredentialReport", "iam:GetCredentialReport",
+         "iam:GetAccountAuthorizationDetails"},
     ),
     "discovery-role.yaml": (
         [{"ExporterRoleArn": EXPORTER_ROLE}],

@@ -14,7 +14,12 @@
 #                                    (kubernetes) on the renders; generated files up to date
 #                                    (deploy/generate.py --check)
 #   deploy/prometheus/*.rules.yml    promtool check rules, promtool test rules, rule lint
+#                                    (incl. a README.md runbook section for every alert)
 #   deploy/prometheus/prometheus.example.yml   promtool check config
+#   deploy/alertmanager/alertmanager.example.yml   amtool check-config; the routing tree
+#                                    sends example label sets to the expected receivers
+#                                    (amtool config routes test); it routes only on labels
+#                                    the alert rules carry
 #   deploy/grafana/*.json            dashboard lint + PromQL parse of every query
 #   deploy/systemd/                  systemd-analyze verify (in a root holding the real
 #                                    binary), systemd-analyze security --offline (exposure
@@ -27,7 +32,8 @@
 # Tools: $VENV/bin/{hadolint,kubernetes-validate,cfn-lint,python} (VENV defaults to
 # $REPO/.venv, made by scripts/setup-test-env.sh, with checkov in $VENV/tools/checkov and
 # the npm package in $VENV/tools/node), promtool (Debian package `prometheus`, or
-# $PROMTOOL), node, systemd-analyze. K8S_VERSION picks the Kubernetes schema version.
+# $PROMTOOL), amtool (Debian package `prometheus-alertmanager`, or $AMTOOL), node,
+# systemd-analyze. K8S_VERSION picks the Kubernetes schema version.
 # IKE_BIN: a built iam-key-exporter binary (default target/debug/iam-key-exporter, made
 # by `cargo test`), used by systemd-analyze verify and the contract check.
 set -euo pipefail
@@ -36,6 +42,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${VENV:-$REPO/.venv}"
 K8S_VERSION="${K8S_VERSION:-1.31.0}"
 PROMTOOL="${PROMTOOL:-$(command -v promtool || true)}"
+AMTOOL="${AMTOOL:-$(command -v amtool || true)}"
 HADOLINT="$VENV/bin/hadolint"
 KUBE_VALIDATE="$VENV/bin/kubernetes-validate"
 CFN_LINT="$VENV/bin/cfn-lint"
@@ -55,6 +62,7 @@ RULES="$PROM_DIR/iam-key-exporter.rules.yml"
 RULES_TEST="$PROM_DIR/iam-key-exporter.rules.test.yml"
 PROM_CONFIG="$PROM_DIR/prometheus.example.yml"
 DASHBOARD="$REPO/deploy/grafana/iam-key-exporter.json"
+ALERTMANAGER_EXAMPLE="$REPO/deploy/alertmanager/alertmanager.example.yml"
 CFN_DIR="$REPO/deploy/cloudformation"
 SYSTEMD_DIR="$REPO/deploy/systemd"
 TESTS="$REPO/tests/deploy"
@@ -240,19 +248,28 @@ PY
 
 lint_rules() {
   need "$PY" "python in $VENV; run scripts/setup-test-env.sh" || return 1
-  PYTHONPATH="$TMP" "$PY" - "$RULES" "$RULES_TEST" <<'PY'
-import sys, yaml
+  PYTHONPATH="$TMP" "$PY" - "$RULES" "$RULES_TEST" "$REPO/README.md" <<'PY'
+import re, sys, yaml
 from promql_names import ALLOWED_METRICS, scan
 
-rules_file, test_file = sys.argv[1:3]
+rules_file, test_file, readme = sys.argv[1:4]
 RUNBOOK = "https://github.com/iam-key-exporter/iam-key-exporter/blob/main/README.md#runbook-"
 REQUIRED = {
     "IAMAccessKeyTooOld", "IAMAccessKeyUnused", "IAMUserMultipleActiveKeys",
     "IAMRootAccessKeyPresent", "IAMKeyExporterAccountDown", "IAMKeyExporterAccountStale",
     "IAMKeyExporterSessionExpiring", "IAMKeyExporterDown",
     "IAMKeyExporterShardingMismatch", "IAMKeyExporterAccountsUnread",
-    "IAMKeyExporterDiscoveryFailing",
+    "IAMKeyExporterDiscoveryFailing", "IAMUserPasswordUnused", "IAMUserWithoutMFA",
+    "IAMRootWithoutMFA",
 }
+# Alerts about an IAM user: they carry the user's owner and team (tag_owner, tag_team,
+# joined from aws_iam_user_info), which deploy/alertmanager/alertmanager.example.yml routes on.
+OWNED = {
+    "IAMAccessKeyTooOld", "IAMAccessKeyUnused", "IAMUserMultipleActiveKeys",
+    "IAMUserPasswordUnused", "IAMUserWithoutMFA",
+}
+# The key alerts leave exempt keys out (aws_iam_exemption_until_timestamp_seconds).
+EXEMPTIBLE = {"IAMAccessKeyTooOld", "IAMAccessKeyUnused", "IAMUserMultipleActiveKeys"}
 # Alerts about the exporter as a whole: they name its job (or instance), not an account.
 EXPORTER_WIDE = {
     "IAMKeyExporterDown": None,
@@ -291,8 +308,37 @@ for group in yaml.safe_load(open(rules_file))["groups"]:
             errors.append(f"{name}: expr uses unknown metric {m}")
         for f in sorted(funcs):
             errors.append(f"{name}: expr uses unknown function {f}")
+        expr = " ".join(rule["expr"].split())
+        owned = "group_left (tag_owner, tag_team)" in expr and "aws_iam_user_info" in expr
+        if (name in OWNED) != owned:
+            errors.append(f"{name}: {'no' if name in OWNED else 'an unexpected'} owner/team join "
+                          "(group_left (tag_owner, tag_team) ... aws_iam_user_info)")
+        if (name in OWNED) and "tag_owner" not in ann.get("description", ""):
+            errors.append(f"{name}: the description does not name the owner (tag_owner)")
+        exempt = "aws_iam_exemption_until_timestamp_seconds" in expr
+        if (name in EXEMPTIBLE) != exempt:
+            errors.append(f"{name}: exemptions {'not applied' if name in EXEMPTIBLE else 'applied'} "
+                          "(exemptions are for the key alerts only)")
 for name in sorted(REQUIRED - alerts.keys()):
     errors.append(f"alert {name} missing")
+
+# Every runbook_url anchor is a `### Runbook: <alert>` section of README.md, with text.
+def slug(heading):
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+sections, current = {}, None
+for line in open(readme, encoding="utf-8"):
+    m = re.match(r"#{1,6} (.*)", line)
+    if m:
+        current = slug(m.group(1))
+        sections[current] = ""
+    elif current:
+        sections[current] += line.strip()
+for name in sorted(alerts):
+    anchor = "runbook-" + name.lower()
+    if anchor not in sections:
+        errors.append(f"{name}: README.md has no section `### Runbook: {name}` (#{anchor})")
+    elif not sections[anchor]:
+        errors.append(f"{name}: README.md section #{anchor} is empty")
 
 # Every alert is tested firing (exp_alerts non-empty) and not firing (empty).
 seen = {}
@@ -310,7 +356,8 @@ for e in errors:
     print(e)
 if errors:
     sys.exit(1)
-print(f"{len(alerts)} alerts: severity, summary, description, runbook_url, metric names and "
+print(f"{len(alerts)} alerts: severity, summary, description, runbook_url (a README.md section), "
+      f"metric names, owner/team joins ({len(OWNED)}), exemptions ({len(EXEMPTIBLE)}) and "
       "firing/not-firing tests all present")
 PY
 }
@@ -331,7 +378,13 @@ REQUIRED_METRICS = {
     "aws_iam_access_key_last_used_timestamp_seconds", "aws_iam_root_access_key_active",
     "iam_key_exporter_account_up", "iam_key_exporter_account_refresh_duration_seconds",
     "iam_key_exporter_aws_requests_total", "iam_key_exporter_session_expiry_timestamp_seconds",
+    "aws_iam_exemption_until_timestamp_seconds", "aws_iam_user_password_enabled",
+    "aws_iam_user_password_last_used_timestamp_seconds",
+    "aws_iam_user_password_last_changed_timestamp_seconds", "aws_iam_user_mfa_active",
+    "aws_iam_root_mfa_active", "aws_iam_user_info", "iam_key_exporter_aws_request_rate",
 }
+# Rows the dashboard must have (sections of panels).
+REQUIRED_ROWS = {"Exemptions", "Console users", "Exporter health", "IAM request pacing"}
 errors = []
 try:
     d = json.load(open(path))
@@ -379,6 +432,7 @@ ids = set()
 panels = list(all_panels(d.get("panels", [])))
 if not panels:
     errors.append("no panels")
+rows = set()
 for p in panels:
     title = p.get("title", f"panel {p.get('id')}")
     if p.get("id") in ids:
@@ -386,6 +440,16 @@ for p in panels:
     ids.add(p.get("id"))
     if not p.get("gridPos"):
         errors.append(f"{title}: no gridPos")
+    if p.get("type") == "row":
+        # A row holds no query; expanded, its panels follow it (its own list is empty).
+        rows.add(title)
+        if p.get("targets"):
+            errors.append(f"row {title}: has targets")
+        if not p.get("collapsed") and p.get("panels"):
+            errors.append(f"row {title}: expanded, but holds panels (they belong after it)")
+        if (p.get("gridPos") or {}).get("w") != 24:
+            errors.append(f"row {title}: not full width")
+        continue
     if (p.get("datasource") or {}).get("uid") != DS_UID:
         errors.append(f"{title}: panel datasource uid is not {DS_UID}")
     targets = p.get("targets") or []
@@ -416,6 +480,26 @@ for p in panels:
 
 for name in sorted(REQUIRED_METRICS - used):
     errors.append(f"no panel uses {name}")
+for name in sorted(REQUIRED_ROWS - rows):
+    errors.append(f"no row {name!r}")
+
+# The top-level grid: inside 24 columns, no two panels overlapping, in reading order
+# (Grafana puts the panels after an expanded row into that row).
+top = [p for p in d.get("panels", []) if p.get("gridPos")]
+for p in top:
+    g = p["gridPos"]
+    if g.get("x", 0) < 0 or g.get("x", 0) + g.get("w", 0) > 24 or g.get("h", 0) <= 0:
+        errors.append(f"{p.get('title')}: gridPos {g} outside the 24-column grid")
+for i, a in enumerate(top):
+    for b in top[i + 1:]:
+        ga, gb = a["gridPos"], b["gridPos"]
+        if (ga["x"] < gb["x"] + gb["w"] and gb["x"] < ga["x"] + ga["w"]
+                and ga["y"] < gb["y"] + gb["h"] and gb["y"] < ga["y"] + ga["h"]):
+            errors.append(f"{a.get('title')} and {b.get('title')} overlap")
+positions = [(p["gridPos"]["y"], p["gridPos"]["x"]) for p in top]
+if positions != sorted(positions):
+    errors.append("panels are not listed in reading order (y, then x): Grafana would put "
+                  "some under the wrong row")
 
 # Parse every query with Prometheus' own parser: substitute Grafana's variables
 # and check them as recording rules.
@@ -439,9 +523,70 @@ for e in errors:
     print(e)
 if errors:
     sys.exit(1)
-print(f"{len(panels)} panels, {len(exprs)} targets: valid JSON, datasource {DS_UID}, "
-      f"allowed metrics only, account filter on every selector, all queries parse")
+print(f"{len(panels)} panels ({len(rows)} rows), {len(exprs)} targets: valid JSON, datasource "
+      f"{DS_UID}, allowed metrics only, account filter on every selector, all queries parse, "
+      f"no overlaps")
 PY
+}
+
+# The example routing tree: valid, each label set reaches the receiver it should, and it
+# routes only on labels the alert rules carry.
+alertmanager_example() {
+  need "$AMTOOL" "amtool: apt-get install prometheus-alertmanager" || return 1
+  need "$PY" "python in $VENV; run scripts/setup-test-env.sh" || return 1
+  "$AMTOOL" check-config "$ALERTMANAGER_EXAMPLE" || return 1
+  local rc=0 expected labels got n=0
+  while read -r expected labels; do
+    [[ -z "$expected" || "$expected" == \#* ]] && continue
+    # shellcheck disable=SC2086 # one word per label
+    got="$("$AMTOOL" config routes test --config.file="$ALERTMANAGER_EXAMPLE" $labels 2>/dev/null)" || true
+    n=$((n + 1))
+    if [[ "$got" != "$expected" ]]; then
+      echo "routing $labels: got ${got:-nothing}, expected $expected"
+      rc=1
+    fi
+  done <<'CASES'
+# receiver        labels of an alert
+team-payments     alertname=IAMAccessKeyTooOld account_id=111111111111 tag_team=payments tag_owner=alice@example.com
+team-payments     alertname=IAMUserWithoutMFA account_id=111111111111 tag_team=payments
+team-platform     alertname=IAMAccessKeyUnused account_id=111111111111 tag_team=platform tag_owner=carol@example.com
+platform-bob      alertname=IAMAccessKeyTooOld account_id=111111111111 tag_team=platform tag_owner=bob@example.com
+security-default  alertname=IAMAccessKeyTooOld account_id=111111111111 tag_owner=bob@example.com
+security-default  alertname=IAMAccessKeyTooOld account_id=111111111111 tag_team=finance
+security-default  alertname=IAMAccessKeyTooOld account_id=111111111111
+security-default  alertname=IAMRootWithoutMFA account_id=111111111111 severity=critical
+security-default  alertname=IAMKeyExporterDown job=iam-key-exporter
+CASES
+  echo "amtool config routes test: $n label sets reach their receivers"
+  "$PY" - "$ALERTMANAGER_EXAMPLE" "$RULES" <<'PY' || rc=1
+import re, sys, yaml
+am, rules = yaml.safe_load(open(sys.argv[1])), yaml.safe_load(open(sys.argv[2]))
+# Labels an alert of the shipped rules can have: the rule's own, the series' and the joined ones.
+carried = {"alertname", "severity", "account_id", "account_name", "user", "access_key_id",
+           "status", "key", "job", "instance", "namespace"}
+for g in rules["groups"]:
+    for r in g["rules"]:
+        carried |= set((r.get("labels") or {}))
+        for m in re.finditer(r"group_left\s*\(([^)]*)\)", r["expr"]):
+            carried |= {x.strip() for x in m.group(1).split(",") if x.strip()}
+used, errors = set(), []
+def walk(route, where):
+    used.update(l for l in route.get("group_by") or [] if l != "...")
+    for m in route.get("matchers") or []:
+        used.add(re.match(r"\s*([a-zA-Z_]\w*)", m).group(1))
+    for k in ("match", "match_re"):
+        used.update(route.get(k) or {})
+    for i, child in enumerate(route.get("routes") or []):
+        walk(child, f"{where}.routes[{i}]")
+walk(am["route"], "route")
+for label in sorted(used - carried):
+    errors.append(f"the routing uses label {label!r}, which no shipped alert carries")
+for e in errors:
+    print(e)
+print(f"routing labels {sorted(used)}: all carried by the alert rules")
+sys.exit(1 if errors else 0)
+PY
+  return "$rc"
 }
 
 # checkov_scan ARGS...: checkov offline (no platform download), failed checks and the
@@ -601,6 +746,7 @@ run "promtool check rules" promtool_check_rules
 run "promtool test rules" promtool_test_rules
 run "promtool check config prometheus.example.yml" promtool_check_config
 run "alert rule lint" lint_rules
+run "amtool: deploy/alertmanager/alertmanager.example.yml and its routing" alertmanager_example
 run "grafana dashboard lint" lint_dashboard
 run "systemd-analyze verify deploy/systemd" systemd_verify
 run "systemd-analyze security deploy/systemd" systemd_security

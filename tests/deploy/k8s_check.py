@@ -42,15 +42,18 @@ CONFIG_KEYS = {
     "max_staleness": None, "source": None,
     "sts": {"region", "session_name", "session_duration", "renew_before"},
     "aws": {"connect_timeout", "attempt_timeout", "operation_timeout", "max_attempts",
-            "max_backoff", "requests_per_account", "credential_report_timeout"},
+            "max_backoff", "requests_per_account", "requests_per_second",
+            "credential_report_timeout"},
     "defaults": {"role_name", "external_id"},
+    "user_tags_as_labels": None,
+    "exemptions": {"tag", "rules"},
     "discovery": {"organizations"},
     "accounts": None,
 }
 ORGANIZATIONS_KEYS = {"role_arn", "include_ous", "exclude_ous", "exclude_accounts",
                       "tags_as_labels", "refresh_interval"}
 ACCOUNT_KEYS = {"id", "name", "labels", "role_name", "role_arn", "external_id",
-                "assume_role", "source"}
+                "assume_role", "source", "user_tags_as_labels"}
 
 errors = []
 
