@@ -15,13 +15,14 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
-bench: ## render time, memory, config validation at scale, CPU per AWS request, sizing (release build)
+bench: ## render time, memory, config validation at scale, CPU per AWS request, sizing, IAM throttling (release build; ~40 min)
 	cargo bench --bench render
 	cargo bench --bench config
 	cargo build --release
 	.venv/bin/python scripts/bench_refresh.py cpu 1500
 	.venv/bin/python scripts/bench_refresh.py memory 100000
 	.venv/bin/python scripts/bench_refresh.py sizing 200 200
+	.venv/bin/python scripts/bench_refresh.py throttled 20 1000 5000
 
 image-test: ## static release binary -> container image (buildah) -> run as 65532 against moto; ~10 min from clean, so not in `make test`
 	bash tests/image/test.sh

@@ -20,10 +20,10 @@ throttled [ACCOUNTS USERS BIG_USERS [SOURCES]]
                  key each, read by one exporter per source: wall time to a complete refresh
                  against the lower bound the limits imply, AWS calls, throttled calls and
                  failed refreshes. Then a second refresh of each (steady state). SOURCES:
-                 comma-separated, default credential_report,api.
+                 comma-separated, default credential_report,hybrid,api.
 
-Run: .venv/bin/python scripts/bench_refresh.py cpu 1500
-     .venv/bin/python scripts/bench_refresh.py memory 100000     (after `cargo build --release`)
+Run after `cargo build --release` (`make bench` runs them all), e.g.
+     .venv/bin/python scripts/bench_refresh.py cpu 1500
 """
 
 import gzip
@@ -164,6 +164,9 @@ def proc_cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+SOURCES = ("credential_report", "hybrid", "api")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -183,7 +186,7 @@ def sizing(accounts, users):
             post(url, "/_launcher/seed", {"account": i, "users": batch})
         print(f"seeded {accounts + 1} accounts (the management account too) x {users} users "
               f"in {time.monotonic() - t:.0f} s")
-        for source in ["credential_report", "api"]:
+        for source in SOURCES:
             post(url, "/_launcher/counts/reset", {})
             port = free_port()
             with tempfile.TemporaryDirectory() as tmp:
@@ -314,7 +317,7 @@ def throttled(n_accounts, users, big_users):
               f"IAM: {LATENCY_MS[0]}-{LATENCY_MS[1]} ms per call, {RATE:g} calls/s (burst {BURST}) "
               f"per account and operation")
         post(url, "/_launcher/latency", {"min_ms": LATENCY_MS[0], "max_ms": LATENCY_MS[1]})
-        sources = sys.argv[5].split(",") if len(sys.argv) > 5 else ["credential_report", "api"]
+        sources = sys.argv[5].split(",") if len(sys.argv) > 5 else list(SOURCES)
         calls = {
             "credential_report": lambda u: {"GenerateCredentialReport": 2, "GetCredentialReport": 1},
             "hybrid": lambda u: {"GenerateCredentialReport": 2, "GetCredentialReport": 1, "ListAccessKeys": u},

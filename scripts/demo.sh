@@ -214,10 +214,14 @@ EOF
 names=() pids=() logs=()
 stack_start=$SECONDS
 
+# Each child runs in a session of its own (setsid execs in place: $! stays its pid), so
+# Ctrl-C reaches only this script, which stops the children in order. Were they in the
+# terminal's process group, a child stopping on Ctrl-C could be seen by check_children
+# before the trap ran, and a deliberate stop reported as a crash.
 start_child() {  # start_child NAME LOG COMMAND...: in the background, its output in LOG
     local name="$1" log="$2"
     shift 2
-    "$@" </dev/null >"$log" 2>&1 8>&- 9>&- &
+    setsid "$@" </dev/null >"$log" 2>&1 8>&- 9>&- &
     names+=("$name") pids+=("$!") logs+=("$log")
     echo "$name $!" >>"$DEMO_DIR/pids"
 }
@@ -245,14 +249,14 @@ stop_children() {
 }
 
 on_signal() {
-    trap '' INT TERM
+    trap '' INT TERM HUP
     echo
     say "stopping moto, the exporter, Prometheus and Alertmanager"
     stop_children
     say "stopped (logs and data stay in $DEMO_DIR)"
     exit 0
 }
-trap on_signal INT TERM
+trap on_signal INT TERM HUP
 trap stop_children EXIT
 
 # A child that exited: its log tail, stop the others, exit 1.
@@ -339,6 +343,7 @@ echo
 w=$((${#PROMETHEUS_URL} + 16))
 printf "  %-${w}s %s\n" \
     "$EXPORTER_URL/" "the exporter's landing page: 3 accounts, their state and key counts" \
+    "$EXPORTER_URL/keys" "every access key, oldest first, with its owner and last use" \
     "$EXPORTER_URL/metrics" "the metrics Prometheus scrapes (every $SCRAPE_INTERVAL here)" \
     "$PROMETHEUS_URL/classic/alerts" "Prometheus' alerts page: the shipped rules" \
     "$ALERTMANAGER_URL/" "Alertmanager: the alerts Prometheus sent it"
@@ -354,6 +359,9 @@ Alertmanager lists them a few seconds later:
   IAMUserMultipleActiveKeys  production's ci-deploy has two active keys
   IAMRootAccessKeyPresent    security-tooling's root user has an access key (read from the
                              account's IAM credential report)
+  IAMRootWithoutMFA          ... and no MFA device
+  IAMUserPasswordUnused      security-tooling's auditor: a console password never used
+  IAMUserWithoutMFA          ... and no MFA device
 
 Logs, configuration and data: $DEMO_DIR/. Ctrl-C stops everything.
 
@@ -362,8 +370,7 @@ EOF
 # --- watch: say when the alerts fire, stop if a child dies ------------------------------------
 # Prints "Name (count), ..." of the alerts firing in Prometheus or active in Alertmanager.
 ALERTS_PY='
-import json, signal, sys, urllib.request
-signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the script: it stops the demo
+import json, sys, urllib.request
 kind, url = sys.argv[1], sys.argv[2]
 try:
     with urllib.request.urlopen(url, timeout=2) as r:
@@ -379,6 +386,9 @@ for a in alerts:
         counts[name] = counts.get(name, 0) + 1
 print(", ".join(f"{n} ({c})" for n, c in sorted(counts.items())))
 '
+# Started with SIGINT ignored, so Ctrl-C never interrupts Python mid-start (a traceback on
+# the terminal); the script's trap runs once it returns.
+alerts() { (trap '' INT && exec "$PY" -c "$ALERTS_PY" "$@") || true; }
 has_expected() {  # has_expected "Name (n), ...": every EXPECTED alert is there
     local name
     for name in "${EXPECTED[@]}"; do [[ ", $1" == *", $name ("* ]] || return 1; done
@@ -387,14 +397,14 @@ prometheus_done=0 alertmanager_done=0 warned=0
 while :; do
     check_children
     if [ "$prometheus_done" = 0 ]; then
-        firing="$("$PY" -c "$ALERTS_PY" prometheus "$PROMETHEUS_URL/api/v1/alerts" || true)"
+        firing="$(alerts prometheus "$PROMETHEUS_URL/api/v1/alerts")"
         if has_expected "$firing"; then
             say "+$((SECONDS - stack_start))s firing in Prometheus ($PROMETHEUS_URL/classic/alerts): $firing"
             prometheus_done=1
         fi
     fi
     if [ "$alertmanager_done" = 0 ]; then
-        active="$("$PY" -c "$ALERTS_PY" alertmanager "$ALERTMANAGER_URL/api/v2/alerts" || true)"
+        active="$(alerts alertmanager "$ALERTMANAGER_URL/api/v2/alerts")"
         if has_expected "$active"; then
             say "+$((SECONDS - stack_start))s in Alertmanager ($ALERTMANAGER_URL/): $active"
             alertmanager_done=1

@@ -133,6 +133,14 @@ impl Drop for Demo {
                 let _ = self.child.wait();
             }
         }
+        // The children run in sessions of their own: a script killed outright leaves them.
+        for (_, pid) in pids(&self.state()) {
+            if process_exists(pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
         if std::thread::panicking() {
             eprintln!("--- output of scripts/demo.sh:\n{}", self.output());
             for name in ["moto", "exporter", "prometheus", "alertmanager"] {
@@ -294,7 +302,7 @@ fn demo_stack_comes_up_alerts_fire_and_ctrl_c_stops_everything() {
         "IKE_BIN must skip the build:\n{said}"
     );
 
-    // Every child the script wrote down is running, in the script's process group.
+    // Every child the script wrote down is running.
     let children = pids(&demo.state());
     let names: BTreeSet<&str> = children.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
@@ -316,6 +324,11 @@ fn demo_stack_comes_up_alerts_fire_and_ctrl_c_stops_everything() {
     assert!(
         status.success(),
         "Ctrl-C must stop the demo with exit 0, got {status}:\n{}",
+        demo.output()
+    );
+    assert!(
+        !demo.output().contains("Traceback"),
+        "Ctrl-C must stop the demo quietly:\n{}",
         demo.output()
     );
     for (name, pid) in &children {
