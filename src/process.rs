@@ -1,4 +1,5 @@
-//! The standard `process_*` metrics, read from /proc (Linux only; elsewhere none are emitted).
+//! The standard `process_*` metrics, read from /proc (Linux only; elsewhere none are emitted),
+//! and giving freed memory back to the system.
 
 use std::fs;
 
@@ -88,4 +89,17 @@ fn status_kib(key: &str) -> Option<f64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Returns the memory a refresh freed to the kernel. Reading an account parses responses
+/// many times the size of what is kept (a credential report, pages of user details), and
+/// glibc keeps freed pages in its heaps: measured with 40,000 keys, 37 MiB resident after
+/// the first refresh, 27 MiB once trimmed. A no-op with other allocators (musl, macOS).
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only hands free pages of glibc's heaps back to the kernel; it
+    // takes the heaps' own locks and touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

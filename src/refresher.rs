@@ -387,5 +387,6 @@ impl AccountTask {
             .last_success
             .map(|t| t + self.cfg.max_staleness.as_secs_f64());
         self.inventory.put(state);
+        crate::process::release_freed_memory();
     }
 }

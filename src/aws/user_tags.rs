@@ -28,23 +28,26 @@ pub(super) async fn user_tags(
                     .send()
             })
             .await?;
+        // Each page is cut down to the tagged users' names and tags as it arrives: a page of
+        // 1000 user details (policies, groups, ARNs) is large, and all of them at once would
+        // be the refresh's peak, its pages kept by the allocator long after.
+        let tagged = out
+            .user_detail_list
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|u| {
+                let tags = u.tags.filter(|t| !t.is_empty())?;
+                let tags = tags.into_iter().map(|t| (t.key, t.value)).collect();
+                Some((u.user_name?, tags))
+            })
+            .collect();
         Ok(Page {
-            items: out.user_detail_list.unwrap_or_default(),
+            items: tagged,
             truncated: out.is_truncated,
             marker: out.marker,
         })
     })
     .await
     .map_err(stage(Stage::UserTags))?;
-    Ok(users
-        .into_iter()
-        .filter_map(|u| {
-            let tags = u
-                .tags
-                .unwrap_or_default()
-                .into_iter()
-                .map(|t| (t.key, t.value));
-            Some((u.user_name?, tags.collect()))
-        })
-        .collect())
+    Ok(users.into_iter().collect())
 }
