@@ -97,14 +97,7 @@ def memory(keys):
                  "--log.level=warn"], env=aws_env(url))
             base = f"http://127.0.0.1:{port}"
             t = time.monotonic()
-            while True:
-                try:
-                    with urllib.request.urlopen(base + "/-/ready") as r:
-                        if r.status == 200:
-                            break
-                except (urllib.error.URLError, ConnectionError):
-                    pass
-                time.sleep(0.5)
+            wait_until(exporter, lambda: ready(base))
             print(f"first refresh done in {time.monotonic() - t:.1f} s; RSS holding {keys} keys: {rss_mib(exporter.pid):.1f} MiB")
             for encoding in ["identity", "gzip"]:
                 times = []
@@ -205,16 +198,7 @@ def sizing(accounts, users):
                 try:
                     base = f"http://127.0.0.1:{port}"
                     start = time.monotonic()
-                    while True:
-                        try:
-                            with urllib.request.urlopen(base + "/-/ready") as r:
-                                if r.status == 200:
-                                    break
-                        except (urllib.error.URLError, ConnectionError):
-                            pass
-                        if exporter.poll() is not None:
-                            sys.exit("the exporter exited")
-                        time.sleep(1)
+                    wait_until(exporter, lambda: ready(base))
                     wall = time.monotonic() - start
                     with urllib.request.urlopen(url + "/_launcher/counts") as resp:
                         counts = json.load(resp)
@@ -287,7 +271,13 @@ def samples(text, name):
     return out
 
 
+def ready(base):
+    with urllib.request.urlopen(base + "/-/ready") as r:
+        return True if r.status == 200 else None
+
+
 def wait_until(proc, check):
+    """Polls `check` every second until it returns something; exits if the exporter does."""
     while True:
         if proc.poll() is not None:
             sys.exit("the exporter exited")
@@ -334,7 +324,7 @@ def throttled(n_accounts, users, big_users):
             proc, base = run_exporter(url, accounts, source)
             try:
                 start = time.monotonic()
-                wait_until(proc, lambda: urllib.request.urlopen(base + "/-/ready").status == 200 or None)
+                wait_until(proc, lambda: ready(base))
                 first = time.monotonic() - start
                 text = metrics(base)
                 report(source, "first ", first, lower_bound(sizes, calls[source], 8), text,
