@@ -1,6 +1,7 @@
 //! What the README promises of the command line and lifecycle, each tried for real: SIGHUP
 //! and lifecycle reloads, the telemetry path, JSON logs, listen-address forms, `once`'s exit
-//! code, a reload of global settings, and the ExternalId reaching STS.
+//! code, a reload of global settings, the ExternalId reaching STS, and a proxy from the
+//! environment.
 
 mod common;
 
@@ -210,5 +211,57 @@ fn the_configured_external_id_reaches_sts() {
             ]
         ),
         Some(1.0)
+    );
+}
+
+/// Companies that only reach AWS through a proxy set `HTTPS_PROXY` (here `HTTP_PROXY`, since
+/// moto speaks plain HTTP): every AWS request goes through it, as with any AWS SDK.
+#[test]
+fn aws_requests_go_through_the_proxy_from_the_environment() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+
+    let moto = Moto::start();
+    moto.seed(A, users("a", 1, 1));
+    let moto_address = moto.url.trim_start_matches("http://").to_string();
+    // A forward proxy: records each connection's first request line and relays the bytes.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let recorded = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let upstream = TcpStream::connect(&moto_address).unwrap();
+            let mut reader = BufReader::new(client.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            recorded.lock().unwrap().push(line.trim_end().to_string());
+            let mut to_moto = upstream.try_clone().unwrap();
+            to_moto.write_all(line.as_bytes()).unwrap();
+            let mut from_moto = upstream;
+            let mut to_client = client;
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut to_moto));
+            std::thread::spawn(move || std::io::copy(&mut from_moto, &mut to_client));
+        }
+    });
+    let exporter = Exporter::spawn_env(
+        &moto,
+        &format!("accounts:\n  - id: \"{A}\"\n"),
+        &[],
+        &[("HTTP_PROXY", &proxy), ("NO_PROXY", "")],
+    );
+    exporter.wait_ready(Duration::from_secs(30));
+    assert_eq!(
+        exporter
+            .scrape()
+            .get("iam_key_exporter_account_up", &[("account_id", A)]),
+        Some(1.0)
+    );
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with(&format!("POST {}/", moto.url))),
+        "the proxy saw no AWS request in absolute form: {seen:?}"
     );
 }
