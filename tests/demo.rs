@@ -71,6 +71,16 @@ impl Demo {
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .process_group(0); // as a terminal's foreground job: Ctrl-C reaches the group
+                               // A terminal's foreground job starts with SIGINT at its default; a test run started in
+                               // the background by a script (`make test &`) inherits it ignored, and bash cannot trap
+                               // a signal that was ignored when it started, so Ctrl-C would do nothing.
+                               // SAFETY: only signal(2), which is async-signal-safe, runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         let child = cmd.spawn().expect("cannot run bash scripts/demo.sh");
         Demo {
             child,
