@@ -4,12 +4,13 @@
 
 use std::io::{self, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 
 use crate::config::Exemptions;
 use crate::findings::{self, Finding, Thresholds};
-use crate::inventory::{AccountState, Timestamp};
+use crate::inventory::{self, AccountState, Timestamp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -75,10 +76,22 @@ fn days(f: &Finding) -> String {
 }
 
 fn error_text(s: &AccountState) -> String {
-    s.last_error.as_ref().map_or_else(
-        || "not read".to_string(),
-        |e| format!("{} ({}): {}", e.code, e.stage.as_str(), e.message),
-    )
+    s.last_error
+        .as_ref()
+        .map_or_else(|| "not read".to_string(), |e| e.to_string())
+}
+
+fn whole_days(d: Duration) -> u64 {
+    inventory::whole_days(d.as_secs_f64())
+}
+
+/// A finding's columns in the table (and the header's, in the same widths).
+fn columns(kind: &str, user: &str, key: &str, days: &str) -> String {
+    format!("  {kind:<20} {user:<24} {key:<22} {days:>5}")
+}
+
+fn finding_columns(f: &Finding) -> String {
+    columns(f.kind.name(), &f.user, key(f), &days(f))
 }
 
 fn table(
@@ -87,27 +100,16 @@ fn table(
     t: &Thresholds,
     discovery_error: Option<&str>,
 ) -> io::Result<()> {
-    let d = |x: std::time::Duration| x.as_secs() / 86400;
     writeln!(
         out,
         "Findings: keys older than {} days, keys unused for {} days, passwords unused for {} days, users with two active keys, root keys, missing MFA.",
-        d(t.key_age),
-        d(t.key_idle),
-        d(t.password_idle)
+        whole_days(t.key_age),
+        whole_days(t.key_idle),
+        whole_days(t.password_idle)
     )?;
     if let Some(e) = discovery_error {
         writeln!(out, "\nDiscovery FAILED: {e}")?;
     }
-    let row = |out: &mut dyn Write, f: &Finding| {
-        let line = format!(
-            "  {:<20} {:<24} {:<22} {:>5}",
-            f.kind.name(),
-            f.user,
-            key(f),
-            days(f)
-        );
-        writeln!(out, "{}", line.trim_end())
-    };
     for a in audited {
         let account = &a.state.account;
         write!(out, "\nAccount {} ({}): ", account.id, account.name)?;
@@ -123,13 +125,9 @@ fn table(
             n => writeln!(out, "{n} findings")?,
         }
         if !open.is_empty() {
-            writeln!(
-                out,
-                "  {:<20} {:<24} {:<22} {:>5}",
-                "FINDING", "USER", "ACCESS KEY", "DAYS"
-            )?;
+            writeln!(out, "{}", columns("FINDING", "USER", "ACCESS KEY", "DAYS"))?;
             for f in open {
-                row(out, f)?;
+                writeln!(out, "{}", finding_columns(f).trim_end())?;
             }
         }
         if !exempt.is_empty() {
@@ -138,11 +136,8 @@ fn table(
                 let e = f.exemption.as_ref().expect("partitioned on it");
                 writeln!(
                     out,
-                    "  {:<20} {:<24} {:<22} {:>5}  until {} ({}: {})",
-                    f.kind.name(),
-                    f.user,
-                    key(f),
-                    days(f),
+                    "{}  until {} ({}: {})",
+                    finding_columns(f),
                     e.until_date(),
                     e.origin.label(),
                     e.reason
@@ -184,7 +179,6 @@ fn json(
     t: &Thresholds,
     discovery_error: Option<&str>,
 ) -> io::Result<()> {
-    let d = |x: std::time::Duration| x.as_secs() / 86400;
     let accounts: Vec<_> = audited
         .iter()
         .map(|a| {
@@ -206,9 +200,9 @@ fn json(
     };
     let doc = json!({
         "thresholds": {
-            "key_max_age_days": d(t.key_age),
-            "key_max_idle_days": d(t.key_idle),
-            "password_max_idle_days": d(t.password_idle),
+            "key_max_age_days": whole_days(t.key_age),
+            "key_max_idle_days": whole_days(t.key_idle),
+            "password_max_idle_days": whole_days(t.password_idle),
         },
         "discovery_error": discovery_error,
         "accounts": accounts,

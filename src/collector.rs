@@ -14,7 +14,7 @@ use crate::config::Exemptions;
 use crate::exemptions;
 use crate::exposition::{write_header, write_line, write_sample, Labels};
 use crate::health::Health;
-use crate::inventory::{AccessKey, AccountState, Snapshot, User};
+use crate::inventory::{AccessKey, AccountState, Certificate, Snapshot, User};
 use crate::process;
 
 const CHUNK: usize = 64 * 1024;
@@ -114,10 +114,8 @@ const SNAPSHOT_FAMILIES: &[Family] = &[
         name: "aws_iam_user_signing_certificate_active",
         help: "1 if the IAM user's X.509 signing certificate 1 or 2 (label cert) is active (credential_report and hybrid sources).",
         rows: Rows::User(|u, _, emit| {
-            for (cert, c) in ["1", "2"].iter().zip(u.console.iter().flat_map(|c| &c.certificates)) {
-                if let Some(c) = c {
-                    emit(&[("cert", cert)], f64::from(u8::from(c.active)))
-                }
+            for (cert, c) in certificates(u) {
+                emit(&[("cert", cert)], f64::from(u8::from(c.active)))
             }
         }),
     },
@@ -125,10 +123,8 @@ const SNAPSHOT_FAMILIES: &[Family] = &[
         name: "aws_iam_user_signing_certificate_last_rotated_timestamp_seconds",
         help: "When the IAM user's X.509 signing certificate 1 or 2 (label cert) was created or last rotated, in Unix seconds (credential_report and hybrid sources).",
         rows: Rows::User(|u, _, emit| {
-            for (cert, c) in ["1", "2"].iter().zip(u.console.iter().flat_map(|c| &c.certificates)) {
-                if let Some(c) = c {
-                    emit(&[("cert", cert)], c.last_rotated)
-                }
+            for (cert, c) in certificates(u) {
+                emit(&[("cert", cert)], c.last_rotated)
             }
         }),
     },
@@ -184,6 +180,14 @@ type Label<'a> = (&'a str, &'a str);
 type KeySample<'a> = (f64, Option<Label<'a>>);
 /// An account's samples, each with at most one extra label.
 type AccountSamples = Vec<(Option<Label<'static>>, f64)>;
+
+/// The user's signing certificates that exist, with their `cert` label (`1`, `2`).
+fn certificates(u: &User) -> impl Iterator<Item = (&'static str, &Certificate)> {
+    ["1", "2"]
+        .into_iter()
+        .zip(u.console.iter().flat_map(|c| &c.certificates))
+        .filter_map(|(label, c)| Some((label, c.as_ref()?)))
+}
 
 /// Writes one sample of a user: the labels besides account and user, and the value.
 type Emit<'e> = dyn FnMut(&[Label], f64) + 'e;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::config::Exemptions;
 use crate::exemptions::{self, Exemption};
-use crate::inventory::{AccountState, KeyStatus, Timestamp, User};
+use crate::inventory::{whole_days, AccountState, KeyStatus, Timestamp, User};
 
 /// The alert rules' defaults.
 #[derive(Debug, Clone, Copy)]
@@ -88,7 +88,7 @@ pub fn of_account(
     let Some(s) = &state.snapshot else {
         return Vec::new();
     };
-    let days = |secs: f64| Some((secs.max(0.0) / 86400.0).floor() as u64);
+    let days = |secs: f64| Some(whole_days(secs));
     let mut out = Vec::new();
     let mut add = |kind, user: &str, key: Option<&str>, d: Option<u64>| {
         out.push(Finding {

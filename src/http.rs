@@ -452,9 +452,10 @@ fn landing_page(web: &Web) -> Response<Body> {
         let last = s.last_success.map_or("never".to_string(), |t| {
             format!("{}s ago", (now - t).max(0.0).round())
         });
-        let error = s.last_error.as_ref().map_or(String::new(), |e| {
-            format!("{} ({}): {}", e.code, e.stage.as_str(), e.message)
-        });
+        let error = s
+            .last_error
+            .as_ref()
+            .map_or(String::new(), |e| e.to_string());
         let keys = s.snapshot.as_ref().map_or(0, |snap| snap.keys.len());
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td class=\"{state}\">{state}</td><td>{keys}</td><td>{last}</td><td>{}</td></tr>\n",
@@ -473,9 +474,10 @@ fn landing_page(web: &Web) -> Response<Body> {
             format!("{}s ago", (now - t).max(0.0).round())
         });
         let found: Vec<String> = d.by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
-        let error = d.last_error.as_ref().map_or(String::new(), |e| {
-            format!("; last error: {} ({}): {}", e.code, e.stage.as_str(), e.message)
-        });
+        let error = d
+            .last_error
+            .as_ref()
+            .map_or(String::new(), |e| format!("; last error: {e}"));
         format!(
             "<p>Discovery (AWS Organizations): <span class=\"{state}\">{state}</span>, last success {last}, found {}{}</p>\n",
             html(&found.join(", ")),

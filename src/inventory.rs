@@ -6,6 +6,7 @@
 //! from IAM vanish from the next scrape.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,19 @@ pub fn unix(t: SystemTime) -> Timestamp {
 
 pub fn unix_now() -> Timestamp {
     unix(SystemTime::now())
+}
+
+pub const DAY: f64 = 86400.0;
+
+/// Whole days in `seconds` (a negative span is 0 days).
+pub fn whole_days(seconds: f64) -> u64 {
+    (seconds.max(0.0) / DAY).floor() as u64
+}
+
+/// The UTC date of `t`: `2027-03-31`.
+pub fn date(t: Timestamp) -> String {
+    let at = UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
+    humantime::format_rfc3339_seconds(at).to_string()[..10].to_string()
 }
 
 /// One account's IAM users and access keys, as read in one refresh.
@@ -138,6 +152,19 @@ pub struct RefreshError {
     /// a failure that has none (`Timeout`, `ConnectionError`, `RefreshTimeout`, ...).
     pub code: String,
     pub message: String,
+}
+
+/// `AccessDenied (list_users): <message>`, as `/`, the audit and logs show it.
+impl fmt::Display for RefreshError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.code,
+            self.stage.as_str(),
+            self.message
+        )
+    }
 }
 
 /// The step of a refresh (or of discovery) that failed: the `stage` label.

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::config::Exemptions;
 use crate::exemptions::{self, Exemption};
-use crate::inventory::{AccessKey, AccountState, Timestamp, User};
+use crate::inventory::{date, whole_days as days, AccessKey, AccountState, Timestamp, User};
 
 /// Keys on one page unless asked otherwise, and the most one page may hold.
 const PAGE: usize = 500;
@@ -117,15 +117,6 @@ pub fn page<'a>(
         })
         .collect();
     (total, rows)
-}
-
-fn days(seconds: f64) -> u64 {
-    (seconds.max(0.0) / 86400.0).floor() as u64
-}
-
-fn date(t: Timestamp) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
-    humantime::format_rfc3339_seconds(at).to_string()[..10].to_string()
 }
 
 /// The user's tags named in the account's `user_tags_as_labels`, as `key: value` pairs.

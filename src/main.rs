@@ -197,7 +197,7 @@ async fn audit(cfg: Arc<Config>, shard: Shard, format: audit::Format, t: Thresho
     let discovery_error = health
         .discovery()
         .and_then(|d| d.last_error)
-        .map(|e| format!("{} ({}): {}", e.code, e.stage.as_str(), e.message));
+        .map(|e| e.to_string());
     let mut out = std::io::stdout().lock();
     let written = audit::write(
         &mut out,

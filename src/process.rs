@@ -91,7 +91,7 @@ fn status_kib(key: &str) -> Option<f64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Returns the memory a refresh freed to the kernel. Reading an account parses responses
+/// Hands the memory a refresh freed back to the kernel. Reading an account parses responses
 /// many times the size of what is kept (a credential report, pages of user details), and
 /// glibc keeps freed pages in its heaps: measured with 40,000 keys, 37 MiB resident after
 /// the first refresh, 27 MiB once trimmed. A no-op with other allocators (musl, macOS).

@@ -129,11 +129,7 @@ async fn user_keys(iam: &Iam, user: String) -> Result<Option<Vec<AccessKey>>, Re
         let Some(last_used) = last_used(iam, &key.id).await? else {
             continue;
         };
-        keys.push(AccessKey {
-            user: user.clone(),
-            last_used,
-            ..key
-        });
+        keys.push(AccessKey { last_used, ..key });
     }
     Ok(Some(keys))
 }

@@ -14,7 +14,7 @@
 //! dropped) until the next report. A user created after the report appears with the next one
 //! (at most 4 hours).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ pub async fn read(
     }
 
     let mut keys = Vec::new();
-    let mut gone = Vec::new();
+    let mut gone = HashSet::new();
     let mut to_list = Vec::new();
     {
         let mut remembered = known.0.lock().unwrap();
@@ -63,7 +63,9 @@ pub async fn read(
                 // Listed since this report was made: fresher than the report.
                 Some(l) if l.report == generated => match &l.keys {
                     Some(k) => keys.extend(with_report_use(k, user_slots)),
-                    None => gone.push(user.clone()),
+                    None => {
+                        gone.insert(user.clone());
+                    }
                 },
                 // Listed against an older report: the ids carry over if the slots are the
                 // same keys.
@@ -100,7 +102,9 @@ pub async fn read(
     for (user, found) in listed {
         match &found {
             Some(k) => keys.extend(k.iter().cloned()),
-            None => gone.push(user.clone()),
+            None => {
+                gone.insert(user.clone());
+            }
         }
         remembered.insert(
             user,

@@ -813,45 +813,42 @@ def seed(account: str, users: Any) -> list[dict]:
     return out
 
 
+def find_user(body: dict) -> tuple[IAMBackend, Any]:
+    """The IAM backend of `account` and its user `user`, which must exist."""
+    account = want_account(body)
+    name = want_str(body, "user")
+    backend = iam_backend(account)
+    user = backend.users.get(name)
+    if user is None:
+        raise BadInput(f"user: no user {name!r} in account {account}")
+    return backend, user
+
+
 def add_key(body: dict) -> dict:
     """A new key for an existing user, as CreateAccessKey makes one (now, never used)."""
-    unknown = set(body) - {"account", "user", "status", "create_date"}
-    if unknown:
-        raise BadInput(f"unknown field(s) {sorted(unknown)}")
-    account = want_account(body)
-    user_name = want_str(body, "user")
-    backend = iam_backend(account)
-    user = backend.users.get(user_name)
-    if user is None:
-        raise BadInput(f"user: no user {user_name!r} in account {account}")
+    check_fields(body, {"account", "user", "status", "create_date"})
+    backend, user = find_user(body)
     if len(user.access_keys) >= 2:
-        raise BadInput(f"user: {user_name!r} already has 2 access keys, the most IAM allows")
+        raise BadInput(f"user: {user.name!r} already has 2 access keys, the most IAM allows")
     status = want_status(body.get("status", "Active"), "status")
     created = parse_date(body["create_date"], "create_date") if body.get("create_date") is not None else None
-    key = backend.create_access_key(user_name, status=status)
+    key = backend.create_access_key(user.name, status=status)
     if created is not None:
         key.create_date = created
     return key_view(key)
 
 
 def find_user_key(body: dict) -> tuple[IAMBackend, Any, Any]:
-    account = want_account(body)
-    user_name = want_str(body, "user")
+    backend, user = find_user(body)
     akid = want_str(body, "access_key_id")
-    backend = iam_backend(account)
-    user = backend.users.get(user_name)
-    if user is None:
-        raise BadInput(f"user: no user {user_name!r} in account {account}")
     for key in user.access_keys:
         if key.access_key_id == akid:
             return backend, user, key
-    raise BadInput(f"access_key_id: user {user_name!r} in account {account} has no key {akid!r}")
+    raise BadInput(f"access_key_id: user {user.name!r} in account {body['account']} has no key {akid!r}")
 
 
 def mutate_key(body: dict) -> dict:
-    unknown = set(body) - {"account", "user", "access_key_id", "status", "create_date", "last_used"}
-    if unknown:
-        raise BadInput(f"unknown field(s) {sorted(unknown)}")
+    check_fields(body, {"account", "user", "access_key_id", "status", "create_date", "last_used"})
     _, _, key = find_user_key(body)
     status = want_status(body["status"], "status") if "status" in body else None
     created = parse_date(body["create_date"], "create_date") if "create_date" in body else None
@@ -867,9 +864,7 @@ def mutate_key(body: dict) -> dict:
 
 
 def delete_key(body: dict) -> dict:
-    unknown = set(body) - {"account", "user", "access_key_id"}
-    if unknown:
-        raise BadInput(f"unknown field(s) {sorted(unknown)}")
+    check_fields(body, {"account", "user", "access_key_id"})
     backend, user, key = find_user_key(body)
     backend.delete_access_key(key.access_key_id, user.name)
     backend.access_keys.pop(key.access_key_id, None)
@@ -877,15 +872,9 @@ def delete_key(body: dict) -> dict:
 
 
 def delete_user(body: dict) -> dict:
-    unknown = set(body) - {"account", "user"}
-    if unknown:
-        raise BadInput(f"unknown field(s) {sorted(unknown)}")
-    account = want_account(body)
-    name = want_str(body, "user")
-    backend = iam_backend(account)
-    user = backend.users.get(name)
-    if user is None:
-        raise BadInput(f"user: no user {name!r} in account {account}")
+    check_fields(body, {"account", "user"})
+    backend, user = find_user(body)
+    name = user.name
     keys = [k.access_key_id for k in user.access_keys]
     for akid in keys:
         backend.access_keys.pop(akid, None)
