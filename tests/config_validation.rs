@@ -375,6 +375,43 @@ fn discovery_settings() {
 }
 
 #[test]
+fn exemption_rules_and_user_tags() {
+    let one = "accounts:\n  - id: \"111111111111\"\n";
+    rejects(
+        &format!("exemptions:\n  rules:\n    - {{user: ci, reason: x}}\n{one}"),
+        &[
+            ":3:7: exemptions.rules[0].until: ",
+            "every exemption needs an end date",
+        ],
+    );
+    rejects(
+        &format!("exemptions:\n  rules:\n    - {{user: ci, reason: x, until: 2027-13-45}}\n{one}"),
+        &[
+            ":3:36: exemptions.rules[0].until: ",
+            "not a date like 2027-03-31",
+        ],
+    );
+    rejects(
+        &format!(
+            "exemptions:\n  rules:\n    - {{user: \"ci deploy\", reason: \"\", until: 2027-01-01, access_key_id: nope}}\n{one}"
+        ),
+        &[
+            "3 problems",
+            ":3:14: exemptions.rules[0].user: ",
+            ":3:35: exemptions.rules[0].reason: reason must not be empty",
+            ":3:73: exemptions.rules[0].access_key_id: ",
+        ],
+    );
+    rejects(
+        &format!("user_tags_as_labels: [cost-center, cost_center]\n{one}"),
+        &[
+            ":1:36: user_tags_as_labels[1]: ",
+            "would both become label tag_cost_center",
+        ],
+    );
+}
+
+#[test]
 fn shard_flags_are_checked_before_binding() {
     for (args, want) in [
         (

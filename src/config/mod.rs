@@ -326,6 +326,24 @@ mod tests {
     }
 
     #[test]
+    fn exemptions_by_tag_are_on_by_default_and_rules_may_cover_every_account() {
+        let one = "accounts:\n  - id: \"111111111111\"\n";
+        let c = parse_ok(one);
+        assert_eq!(c.exemptions.tag.as_deref(), Some(DEFAULT_EXEMPTION_TAG));
+        let c = parse_ok(&format!(
+            "exemptions:\n  tag: \"\"\n  rules:\n    - {{account: \"*\", user: break-glass-*, reason: x, until: 2027-03-31}}\n{one}"
+        ));
+        assert_eq!(
+            c.exemptions.tag, None,
+            "an empty tag turns tag exemptions off"
+        );
+        let rule = &c.exemptions.rules[0];
+        assert_eq!(rule.account, None, "\"*\" is every account");
+        // Exempt through the whole of the `until` day, UTC.
+        assert_eq!(rule.until, 1_806_537_600.0);
+    }
+
+    #[test]
     fn fills_defaults() {
         let c = parse_ok(
             r#"
