@@ -11,9 +11,11 @@ use std::time::Instant;
 
 use iam_key_exporter::accounts::{Account, Origin, Shard};
 use iam_key_exporter::collector::{self, Scope};
-use iam_key_exporter::config::{ExemptionRule, Exemptions, DEFAULT_EXEMPTION_TAG};
+use iam_key_exporter::config::{self, ExemptionRule, Exemptions, DEFAULT_EXEMPTION_TAG};
 use iam_key_exporter::health::{BuildInfo, Health};
-use iam_key_exporter::inventory::{AccessKey, AccountState, KeyStatus, LastUse, Snapshot, User};
+use iam_key_exporter::inventory::{
+    AccessKey, AccountState, KeyStatus, LastUse, Snapshot, Standards, User,
+};
 use iam_key_exporter::keys;
 
 const BUILD: BuildInfo = BuildInfo {
@@ -36,9 +38,13 @@ fn inventory(keys: usize) -> Vec<Arc<AccountState>> {
                 origin: Origin::Static,
                 user_tags: Vec::new(),
                 reads_user_tags: false,
+                ous: Vec::new(),
             });
             let per_account = keys / accounts;
-            let mut snapshot = Snapshot::default();
+            let mut snapshot = Snapshot {
+                user_tags_read: true,
+                ..Snapshot::default()
+            };
             for k in 0..per_account {
                 let user = format!("service-user-{:06}", k / 2);
                 if k % 2 == 0 {
@@ -46,7 +52,7 @@ fn inventory(keys: usize) -> Vec<Arc<AccountState>> {
                         name: user.clone(),
                         created: NOW - 9e7,
                         password_last_used: None,
-                        path: None,
+                        path: Some("/".into()),
                         tags: Default::default(),
                         console: None,
                     });
@@ -154,14 +160,14 @@ fn render_with_crate(accounts: &[Arc<AccountState>], now: f64) -> Vec<u8> {
 /// The times of `runs` whole renders, in milliseconds, sorted.
 fn render_times(
     accounts: &[Arc<AccountState>],
-    exemptions: Arc<Exemptions>,
+    standards: Arc<Standards>,
     health: &Health,
     runs: usize,
 ) -> Vec<f64> {
     let mut times: Vec<f64> = (0..runs)
         .map(|_| {
             let start = Instant::now();
-            for chunk in collector::render(accounts, exemptions.clone(), health, Scope::Server, NOW)
+            for chunk in collector::render(accounts, standards.clone(), health, Scope::Server, NOW)
             {
                 std::hint::black_box(&chunk);
             }
@@ -171,6 +177,16 @@ fn render_times(
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     times
 }
+
+const POLICY: &str = r#"
+policy:
+  rules:
+    - {account_labels: {tag_environment: sandbox}, key_max_age: 180d}
+    - {user_tags: {kind: service}, key_max_age: 365d, key_max_idle: 90d}
+    - {account: "111111111111", user: "ci-*", key_max_age: 30d}
+    - {path: /breakglass/, key_max_idle: 365d}
+accounts: [{id: "111111111111"}]
+"#;
 
 fn main() {
     let health = Health::new(NOW, Shard::default(), BUILD);
@@ -200,7 +216,7 @@ fn main() {
     // Exemptions are resolved at scrape time (a reload applies them at once): the default
     // tag and five user patterns, matched against every user of every account.
     let accounts = inventory(100_000);
-    let exemptions = Arc::new(Exemptions {
+    let exemptions = Exemptions {
         tag: Some(DEFAULT_EXEMPTION_TAG.to_string()),
         rules: (0..5)
             .map(|i| ExemptionRule {
@@ -211,15 +227,34 @@ fn main() {
                 until: NOW + 1e7,
             })
             .collect(),
+    };
+    let standards = Arc::new(Standards {
+        policy: Default::default(),
+        exemptions,
     });
-    let times = render_times(&accounts, exemptions, &health, 10);
+    let times = render_times(&accounts, standards, &health, 10);
     println!(
         "render  100000 keys, default exemption tag and 5 user patterns: median {:7.2} ms",
         times[times.len() / 2]
     );
 
+    // The policy is decided per user at scrape time too: the README's four example rules,
+    // none of which matches these users, so every user is tested against all four.
+    let policy = config::parse(POLICY, std::path::Path::new("bench.yaml"))
+        .expect("the example policy is valid")
+        .policy;
+    let standards = Arc::new(Standards {
+        policy,
+        exemptions: Default::default(),
+    });
+    let times = render_times(&accounts, standards, &health, 10);
+    println!(
+        "render  100000 keys, the README's 4 policy rules: median {:7.2} ms",
+        times[times.len() / 2]
+    );
+
     // The key view's first page (500 of 100k keys, sorted oldest first), HTML and JSON.
-    let exemptions = Default::default();
+    let exemptions = Standards::default();
     for json in [false, true] {
         let mut times = Vec::new();
         let mut bytes = 0;

@@ -24,8 +24,11 @@ pub struct Account {
     pub origin: Origin,
     /// The IAM user tags shown as labels of `aws_iam_user_info`.
     pub user_tags: Vec<TagLabel>,
-    /// Whether the users' tags must be read: for labels, or for exemptions by tag.
+    /// Whether the users' tags must be read: for labels, exemptions by tag or policy rules.
     pub reads_user_tags: bool,
+    /// The OUs and root above the account, nearest first, where discovery walked the
+    /// organization's tree (for policy rules by OU); empty otherwise.
+    pub ous: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +63,8 @@ pub struct OrgAccount {
     /// `ACTIVE`, `SUSPENDED`, `PENDING_CLOSURE`, `CLOSED`, ... (`State`, or the older
     /// `Status` where AWS gives no `State`).
     pub state: String,
+    /// The OUs and root above it, nearest first, when discovery walked the tree.
+    pub ous: Vec<String>,
 }
 
 impl OrgAccount {
@@ -192,6 +197,7 @@ pub fn plan(cfg: &Config, discovered: Option<&Discovered>, shard: Shard) -> Vec<
                 account.name = org.name.clone();
             }
             account.labels.extend(tag_labels);
+            account.ous = org.ous.clone();
             account.origin = Origin::Organizations;
             out.insert(&org.id, account);
         }
@@ -237,6 +243,11 @@ fn excluded(cfg: &Config) -> HashSet<&str> {
         .collect()
 }
 
+/// An account listed nowhere, as the defaults would read it.
+pub fn bare(cfg: &Config, id: &str) -> Account {
+    resolve(cfg, id, None)
+}
+
 /// An account with the entry's settings (if any) over the defaults; named after its id
 /// unless the entry names it.
 fn resolve(cfg: &Config, id: &str, entry: Option<&AccountEntry>) -> Account {
@@ -270,7 +281,10 @@ fn resolve(cfg: &Config, id: &str, entry: Option<&AccountEntry>) -> Account {
         labels: entry.map(|e| e.labels.clone()).unwrap_or_default(),
         origin: Origin::Static,
         user_tags: user_tags.clone(),
-        reads_user_tags: !user_tags.is_empty() || cfg.exemptions.tag.is_some(),
+        reads_user_tags: !user_tags.is_empty()
+            || cfg.exemptions.tag.is_some()
+            || cfg.policy.needs_user_tags(),
+        ous: Vec::new(),
     }
 }
 
@@ -289,6 +303,7 @@ mod tests {
             id: id.into(),
             name: name.into(),
             state: state.into(),
+            ous: Vec::new(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! `iam-key-exporter audit`: every account read once, its findings printed for a person (a
-//! table per account) or for tooling (JSON, CSV). Exempt findings are listed apart, with
-//! their reason and end date.
+//! table per account) or for tooling (JSON, CSV). Findings follow the configured policy,
+//! each with the deadline that passed, the rule that set it and the compliance controls it
+//! fails; keys within the policy's notice of a deadline are listed apart as "due soon", and
+//! exempt findings apart with their reason and end date.
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -8,9 +10,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::config::Exemptions;
-use crate::findings::{self, Finding, Thresholds};
-use crate::inventory::{self, AccountState, Timestamp};
+use crate::config::Limits;
+use crate::findings::{self, Finding, Kind};
+use crate::inventory::{self, date, AccountState, Standards, Timestamp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -20,7 +22,8 @@ pub enum Format {
 }
 
 /// Exit codes: every account read and nothing found; something found; an account (or the
-/// discovery) could not be read, so the audit is incomplete.
+/// discovery) could not be read, so the audit is incomplete. Keys due soon and exempt
+/// findings do not count as found.
 pub const CLEAN: u8 = 0;
 pub const INCOMPLETE: u8 = 1;
 pub const FOUND: u8 = 3;
@@ -31,13 +34,30 @@ struct Audited<'a> {
     findings: Vec<Finding>,
 }
 
+/// Where a finding is listed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Open,
+    DueSoon,
+    Exempt,
+}
+
+fn part(f: &Finding) -> Part {
+    if f.exemption.is_some() {
+        Part::Exempt
+    } else if f.kind.is_notice() {
+        Part::DueSoon
+    } else {
+        Part::Open
+    }
+}
+
 /// Writes the audit of `accounts` to `out`; returns the exit code.
 pub fn write(
     out: &mut dyn Write,
     format: Format,
     accounts: &[Arc<AccountState>],
-    exemptions: &Exemptions,
-    thresholds: &Thresholds,
+    standards: &Standards,
     discovery_error: Option<&str>,
     now: Timestamp,
 ) -> io::Result<u8> {
@@ -45,19 +65,19 @@ pub fn write(
         .iter()
         .map(|s| Audited {
             state: s,
-            findings: findings::of_account(s, exemptions, thresholds, now),
+            findings: findings::of_account(s, standards, now),
         })
         .collect();
     match format {
-        Format::Table => table(out, &audited, thresholds, discovery_error)?,
-        Format::Json => json(out, &audited, thresholds, discovery_error)?,
+        Format::Table => table(out, &audited, standards, discovery_error)?,
+        Format::Json => json(out, &audited, standards, discovery_error)?,
         Format::Csv => csv(out, &audited)?,
     }
     let failed = discovery_error.is_some() || audited.iter().any(|a| !a.state.up);
     let found = audited
         .iter()
         .flat_map(|a| &a.findings)
-        .any(|f| f.exemption.is_none());
+        .any(|f| part(f) == Part::Open);
     Ok(if failed {
         INCOMPLETE
     } else if found {
@@ -85,27 +105,57 @@ fn whole_days(d: Duration) -> u64 {
     inventory::whole_days(d.as_secs_f64())
 }
 
+fn deadline(f: &Finding) -> String {
+    f.deadline
+        .as_ref()
+        .map(|(t, _)| date(*t))
+        .unwrap_or_default()
+}
+
+fn rule(f: &Finding) -> &str {
+    f.deadline.as_ref().map_or("", |(_, r)| r.as_str())
+}
+
 /// A finding's columns in the table (and the header's, in the same widths).
-fn columns(kind: &str, user: &str, key: &str, days: &str) -> String {
-    format!("  {kind:<20} {user:<24} {key:<22} {days:>5}")
+fn columns(kind: &str, user: &str, key: &str, days: &str, deadline: &str, rule: &str) -> String {
+    format!("  {kind:<20} {user:<24} {key:<22} {days:>5}  {deadline:<10}  {rule}")
 }
 
 fn finding_columns(f: &Finding) -> String {
-    columns(f.kind.name(), &f.user, key(f), &days(f))
+    columns(
+        f.kind.name(),
+        &f.user,
+        key(f),
+        &days(f),
+        &deadline(f),
+        rule(f),
+    )
+}
+
+fn limits_text(l: &Limits) -> String {
+    format!(
+        "keys rotated within {} days and disabled after {} days unused, passwords unused for at most {} days, {} days' notice",
+        whole_days(l.key_max_age),
+        whole_days(l.key_max_idle),
+        whole_days(l.password_max_idle),
+        whole_days(l.notice)
+    )
 }
 
 fn table(
     out: &mut dyn Write,
     audited: &[Audited],
-    t: &Thresholds,
+    standards: &Standards,
     discovery_error: Option<&str>,
 ) -> io::Result<()> {
+    let policy = &standards.policy;
+    writeln!(out, "Policy: {} (default)", limits_text(&policy.defaults))?;
+    for r in &policy.rules {
+        writeln!(out, "  rule {}: {}", r.name, limits_text(&r.limits))?;
+    }
     writeln!(
         out,
-        "Findings: keys older than {} days, keys unused for {} days, passwords unused for {} days, users with two active keys, root keys, missing MFA.",
-        whole_days(t.key_age),
-        whole_days(t.key_idle),
-        whole_days(t.password_idle)
+        "Also: users with two active keys, root keys, missing MFA."
     )?;
     if let Some(e) = discovery_error {
         writeln!(out, "\nDiscovery FAILED: {e}")?;
@@ -117,22 +167,28 @@ fn table(
             writeln!(out, "FAILED: {}", error_text(a.state))?;
             continue;
         }
-        let (open, exempt): (Vec<&Finding>, Vec<&Finding>) =
-            a.findings.iter().partition(|f| f.exemption.is_none());
-        match open.len() {
+        let of = |p: Part| a.findings.iter().filter(move |f| part(f) == p);
+        match of(Part::Open).count() {
             0 => writeln!(out, "no findings")?,
             1 => writeln!(out, "1 finding")?,
             n => writeln!(out, "{n} findings")?,
         }
-        if !open.is_empty() {
-            writeln!(out, "{}", columns("FINDING", "USER", "ACCESS KEY", "DAYS"))?;
-            for f in open {
+        if of(Part::Open).next().is_some() {
+            let header = columns("FINDING", "USER", "ACCESS KEY", "DAYS", "DEADLINE", "RULE");
+            writeln!(out, "{}", header.trim_end())?;
+            for f in of(Part::Open) {
                 writeln!(out, "{}", finding_columns(f).trim_end())?;
             }
         }
-        if !exempt.is_empty() {
+        if of(Part::DueSoon).next().is_some() {
+            writeln!(out, "  due soon:")?;
+            for f in of(Part::DueSoon) {
+                writeln!(out, "{}", finding_columns(f).trim_end())?;
+            }
+        }
+        if of(Part::Exempt).next().is_some() {
             writeln!(out, "  exempt:")?;
-            for f in exempt {
+            for f in of(Part::Exempt) {
                 let e = f.exemption.as_ref().expect("partitioned on it");
                 writeln!(
                     out,
@@ -147,13 +203,25 @@ fn table(
     }
     let failed = audited.iter().filter(|a| !a.state.up).count();
     let all: Vec<&Finding> = audited.iter().flat_map(|a| &a.findings).collect();
-    let exempt = all.iter().filter(|f| f.exemption.is_some()).count();
+    let count = |p: Part| all.iter().filter(|f| part(f) == p).count();
     writeln!(
         out,
-        "\n{} accounts, {failed} not read; {} findings, {exempt} more exempt.",
+        "\n{} accounts, {failed} not read; {} findings, {} due soon, {} more exempt.",
         audited.len(),
-        all.len() - exempt
-    )
+        count(Part::Open),
+        count(Part::DueSoon),
+        count(Part::Exempt)
+    )?;
+    let mut kinds: Vec<Kind> = all.iter().map(|f| f.kind).collect();
+    kinds.sort();
+    kinds.dedup();
+    if !kinds.is_empty() {
+        writeln!(out, "\nControls:")?;
+        for k in kinds {
+            writeln!(out, "  {:<20} {}", k.name(), k.controls_text())?;
+        }
+    }
+    Ok(())
 }
 
 fn finding_json(a: &Audited, f: &Finding) -> serde_json::Value {
@@ -164,7 +232,12 @@ fn finding_json(a: &Audited, f: &Finding) -> serde_json::Value {
         "user": f.user,
         "access_key_id": f.access_key_id,
         "days": f.days,
+        "controls": f.kind.controls().iter().map(|c| json!({"framework": c.framework, "id": c.id})).collect::<Vec<_>>(),
     });
+    if let Some((t, rule)) = &f.deadline {
+        v["deadline"] = json!(date(*t));
+        v["rule"] = json!(rule);
+    }
     if let Some(e) = &f.exemption {
         v["exempt_until"] = json!(e.until_date());
         v["exempt_reason"] = json!(e.reason);
@@ -173,10 +246,19 @@ fn finding_json(a: &Audited, f: &Finding) -> serde_json::Value {
     v
 }
 
+fn limits_json(l: &Limits) -> serde_json::Value {
+    json!({
+        "key_max_age_days": whole_days(l.key_max_age),
+        "key_max_idle_days": whole_days(l.key_max_idle),
+        "password_max_idle_days": whole_days(l.password_max_idle),
+        "notice_days": whole_days(l.notice),
+    })
+}
+
 fn json(
     out: &mut dyn Write,
     audited: &[Audited],
-    t: &Thresholds,
+    standards: &Standards,
     discovery_error: Option<&str>,
 ) -> io::Result<()> {
     let accounts: Vec<_> = audited
@@ -190,24 +272,29 @@ fn json(
             })
         })
         .collect();
-    let pick = |exempt: bool| -> Vec<serde_json::Value> {
+    let pick = |p: Part| -> Vec<serde_json::Value> {
         audited
             .iter()
             .flat_map(|a| a.findings.iter().map(move |f| (a, f)))
-            .filter(|(_, f)| f.exemption.is_some() == exempt)
+            .filter(|(_, f)| part(f) == p)
             .map(|(a, f)| finding_json(a, f))
             .collect()
     };
+    let policy = &standards.policy;
     let doc = json!({
-        "thresholds": {
-            "key_max_age_days": whole_days(t.key_age),
-            "key_max_idle_days": whole_days(t.key_idle),
-            "password_max_idle_days": whole_days(t.password_idle),
+        "policy": {
+            "defaults": limits_json(&policy.defaults),
+            "rules": policy.rules.iter().map(|r| {
+                let mut v = limits_json(&r.limits);
+                v["name"] = json!(r.name);
+                v
+            }).collect::<Vec<_>>(),
         },
         "discovery_error": discovery_error,
         "accounts": accounts,
-        "findings": pick(false),
-        "exempt": pick(true),
+        "findings": pick(Part::Open),
+        "due_soon": pick(Part::DueSoon),
+        "exempt": pick(Part::Exempt),
     });
     serde_json::to_writer_pretty(&mut *out, &doc)?;
     writeln!(out)
@@ -222,6 +309,9 @@ fn csv(out: &mut dyn Write, audited: &[Audited]) -> io::Result<()> {
         "user",
         "access_key_id",
         "days",
+        "deadline",
+        "rule",
+        "controls",
         "exempt_until",
         "exempt_reason",
         "error",
@@ -234,6 +324,9 @@ fn csv(out: &mut dyn Write, audited: &[Audited]) -> io::Result<()> {
                 &account.id,
                 &account.name,
                 "not_read",
+                "",
+                "",
+                "",
                 "",
                 "",
                 "",
@@ -257,6 +350,9 @@ fn csv(out: &mut dyn Write, audited: &[Audited]) -> io::Result<()> {
                 &f.user,
                 key(f),
                 &days(f),
+                &deadline(f),
+                rule(f),
+                &f.kind.controls_text(),
                 &until,
                 &reason,
                 "",

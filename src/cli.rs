@@ -101,32 +101,46 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         output: PathBuf,
     },
-    /// Read every account once and print what is wrong: keys too old or unused, users with
-    /// two active keys, root keys, unused passwords, missing MFA; exempt ones apart.
-    /// Exits 0 when clean, 3 with findings, 1 if an account could not be read.
+    /// Read every account once and print what is wrong by the configured policy: keys too
+    /// old or unused, users with two active keys, root keys, unused passwords, missing MFA;
+    /// keys due soon and exempt ones apart. Exits 0 when clean, 3 with findings, 1 if an
+    /// account could not be read. To audit by another policy, give another configuration file.
     Audit {
         /// `table` for a person, `json` or `csv` for tooling.
         #[arg(long, value_enum, default_value_t = crate::audit::Format::Table)]
         format: crate::audit::Format,
-        /// An active key older than this is a finding (IAMAccessKeyTooOld's 90 days).
-        #[arg(long = "key-max-age", default_value = "90d", value_parser = parse_days, value_name = "DAYS")]
-        key_max_age: std::time::Duration,
-        /// An active key unused (or never used) for this long is a finding.
-        #[arg(long = "key-max-idle", default_value = "45d", value_parser = parse_days, value_name = "DAYS")]
-        key_max_idle: std::time::Duration,
-        /// A console password unused for this long is a finding.
-        #[arg(long = "password-max-idle", default_value = "45d", value_parser = parse_days, value_name = "DAYS")]
-        password_max_idle: std::time::Duration,
+    },
+    /// Say which rule of the configured policy applies to a user, and why: every rule in
+    /// order with the first matcher that fails it. Reads nothing from AWS: give the user's
+    /// path and tags, and the account's labels and OUs that discovery would find (an
+    /// account listed in the file brings its own labels).
+    Policy {
+        /// The account id.
+        #[arg(long, value_name = "ID")]
+        account: String,
+        /// The IAM user name.
+        #[arg(long, value_name = "NAME")]
+        user: String,
+        /// The user's IAM path.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// A tag of the user; repeat for more.
+        #[arg(long = "user-tag", value_name = "KEY=VALUE", value_parser = pair)]
+        user_tags: Vec<(String, String)>,
+        /// A label of the account, as on aws_iam_account_info (`tag_environment=sandbox`).
+        #[arg(long = "account-label", value_name = "NAME=VALUE", value_parser = pair)]
+        account_labels: Vec<(String, String)>,
+        /// An OU (or root) the account sits in, directly or below; repeat for more.
+        #[arg(long = "ou", value_name = "OU_ID")]
+        ous: Vec<String>,
     },
 }
 
-/// A number of days, `90d` or `90`.
-fn parse_days(s: &str) -> Result<std::time::Duration, String> {
-    let n: u64 = s
-        .trim_end_matches('d')
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of days like 90d"))?;
-    Ok(std::time::Duration::from_secs(n * 86400))
+/// `KEY=VALUE`.
+fn pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

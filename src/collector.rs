@@ -10,12 +10,12 @@
 use std::sync::Arc;
 
 use crate::accounts::Account;
-use crate::config::Exemptions;
+use crate::config::{Limits, DEFAULT_RULE};
 use crate::exemptions;
 use crate::exposition::{write_header, write_line, write_sample, Labels};
 use crate::health::Health;
-use crate::inventory::{AccessKey, AccountState, Certificate, Snapshot, User};
-use crate::process;
+use crate::inventory::{AccessKey, AccountState, Certificate, Snapshot, Standards, User};
+use crate::{policy, process};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -39,10 +39,7 @@ const SNAPSHOT_FAMILIES: &[Family] = &[
     Family {
         name: "aws_iam_access_key_idle_seconds",
         help: "Seconds since the access key was last used, or since creation if never used.",
-        rows: Rows::Key(|k, now| {
-            let since = k.last_used.as_ref().map_or(k.created, |u| u.at);
-            Some(((now - since).max(0.0), None))
-        }),
+        rows: Rows::Key(|k, now| Some(((now - k.idle_since()).max(0.0), None))),
     },
     Family {
         name: "aws_iam_access_key_last_used_info",
@@ -60,12 +57,14 @@ const SNAPSHOT_FAMILIES: &[Family] = &[
     },
     Family {
         name: "aws_iam_user_info",
-        help: "An IAM user, with its IAM path where the source knows it and its tags named in user_tags_as_labels (always 1).",
+        help: "An IAM user, with its IAM path where the source knows it, the policy rule that sets its limits (policy_rule: iam_key_exporter_policy_* give them) and its tags named in user_tags_as_labels (always 1).",
         rows: Rows::User(|u, a, emit| {
-            let mut labels: Vec<Label> = Vec::with_capacity(a.account.user_tags.len() + 1);
+            let mut labels: Vec<Label> = Vec::with_capacity(a.account.user_tags.len() + 2);
             if let Some(path) = &u.path {
                 labels.push(("path", path));
             }
+            let rule = policy::decide(&a.standards.policy, a.account, u, a.tags_known).rule;
+            labels.push(("policy_rule", rule));
             for t in &a.account.user_tags {
                 if let Some(value) = u.tags.get(&t.tag) {
                     labels.push((&t.label, value));
@@ -132,7 +131,7 @@ const SNAPSHOT_FAMILIES: &[Family] = &[
         name: "aws_iam_exemption_until_timestamp_seconds",
         help: "Until when a user's keys (access_key_id empty) or one key are exempt from the key alerts, by a user tag or a configured rule (label origin), with the reason; expired ones stay until removed.",
         rows: Rows::User(|u, a, emit| {
-            for e in exemptions::of_user(a.exemptions, a.account, u) {
+            for e in exemptions::of_user(&a.standards.exemptions, a.account, u) {
                 let labels = [
                     ("access_key_id", e.access_key_id.as_deref().unwrap_or("")),
                     ("reason", e.reason.as_str()),
@@ -195,7 +194,9 @@ type Emit<'e> = dyn FnMut(&[Label], f64) + 'e;
 /// What a user's samples may draw on besides the user.
 struct UserContext<'a> {
     account: &'a Account,
-    exemptions: &'a Exemptions,
+    standards: &'a Standards,
+    /// Whether the account's users' tags were read.
+    tags_known: bool,
 }
 
 /// How a family's samples come out of a snapshot.
@@ -215,7 +216,7 @@ impl Family {
         &self,
         out: &mut Vec<u8>,
         a: &Prepared,
-        exemptions: &Exemptions,
+        standards: &Standards,
         now: f64,
         start: usize,
     ) -> Option<usize> {
@@ -249,7 +250,8 @@ impl Family {
             Rows::User(samples) => {
                 let context = UserContext {
                     account: &a.state.account,
-                    exemptions,
+                    standards,
+                    tags_known: s.user_tags_read,
                 };
                 for (i, u) in s.users.iter().enumerate().skip(start) {
                     // Only after a row: yielding without progress would repeat the header.
@@ -299,7 +301,7 @@ pub enum Scope {
 pub struct Exposition {
     buf: Vec<u8>,
     accounts: Vec<Prepared>,
-    exemptions: Arc<Exemptions>,
+    standards: Arc<Standards>,
     now: f64,
     family: usize,
     account: usize,
@@ -311,7 +313,7 @@ pub struct Exposition {
 /// and per-user families (large, streamed). `now` is Unix seconds.
 pub fn render(
     accounts: &[Arc<AccountState>],
-    exemptions: Arc<Exemptions>,
+    standards: Arc<Standards>,
     health: &Health,
     scope: Scope,
     now: f64,
@@ -319,6 +321,7 @@ pub fn render(
     let mut buf = Vec::with_capacity(CHUNK * 2);
     health.render(&mut buf, scope == Scope::Server);
     write_account_families(&mut buf, accounts);
+    write_policy_families(&mut buf, accounts, &standards);
     if scope == Scope::Server {
         process::render(&mut buf);
     }
@@ -345,7 +348,7 @@ pub fn render(
     Exposition {
         buf,
         accounts,
-        exemptions,
+        standards,
         now,
         family: 0,
         account: 0,
@@ -406,6 +409,65 @@ fn write_account_families(out: &mut Vec<u8>, accounts: &[Arc<AccountState>]) {
     }
 }
 
+/// The policy's limits by rule, which the alert rules join to `aws_iam_user_info`'s
+/// `policy_rule`, and per account the users whose rule could not be decided.
+fn write_policy_families(out: &mut Vec<u8>, accounts: &[Arc<AccountState>], standards: &Standards) {
+    type Limit = fn(&Limits) -> std::time::Duration;
+    let limits: [(&str, &str, Limit); 4] = [
+        (
+            "iam_key_exporter_policy_key_max_age_seconds",
+            "The policy's longest life of an active access key, by rule (policy.key_max_age): older keys must be rotated.",
+            |l| l.key_max_age,
+        ),
+        (
+            "iam_key_exporter_policy_key_max_idle_seconds",
+            "The policy's longest time an active access key may go unused (never used: since creation), by rule (policy.key_max_idle).",
+            |l| l.key_max_idle,
+        ),
+        (
+            "iam_key_exporter_policy_password_max_idle_seconds",
+            "The policy's longest time a console password may go unused, by rule (policy.password_max_idle).",
+            |l| l.password_max_idle,
+        ),
+        (
+            "iam_key_exporter_policy_notice_seconds",
+            "How long before a policy deadline the notice alerts fire, by rule (policy.notice).",
+            |l| l.notice,
+        ),
+    ];
+    let policy = &standards.policy;
+    let rules: Vec<(Labels, &Limits)> = std::iter::once((DEFAULT_RULE, &policy.defaults))
+        .chain(policy.rules.iter().map(|r| (r.name.as_str(), &r.limits)))
+        .map(|(name, l)| (Labels::new().with("policy_rule", name), l))
+        .collect();
+    for (name, help, limit) in limits {
+        write_header(out, name, "gauge", help);
+        for (labels, l) in &rules {
+            write_sample(out, name, labels.as_str(), limit(l).as_secs_f64());
+        }
+    }
+    let name = "iam_key_exporter_policy_undecided_users";
+    write_header(out, name, "gauge", "Users whose policy rule needs their tags, which could not be read: the default limits apply to them instead.");
+    for s in accounts {
+        let Some(snapshot) = &s.snapshot else {
+            continue;
+        };
+        let undecided = if snapshot.user_tags_read || !policy.needs_user_tags() {
+            0
+        } else {
+            snapshot
+                .users
+                .iter()
+                .filter(|u| policy::decide(policy, &s.account, u, false).undecided)
+                .count()
+        };
+        let labels = Labels::new()
+            .with("account_id", &s.account.id)
+            .with("account_name", &s.account.name);
+        write_sample(out, name, labels.as_str(), undecided as f64);
+    }
+}
+
 impl Iterator for Exposition {
     type Item = Vec<u8>;
 
@@ -416,7 +478,7 @@ impl Iterator for Exposition {
                 write_header(&mut self.buf, family.name, "gauge", family.help);
             }
             let resume = match self.accounts.get(self.account) {
-                Some(a) => family.write(&mut self.buf, a, &self.exemptions, self.now, self.row),
+                Some(a) => family.write(&mut self.buf, a, &self.standards, self.now, self.row),
                 None => None,
             };
             match resume {
@@ -478,6 +540,7 @@ mod tests {
             origin: Origin::Static,
             user_tags: Vec::new(),
             reads_user_tags: false,
+            ous: Vec::new(),
         };
         let mut s = AccountState::new(Arc::new(account));
         s.snapshot = Some(Arc::new(snapshot));

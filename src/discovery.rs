@@ -110,7 +110,7 @@ async fn discover(
     shard: Shard,
     reader: &OrgReader,
 ) -> Result<Discovered, RefreshError> {
-    let accounts = reader.accounts(d).await?;
+    let accounts = reader.accounts(d, cfg.policy.needs_ous()).await?;
     let tags = if d.tags_as_labels.is_empty() {
         HashMap::new()
     } else {

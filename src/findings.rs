@@ -1,33 +1,14 @@
-//! What is wrong with an account's long-lived credentials, by the same rules the shipped
-//! alerts use: for the `audit` command and the key view. Exemptions apply to the key
+//! What is wrong with an account's long-lived credentials, by the configured policy that the
+//! shipped alerts read from the metrics: for the `audit` command. Exemptions apply to the key
 //! findings, as they do to the key alerts; exempt findings are kept, marked, so an auditor
-//! sees every exception.
+//! sees every exception. Deadlines within the policy's notice are findings of their own
+//! kinds, which are not failures.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use crate::config::Exemptions;
 use crate::exemptions::{self, Exemption};
-use crate::inventory::{whole_days, AccountState, KeyStatus, Timestamp, User};
-
-/// The alert rules' defaults.
-#[derive(Debug, Clone, Copy)]
-pub struct Thresholds {
-    pub key_age: Duration,
-    pub key_idle: Duration,
-    pub password_idle: Duration,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        const DAY: u64 = 86400;
-        Thresholds {
-            key_age: Duration::from_secs(90 * DAY),
-            key_idle: Duration::from_secs(45 * DAY),
-            password_idle: Duration::from_secs(45 * DAY),
-        }
-    }
-}
+use crate::inventory::{whole_days, AccountState, KeyStatus, Standards, Timestamp, User};
+use crate::policy::{self, Standing};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
@@ -39,7 +20,45 @@ pub enum Kind {
     TwoActiveKeys,
     PasswordUnused,
     ConsoleWithoutMfa,
+    /// Within the notice before a key must be rotated.
+    KeyTooOldSoon,
+    /// Within the notice before an unused key must be disabled.
+    KeyUnusedSoon,
 }
+
+/// A control of a compliance framework that a finding fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Control {
+    pub framework: &'static str,
+    pub id: &'static str,
+}
+
+const CIS_3: &str = "CIS AWS Foundations Benchmark v3.0.0";
+const CIS_5: &str = "CIS AWS Foundations Benchmark v5.0.0";
+const HUB: &str = "AWS Security Hub";
+const PCI: &str = "PCI DSS v4.0";
+
+const fn c(framework: &'static str, id: &'static str) -> Control {
+    Control { framework, id }
+}
+
+const KEY_AGE: &[Control] = &[
+    c(CIS_3, "1.14"),
+    c(CIS_5, "1.13"),
+    c(HUB, "IAM.3"),
+    c(PCI, "8.3.9"),
+    c(PCI, "8.6.3"),
+];
+const UNUSED: &[Control] = &[
+    c(CIS_3, "1.12"),
+    c(CIS_5, "1.11"),
+    c(HUB, "IAM.22"),
+    c(PCI, "8.2.6"),
+];
+const TWO_KEYS: &[Control] = &[c(CIS_3, "1.13"), c(CIS_5, "1.12")];
+const ROOT_KEY: &[Control] = &[c(CIS_3, "1.4"), c(CIS_5, "1.3"), c(HUB, "IAM.4")];
+const ROOT_MFA: &[Control] = &[c(CIS_3, "1.5"), c(CIS_5, "1.4"), c(HUB, "IAM.9")];
+const USER_MFA: &[Control] = &[c(CIS_3, "1.10"), c(CIS_5, "1.9"), c(HUB, "IAM.5")];
 
 impl Kind {
     /// The name in every output format.
@@ -53,14 +72,50 @@ impl Kind {
             Kind::TwoActiveKeys => "two_active_keys",
             Kind::PasswordUnused => "password_unused",
             Kind::ConsoleWithoutMfa => "console_without_mfa",
+            Kind::KeyTooOldSoon => "key_too_old_soon",
+            Kind::KeyUnusedSoon => "key_unused_soon",
         }
+    }
+
+    /// Not a failure yet: a deadline within the policy's notice.
+    pub fn is_notice(self) -> bool {
+        matches!(self, Kind::KeyTooOldSoon | Kind::KeyUnusedSoon)
+    }
+
+    /// The controls it fails (or, for a notice, is about to), by framework and version.
+    pub fn controls(self) -> &'static [Control] {
+        match self {
+            Kind::KeyTooOld | Kind::KeyTooOldSoon => KEY_AGE,
+            Kind::KeyUnused | Kind::KeyNeverUsed | Kind::KeyUnusedSoon | Kind::PasswordUnused => {
+                UNUSED
+            }
+            Kind::TwoActiveKeys => TWO_KEYS,
+            Kind::RootAccessKey => ROOT_KEY,
+            Kind::RootWithoutMfa => ROOT_MFA,
+            Kind::ConsoleWithoutMfa => USER_MFA,
+        }
+    }
+
+    /// The controls in one line, as the alerts' `controls` annotation and the audit's
+    /// table and CSV write them: `CIS AWS Foundations Benchmark v3.0.0 1.14; ...`.
+    pub fn controls_text(self) -> String {
+        self.controls()
+            .iter()
+            .map(|c| format!("{} {}", c.framework, c.id))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// Whether an exemption can cover it (the key findings, as the key alerts).
     fn exemptible(self) -> bool {
         matches!(
             self,
-            Kind::KeyTooOld | Kind::KeyUnused | Kind::KeyNeverUsed | Kind::TwoActiveKeys
+            Kind::KeyTooOld
+                | Kind::KeyUnused
+                | Kind::KeyNeverUsed
+                | Kind::TwoActiveKeys
+                | Kind::KeyTooOldSoon
+                | Kind::KeyUnusedSoon
         )
     }
 }
@@ -73,80 +128,115 @@ pub struct Finding {
     pub access_key_id: Option<String>,
     /// Whole days: the key's age, its idle time, or the password's idle time.
     pub days: Option<u64>,
+    /// The policy's deadline that passed (or, for a notice, is coming), and the rule that
+    /// set it; for findings that have one.
+    pub deadline: Option<(Timestamp, String)>,
     pub exemption: Option<Exemption>,
 }
 
 pub const ROOT: &str = "<root>";
 
 /// Every finding of one account, in a stable order (kind, user, key).
-pub fn of_account(
-    state: &AccountState,
-    exemptions: &Exemptions,
-    t: &Thresholds,
-    now: Timestamp,
-) -> Vec<Finding> {
+pub fn of_account(state: &AccountState, standards: &Standards, now: Timestamp) -> Vec<Finding> {
     let Some(s) = &state.snapshot else {
         return Vec::new();
     };
-    let days = |secs: f64| Some(whole_days(secs));
     let mut out = Vec::new();
-    let mut add = |kind, user: &str, key: Option<&str>, d: Option<u64>| {
+    let mut add = |kind,
+                   user: &str,
+                   key: Option<&str>,
+                   days: Option<f64>,
+                   deadline: Option<(Timestamp, &str)>| {
         out.push(Finding {
             kind,
             user: user.to_string(),
             access_key_id: key.map(str::to_string),
-            days: d,
+            days: days.map(whole_days),
+            deadline: deadline.map(|(t, rule)| (t, rule.to_string())),
             exemption: None,
         })
     };
     if let Some(root) = &s.root {
         if root.access_keys_active.contains(&true) {
-            add(Kind::RootAccessKey, ROOT, None, None);
+            add(Kind::RootAccessKey, ROOT, None, None, None);
         }
         if !root.mfa_active {
-            add(Kind::RootWithoutMfa, ROOT, None, None);
+            add(Kind::RootWithoutMfa, ROOT, None, None, None);
         }
     }
-    for k in s.keys.iter().filter(|k| k.status == KeyStatus::Active) {
-        let age = now - k.created;
-        if age > t.key_age.as_secs_f64() {
-            add(Kind::KeyTooOld, &k.user, Some(&k.id), days(age));
-        }
-        match &k.last_used {
-            Some(u) if now - u.at > t.key_idle.as_secs_f64() => {
-                add(Kind::KeyUnused, &k.user, Some(&k.id), days(now - u.at))
-            }
-            None if age > t.key_idle.as_secs_f64() => {
-                add(Kind::KeyNeverUsed, &k.user, Some(&k.id), days(age))
-            }
-            _ => {}
-        }
-    }
+    let users: HashMap<&str, &User> = s.users.iter().map(|u| (u.name.as_str(), u)).collect();
+    let decide = |u: &User| policy::decide(&standards.policy, &state.account, u, s.user_tags_read);
     let mut active: HashMap<&str, usize> = HashMap::new();
     for k in s.keys.iter().filter(|k| k.status == KeyStatus::Active) {
         *active.entry(&k.user).or_default() += 1;
+        let d = users
+            .get(k.user.as_str())
+            .map_or_else(|| policy::defaults(&standards.policy), |u| decide(u));
+        let due = policy::key_deadlines(k, d.limits);
+        let key = Some(k.id.as_str());
+        let age = Some(now - k.created);
+        match policy::standing(due.rotate_by, d.limits, now) {
+            Standing::Overdue => add(
+                Kind::KeyTooOld,
+                &k.user,
+                key,
+                age,
+                Some((due.rotate_by, d.rule)),
+            ),
+            Standing::DueSoon => add(
+                Kind::KeyTooOldSoon,
+                &k.user,
+                key,
+                age,
+                Some((due.rotate_by, d.rule)),
+            ),
+            Standing::InTime => {}
+        }
+        let idle = Some(now - k.idle_since());
+        let unused = if k.last_used.is_some() {
+            Kind::KeyUnused
+        } else {
+            Kind::KeyNeverUsed
+        };
+        match policy::standing(due.disable_by, d.limits, now) {
+            Standing::Overdue => add(unused, &k.user, key, idle, Some((due.disable_by, d.rule))),
+            Standing::DueSoon => add(
+                Kind::KeyUnusedSoon,
+                &k.user,
+                key,
+                idle,
+                Some((due.disable_by, d.rule)),
+            ),
+            Standing::InTime => {}
+        }
     }
     for u in &s.users {
         if active.get(u.name.as_str()).is_some_and(|n| *n > 1) {
-            add(Kind::TwoActiveKeys, &u.name, None, None);
+            add(Kind::TwoActiveKeys, &u.name, None, None, None);
         }
         let Some(console) = u.console.as_ref().filter(|c| c.password_enabled) else {
             continue;
         };
-        let since = u.password_last_used.or(console.password_last_changed);
-        if let Some(since) = since.filter(|s| now - s > t.password_idle.as_secs_f64()) {
-            add(Kind::PasswordUnused, &u.name, None, days(now - since));
+        let d = decide(u);
+        if let Some(deadline) = policy::password_deadline(u, d.limits).filter(|t| now > *t) {
+            let idle = now - (deadline - d.limits.password_max_idle.as_secs_f64());
+            add(
+                Kind::PasswordUnused,
+                &u.name,
+                None,
+                Some(idle),
+                Some((deadline, d.rule)),
+            );
         }
         if !console.mfa_active {
-            add(Kind::ConsoleWithoutMfa, &u.name, None, None);
+            add(Kind::ConsoleWithoutMfa, &u.name, None, None, None);
         }
     }
-    let users: HashMap<&str, &User> = s.users.iter().map(|u| (u.name.as_str(), u)).collect();
     for f in out.iter_mut().filter(|f| f.kind.exemptible()) {
         let Some(user) = users.get(f.user.as_str()) else {
             continue;
         };
-        let all = exemptions::of_user(exemptions, &state.account, user);
+        let all = exemptions::of_user(&standards.exemptions, &state.account, user);
         f.exemption = match &f.access_key_id {
             Some(id) => exemptions::covering(&all, id, now).cloned(),
             None => all

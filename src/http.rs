@@ -331,7 +331,7 @@ async fn handle(web: &Web, req: Request<Incoming>) -> Response<Body> {
 fn metrics(web: &Web, req: &Request<Incoming>) -> Response<Body> {
     let chunks = collector::render(
         &web.inventory.accounts(),
-        web.inventory.exemptions(),
+        web.inventory.standards(),
         &web.health,
         Scope::Server,
         unix_now().floor(),
@@ -410,7 +410,7 @@ fn key_view(web: &Web, req: &Request<Incoming>, as_json: bool) -> Response<Body>
     let accounts = web.inventory.accounts();
     let query = keys::Query::parse(req.uri().query());
     let now = unix_now();
-    let (total, rows) = keys::page(&accounts, &web.inventory.exemptions(), &query, now);
+    let (total, rows) = keys::page(&accounts, &web.inventory.standards(), &query, now);
     let (body, content_type) = if as_json {
         (keys::json(total, &rows, &query, now), "application/json")
     } else {

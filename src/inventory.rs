@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::accounts::Account;
-use crate::config::Exemptions;
+use crate::config::{Config, Exemptions, Policy};
 
 /// Seconds since the Unix epoch.
 pub type Timestamp = f64;
@@ -47,6 +47,9 @@ pub struct Snapshot {
     pub root: Option<Root>,
     /// When the credential report was generated (credential_report source only).
     pub report_generated: Option<Timestamp>,
+    /// Whether the users' tags were read (they are only when needed, and the call may be
+    /// denied): without them, no rule or exemption by tag can be decided.
+    pub user_tags_read: bool,
 }
 
 impl Snapshot {
@@ -103,6 +106,14 @@ pub struct AccessKey {
     pub status: KeyStatus,
     pub created: Timestamp,
     pub last_used: Option<LastUse>,
+}
+
+impl AccessKey {
+    /// Since when the key has been idle: its last use or, never used, its creation. Every
+    /// output counts idle time from here.
+    pub fn idle_since(&self) -> Timestamp {
+        self.last_used.as_ref().map_or(self.created, |u| u.at)
+    }
 }
 
 /// An access key's status as IAM reports it (the `status` label).
@@ -235,13 +246,21 @@ impl AccountState {
     }
 }
 
+/// What the data is judged by, from the configuration: the policy's limits and the
+/// exemptions. Kept beside the accounts, not in them, so a reload that changes only these
+/// applies at the next scrape and reads nothing from AWS.
+#[derive(Debug, Default)]
+pub struct Standards {
+    pub policy: Policy,
+    pub exemptions: Exemptions,
+}
+
 /// The shared store: account id → current state. The lock is held only to read or swap
 /// pointers, never across I/O or rendering.
 #[derive(Default)]
 pub struct Inventory {
     accounts: RwLock<BTreeMap<String, Arc<AccountState>>>,
-    /// The exemptions in force, from the configuration: which of the data is accepted.
-    exemptions: RwLock<Arc<Exemptions>>,
+    standards: RwLock<Arc<Standards>>,
 }
 
 impl Inventory {
@@ -250,12 +269,15 @@ impl Inventory {
         self.accounts.read().unwrap().values().cloned().collect()
     }
 
-    pub fn exemptions(&self) -> Arc<Exemptions> {
-        self.exemptions.read().unwrap().clone()
+    pub fn standards(&self) -> Arc<Standards> {
+        self.standards.read().unwrap().clone()
     }
 
-    pub fn set_exemptions(&self, exemptions: Exemptions) {
-        *self.exemptions.write().unwrap() = Arc::new(exemptions);
+    pub fn set_standards(&self, cfg: &Config) {
+        *self.standards.write().unwrap() = Arc::new(Standards {
+            policy: cfg.policy.clone(),
+            exemptions: cfg.exemptions.clone(),
+        });
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<AccountState>> {

@@ -1,5 +1,6 @@
 //! The key view: every access key of the inventory, oldest first, with its owner (the user's
-//! tags named in `user_tags_as_labels`), use and exemption, filtered by account and status,
+//! tags named in `user_tags_as_labels`), use, the policy rule and deadlines that apply to it,
+//! and exemption, filtered by account and status,
 //! one page at a time, as an HTML page with no external assets (`/keys`) or as JSON
 //! (`/keys.json`).
 
@@ -9,9 +10,11 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::config::Exemptions;
 use crate::exemptions::{self, Exemption};
-use crate::inventory::{date, whole_days as days, AccessKey, AccountState, Timestamp, User};
+use crate::inventory::{
+    date, whole_days as days, AccessKey, AccountState, KeyStatus, Standards, Timestamp, User,
+};
+use crate::policy::{self, KeyDeadlines};
 
 /// Keys on one page unless asked otherwise, and the most one page may hold.
 const PAGE: usize = 500;
@@ -64,12 +67,16 @@ pub struct Row<'a> {
     pub key: &'a AccessKey,
     pub user: Option<&'a User>,
     pub exemption: Option<Exemption>,
+    /// The policy rule that applies to the key's user.
+    pub rule: String,
+    /// The key's deadlines, if it is active (others have none).
+    pub deadlines: Option<KeyDeadlines>,
 }
 
 /// The page: the matching keys' count and the rows of the page, oldest key first.
 pub fn page<'a>(
     accounts: &'a [Arc<AccountState>],
-    exemptions: &Exemptions,
+    standards: &Standards,
     q: &Query,
     now: Timestamp,
 ) -> (usize, Vec<Row<'a>>) {
@@ -105,14 +112,22 @@ pub fn page<'a>(
             }
             let user = users.get(&(account, key.user.as_str())).copied();
             let exemption = user.and_then(|u| {
-                let all = exemptions::of_user(exemptions, &state.account, u);
+                let all = exemptions::of_user(&standards.exemptions, &state.account, u);
                 exemptions::covering(&all, &key.id, now).cloned()
             });
+            let tags_known = state.snapshot.as_ref().is_some_and(|s| s.user_tags_read);
+            let decision = match user {
+                Some(u) => policy::decide(&standards.policy, &state.account, u, tags_known),
+                None => policy::defaults(&standards.policy),
+            };
             Row {
                 state,
                 key,
                 user,
                 exemption,
+                rule: decision.rule.to_string(),
+                deadlines: (key.status == KeyStatus::Active)
+                    .then(|| policy::key_deadlines(key, decision.limits)),
             }
         })
         .collect();
@@ -150,7 +165,10 @@ pub fn json(total: usize, rows: &[Row], q: &Query, now: Timestamp) -> String {
                     .collect::<serde_json::Map<_, _>>(),
                 "created": date(k.created),
                 "age_days": days(now - k.created),
-                "idle_days": days(now - used.map_or(k.created, |u| u.at)),
+                "idle_days": days(now - k.idle_since()),
+                "policy_rule": r.rule,
+                "rotate_by": r.deadlines.map(|d| date(d.rotate_by)),
+                "disable_by": r.deadlines.map(|d| date(d.disable_by)),
                 "last_used": used.map(|u| date(u.at)),
                 "last_used_service": used.and_then(|u| u.service.clone()),
                 "last_used_region": used.and_then(|u| u.region.clone()),
@@ -173,7 +191,10 @@ pub fn html(
     for r in rows {
         let k = r.key;
         let used = k.last_used.as_ref();
-        let idle = days(now - used.map_or(k.created, |u| u.at));
+        let idle = days(now - k.idle_since());
+        let (rotate_by, disable_by) = r.deadlines.map_or((String::new(), String::new()), |d| {
+            (date(d.rotate_by), date(d.disable_by))
+        });
         let last = used.map_or("never".to_string(), |u| {
             let place: Vec<&str> = [u.service.as_deref(), u.region.as_deref()]
                 .into_iter()
@@ -190,7 +211,7 @@ pub fn html(
         });
         let _ = writeln!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             html_escape(&r.state.account.name),
             html_escape(&k.user),
             html_escape(&owner.join(", ")),
@@ -200,6 +221,9 @@ pub fn html(
             days(now - k.created),
             idle,
             html_escape(&last),
+            html_escape(&r.rule),
+            rotate_by,
+            disable_by,
             html_escape(&exempt),
         );
     }
@@ -253,7 +277,7 @@ pub fn html(
 <form method="get" action="/keys"><select name="account">{options}</select> <select name="status">{statuses}</select>
 <input type="hidden" name="limit" value="{limit}"> <button type="submit">Show</button></form>
 <p>{nav}</p>
-<table><tr><th>Account</th><th>User</th><th>Owner</th><th>Access key</th><th>Status</th><th>Age (days)</th><th>Idle (days)</th><th>Last used</th><th>Exempt</th></tr>
+<table><tr><th>Account</th><th>User</th><th>Owner</th><th>Access key</th><th>Status</th><th>Age (days)</th><th>Idle (days)</th><th>Last used</th><th>Policy rule</th><th>Rotate by</th><th>Disable by</th><th>Exempt</th></tr>
 {body}</table>
 <p>{nav}</p></body></html>
 "#,

@@ -19,6 +19,7 @@ pub mod http;
 pub mod inventory;
 pub mod keys;
 pub mod logging;
+pub mod policy;
 pub mod process;
 pub mod refresher;
 pub mod web_config;

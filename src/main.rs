@@ -16,12 +16,11 @@ use iam_key_exporter::accounts::{self, Shard};
 use iam_key_exporter::cli::{Cli, Command, LogLevel};
 use iam_key_exporter::collector::{self, Scope};
 use iam_key_exporter::config::{self, Config};
-use iam_key_exporter::findings::Thresholds;
 use iam_key_exporter::health::{BuildInfo, Health};
-use iam_key_exporter::inventory::{unix_now, Inventory};
+use iam_key_exporter::inventory::{self, unix_now, Inventory};
 use iam_key_exporter::refresher::{self, Refresher};
 use iam_key_exporter::web_config::{self, WebConfig, WebSecurity};
-use iam_key_exporter::{audit, http, logging};
+use iam_key_exporter::{audit, http, logging, policy};
 
 const BUILD: BuildInfo = BuildInfo {
     version: env!("CARGO_PKG_VERSION"),
@@ -36,8 +35,10 @@ fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // The audit's output is its report: it logs only warnings unless asked for more.
-    let quiet = matches!(cli.command, Some(Command::Audit { .. }))
-        && matches.value_source("log_level") != Some(ValueSource::CommandLine);
+    let quiet = matches!(
+        cli.command,
+        Some(Command::Audit { .. } | Command::Policy { .. })
+    ) && matches.value_source("log_level") != Some(ValueSource::CommandLine);
     logging::init(
         if quiet { LogLevel::Warn } else { cli.log_level },
         cli.log_format,
@@ -78,18 +79,31 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Once { ref output }) => runtime.block_on(once(cfg, shard, output)),
-        Some(Command::Audit {
-            format,
-            key_max_age,
-            key_max_idle,
-            password_max_idle,
+        Some(Command::Audit { format }) => runtime.block_on(audit(cfg, shard, format)),
+        Some(Command::Policy {
+            ref account,
+            ref user,
+            ref path,
+            ref user_tags,
+            ref account_labels,
+            ref ous,
         }) => {
-            let thresholds = Thresholds {
-                key_age: key_max_age,
-                key_idle: key_max_idle,
-                password_idle: password_max_idle,
+            let mut a = accounts::plan(&cfg, None, Shard::default())
+                .into_iter()
+                .find(|a| a.id == *account)
+                .map_or_else(|| accounts::bare(&cfg, account), |a| (*a).clone());
+            a.labels.extend(account_labels.iter().cloned());
+            a.ous.extend(ous.iter().cloned());
+            let u = inventory::User {
+                name: user.clone(),
+                created: 0.0,
+                password_last_used: None,
+                path: Some(path.clone()),
+                tags: user_tags.iter().cloned().collect(),
+                console: None,
             };
-            runtime.block_on(audit(cfg, shard, format, thresholds))
+            print!("{}", policy::explain(&cfg.policy, &a, &u));
+            ExitCode::SUCCESS
         }
         None => runtime.block_on(serve(cli, cfg, shard, security)),
     };
@@ -125,6 +139,7 @@ fn check_config(cli: &Cli, cfg: &Config, shard: Shard) {
         summary.push_str(", more from AWS Organizations when running");
     }
     println!("{summary}");
+    print!("{}", policy::summary(&cfg.policy));
     if let Some(web) = &cli.web_config_file {
         println!("{}: valid", web.display());
     }
@@ -153,7 +168,7 @@ async fn once(cfg: Arc<Config>, shard: Shard, output: &Path) -> ExitCode {
     let write = || -> std::io::Result<()> {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         let now = unix_now().floor();
-        for chunk in collector::render(&accounts, inventory.exemptions(), &health, Scope::File, now)
+        for chunk in collector::render(&accounts, inventory.standards(), &health, Scope::File, now)
         {
             f.write_all(&chunk)?;
         }
@@ -175,7 +190,7 @@ async fn once(cfg: Arc<Config>, shard: Shard, output: &Path) -> ExitCode {
 
 /// Reads every account once and prints the findings (`audit`), with a progress line on a
 /// terminal.
-async fn audit(cfg: Arc<Config>, shard: Shard, format: audit::Format, t: Thresholds) -> ExitCode {
+async fn audit(cfg: Arc<Config>, shard: Shard, format: audit::Format) -> ExitCode {
     let inventory = Arc::new(Inventory::default());
     let health = Arc::new(Health::new(unix_now(), shard, BUILD));
     let progress = std::io::stderr().is_terminal().then(|| {
@@ -203,8 +218,7 @@ async fn audit(cfg: Arc<Config>, shard: Shard, format: audit::Format, t: Thresho
         &mut out,
         format,
         &inventory.accounts(),
-        &inventory.exemptions(),
-        &t,
+        &inventory.standards(),
         discovery_error.as_deref(),
         unix_now(),
     );

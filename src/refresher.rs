@@ -156,7 +156,11 @@ impl Supervisor {
 
     async fn reload(&mut self, cfg: Arc<Config>) {
         let same_reading = self.cfg.same_reading(&cfg);
-        let same_discovery = same_reading && self.cfg.discovery == cfg.discovery;
+        // Policy rules by OU need a discovery that walks the tree; other policy changes
+        // need no AWS call at all.
+        let same_discovery = same_reading
+            && self.cfg.discovery == cfg.discovery
+            && self.cfg.policy.needs_ous() == cfg.policy.needs_ous();
         if !same_reading {
             // Timeouts, retries, STS settings or concurrency changed: every account restarts.
             self.stop_where(|_| true).await;
@@ -182,7 +186,7 @@ impl Supervisor {
         self.stop_where(|a| wanted.get(a.id.as_str()) != Some(&a))
             .await;
         self.inventory.retain_only(&accounts);
-        self.inventory.set_exemptions(self.cfg.exemptions.clone());
+        self.inventory.set_standards(&self.cfg);
         let owner = self.cfg.discovery.as_ref().map(OrgReader::owner_id);
         self.health.track_accounts(&accounts, owner.as_deref());
         for account in &accounts {
@@ -264,7 +268,7 @@ pub async fn refresh_all_once(
     }
     let accounts = accounts::plan(&cfg, discovered.as_ref(), shard);
     inventory.retain_only(&accounts);
-    inventory.set_exemptions(cfg.exemptions.clone());
+    inventory.set_standards(&cfg);
     health.track_accounts(&accounts, None);
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let mut tasks = JoinSet::new();

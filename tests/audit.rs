@@ -37,6 +37,13 @@ fn seed(moto: &Moto) {
              "keys": [key("AKIAAUDIT00000000006", 100.0, Some(1.0))]},
             {"name": "break-glass-1", "keys": [key("AKIAAUDIT00000000007", 300.0, None)]},
             {"name": "fresh", "keys": [key("AKIAAUDIT00000000008", 3.0, Some(1.0))]},
+            // Under the `service` rule (365 days): 200 days is in time.
+            {"name": "svc-report", "tags": {"kind": "service"},
+             "keys": [key("AKIAAUDIT00000000010", 200.0, Some(1.0))]},
+            // Under the `ci` rule (30 days): 40 days is too old.
+            {"name": "ci-runner", "keys": [key("AKIAAUDIT00000000011", 40.0, Some(1.0))]},
+            // Under the defaults (90 days, 14 days' notice): due in 10 days.
+            {"name": "grace", "keys": [key("AKIAAUDIT00000000012", 80.0, Some(1.0))]},
         ]),
     );
     moto.seed(
@@ -55,6 +62,10 @@ fn seed(moto: &Moto) {
 fn config(extra_account: &str) -> String {
     format!(
         r#"
+policy:
+  rules:
+    - {{name: service, user_tags: {{kind: service}}, key_max_age: 365d, key_max_idle: 90d}}
+    - {{name: ci, user: "ci-*", key_max_age: 30d}}
 exemptions:
   rules:
     - {{account: "{PROD}", user: break-glass-*, reason: "emergency access, reviewed quarterly", until: 2099-06-30}}
@@ -171,6 +182,47 @@ fn the_three_formats_match_the_seeded_world() {
         ["password_unused", "console_without_mfa"]
     );
     assert!(kinds("findings", "fresh").is_empty());
+    // Each key is judged by its own rule, and says which.
+    assert!(kinds("findings", "svc-report").is_empty());
+    assert_eq!(kinds("findings", "ci-runner"), ["key_too_old"]);
+    let ci = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["user"] == "ci-runner")
+        .unwrap();
+    assert_eq!(ci["rule"], "ci");
+    assert_eq!(ci["deadline"], date_in(-10.0), "created 40 days ago, 30 allowed");
+    // Due soon is listed apart and does not count as a finding.
+    assert!(kinds("findings", "grace").is_empty());
+    assert_eq!(kinds("due_soon", "grace"), ["key_too_old_soon"]);
+    assert_eq!(doc["due_soon"][0]["deadline"], date_in(10.0));
+    // Every finding names its controls, with the benchmark's version.
+    let alice = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["user"] == "alice")
+        .unwrap();
+    let controls: Vec<String> = alice["controls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("{} {}", c["framework"].as_str().unwrap(), c["id"].as_str().unwrap()))
+        .collect();
+    assert!(
+        controls.contains(&"CIS AWS Foundations Benchmark v3.0.0 1.14".to_string())
+            && controls.contains(&"CIS AWS Foundations Benchmark v5.0.0 1.13".to_string())
+            && controls.contains(&"AWS Security Hub IAM.3".to_string()),
+        "{controls:?}"
+    );
+    assert_eq!(doc["policy"]["defaults"]["key_max_age_days"], 90);
+    assert_eq!(doc["policy"]["rules"][1]["name"], "ci");
+}
+
+/// The UTC date `days` from now (negative: ago), as the audit writes deadlines.
+fn date_in(days: f64) -> String {
+    days_ago(-days).1[..10].to_string()
 }
 
 #[test]

@@ -88,14 +88,19 @@ impl OrgReader {
         }
     }
 
-    /// Every account in the part of the organization `d` selects, whatever its state.
-    pub async fn accounts(&self, d: &Discovery) -> Result<Vec<OrgAccount>, RefreshError> {
+    /// Every account in the part of the organization `d` selects, whatever its state; with
+    /// the OUs above each when `with_ous` (policy rules by OU need them).
+    pub async fn accounts(
+        &self,
+        d: &Discovery,
+        with_ous: bool,
+    ) -> Result<Vec<OrgAccount>, RefreshError> {
         if let Some(s) = &self.session {
             s.begin_refresh()
                 .await
                 .map_err(|e| self.sts_reach.explain(discovery_error(e)))?;
         }
-        let found = if d.include_ous.is_empty() && d.exclude_ous.is_empty() {
+        let found = if d.include_ous.is_empty() && d.exclude_ous.is_empty() && !with_ous {
             self.list_accounts().await
         } else {
             self.walk(d).await
@@ -144,20 +149,32 @@ impl OrgReader {
     }
 
     /// Breadth-first from the included OUs (or the roots), skipping excluded subtrees; an
-    /// OU reached twice (an included OU inside another) is read once.
+    /// OU reached twice (an included OU inside another) is read once. Each OU carries the
+    /// OUs above it, so every account learns its place for free; an included OU learns
+    /// what is above it with one ListParents per level.
     async fn walk(&self, d: &Discovery) -> Result<Vec<OrgAccount>, AwsError> {
-        let mut queue: VecDeque<String> = if d.include_ous.is_empty() {
-            self.roots().await?.into()
+        let mut queue: VecDeque<(String, Arc<Vec<String>>)> = VecDeque::new();
+        if d.include_ous.is_empty() {
+            for root in self.roots().await? {
+                queue.push_back((root, Arc::default()));
+            }
         } else {
-            d.include_ous.iter().cloned().collect()
-        };
+            for ou in &d.include_ous {
+                queue.push_back((ou.clone(), Arc::new(self.above(ou).await?)));
+            }
+        }
         let mut visited = HashSet::new();
         let mut seen_accounts = HashSet::new();
         let mut out = Vec::new();
-        while let Some(parent) = queue.pop_front() {
+        while let Some((parent, above)) = queue.pop_front() {
             if d.exclude_ous.contains(&parent) || !visited.insert(parent.clone()) {
                 continue;
             }
+            let here: Arc<Vec<String>> = Arc::new(
+                std::iter::once(parent.clone())
+                    .chain(above.iter().cloned())
+                    .collect(),
+            );
             let parent = parent.as_str();
             let accounts = pages(|token| async move {
                 let page = self
@@ -171,8 +188,9 @@ impl OrgReader {
                 Ok((page.accounts.unwrap_or_default(), page.next_token))
             })
             .await?;
-            for a in accounts.into_iter().filter_map(org_account) {
+            for mut a in accounts.into_iter().filter_map(org_account) {
                 if seen_accounts.insert(a.id.clone()) {
+                    a.ous = here.to_vec();
                     out.push(a);
                 }
             }
@@ -191,9 +209,43 @@ impl OrgReader {
                 ))
             })
             .await?;
-            queue.extend(children.into_iter().filter_map(|ou| ou.id));
+            queue.extend(
+                children
+                    .into_iter()
+                    .filter_map(|ou| Some((ou.id?, here.clone()))),
+            );
         }
         Ok(out)
+    }
+
+    /// The OUs and root above `ou`, nearest first.
+    async fn above(&self, ou: &str) -> Result<Vec<String>, AwsError> {
+        let mut chain = Vec::new();
+        let mut child = ou.to_string();
+        // An OU tree is at most five levels below the root.
+        while !child.starts_with("r-") && chain.len() <= 6 {
+            let id = child.clone();
+            let parents = pages(|token| {
+                let id = id.clone();
+                async move {
+                    let page = self
+                        .client
+                        .list_parents()
+                        .child_id(id)
+                        .set_next_token(token)
+                        .send()
+                        .await?;
+                    Ok((page.parents.unwrap_or_default(), page.next_token))
+                }
+            })
+            .await?;
+            let Some(parent) = parents.into_iter().find_map(|p| p.id) else {
+                break;
+            };
+            chain.push(parent.clone());
+            child = parent;
+        }
+        Ok(chain)
     }
 
     async fn roots(&self) -> Result<Vec<String>, AwsError> {
@@ -232,6 +284,7 @@ fn org_account(a: SdkAccount) -> Option<OrgAccount> {
         name: a.name.unwrap_or_else(|| id.clone()),
         id,
         state,
+        ous: Vec::new(),
     })
 }
 

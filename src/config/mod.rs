@@ -5,6 +5,7 @@
 //! What comes out is plain settings: turning them into the list of accounts to read
 //! (static entries, discovery, sharding) is the `accounts` module's job.
 
+mod policy;
 mod read;
 mod tree;
 pub(crate) mod values;
@@ -39,6 +40,7 @@ pub struct Config {
     /// IAM user tags shown as labels of `aws_iam_user_info` (accounts may say otherwise).
     pub user_tags: Vec<TagLabel>,
     pub exemptions: Exemptions,
+    pub policy: Policy,
     /// Settings that work, but probably not as meant: logged at load, shown by check-config.
     pub warnings: Vec<Problem>,
 }
@@ -134,6 +136,84 @@ pub struct ExemptionRule {
     pub reason: String,
     /// The end of the `until` day, UTC, in Unix seconds: exempt while now is before it.
     pub until: f64,
+}
+
+/// How long credentials may live and sit unused: the defaults, and rules for some accounts
+/// or users (the first that matches a user wins).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub defaults: Limits,
+    pub rules: Vec<PolicyRule>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            defaults: policy::CIS,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl Policy {
+    /// Whether a rule asks for the users' tags, which are then read with the keys.
+    pub fn needs_user_tags(&self) -> bool {
+        self.rules.iter().any(|r| !r.user_tags.is_empty())
+    }
+
+    /// Whether a rule asks where accounts sit in the organization.
+    pub fn needs_ous(&self) -> bool {
+        self.rules.iter().any(|r| !r.ous.is_empty())
+    }
+}
+
+pub use policy::DEFAULT_RULE;
+
+/// The limits that apply to a user's credentials.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// An active access key older than this must be rotated.
+    pub key_max_age: Duration,
+    /// An active access key unused this long (never used: since creation) must be disabled.
+    pub key_max_idle: Duration,
+    /// A console password unused this long (never used: since it was set).
+    pub password_max_idle: Duration,
+    /// Owners hear of a deadline this long before it passes.
+    pub notice: Duration,
+}
+
+/// A rule of `policy.rules`: its matchers (all given must match) and the limits it gives,
+/// those it does not set taken from the defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyRule {
+    pub name: String,
+    /// None: every account.
+    pub account: Option<String>,
+    /// A user name, or a pattern with `*` and `?`.
+    pub user: Option<String>,
+    /// A prefix of the user's IAM path.
+    pub path: Option<String>,
+    /// Labels the account carries on `aws_iam_account_info` (configured or `tag_*`).
+    pub account_labels: BTreeMap<String, String>,
+    /// IAM user tags, each value a pattern with `*` and `?`.
+    pub user_tags: BTreeMap<String, String>,
+    /// OU or root ids: the account must sit in one of them, directly or below.
+    pub ous: Vec<String>,
+    pub limits: Limits,
+}
+
+impl PolicyRule {
+    pub fn matches_everyone(&self) -> bool {
+        self.account.is_none()
+            && self
+                .user
+                .as_deref()
+                .is_none_or(|u| u.bytes().all(|b| b == b'*'))
+            && self.path.as_deref().is_none_or(|p| p == "/")
+            && self.account_labels.is_empty()
+            && self.user_tags.is_empty()
+            && self.ous.is_empty()
+    }
 }
 
 /// An account tag shown as a label of `aws_iam_account_info`.

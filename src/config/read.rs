@@ -156,6 +156,8 @@ pub(super) fn config(root: Value, p: &mut Problems) -> Option<Config> {
     defaults.finish(p);
     let user_tags = user_tags(&mut top, p).unwrap_or_default();
     let exemptions = exemptions(section(&mut top, "exemptions", p), p);
+    let mut warnings = Problems::default();
+    let policy = super::policy::policy(top.get("policy"), p, &mut warnings);
     let accounts_at = top.get("accounts").map(|v| (v.pos(), v.list(p)));
     let discovery = top.get("discovery").and_then(|v| discovery(&v, p));
     top.finish(p);
@@ -201,7 +203,6 @@ pub(super) fn config(root: Value, p: &mut Problems) -> Option<Config> {
         ),
     );
     // Settings that only have no effect are warnings: the refresh deadline wins anyway.
-    let mut warnings = Problems::default();
     let (operation, report) = (&aws.operation_timeout, &aws.credential_report_timeout);
     cross_check(
         &mut warnings,
@@ -289,6 +290,7 @@ pub(super) fn config(root: Value, p: &mut Problems) -> Option<Config> {
         discovery: discovery.map(|(d, _)| d),
         user_tags,
         exemptions,
+        policy,
         warnings: warnings.0,
     })
 }
@@ -677,15 +679,7 @@ fn exemptions(mut m: Map, p: &mut Problems) -> Exemptions {
     let mut rules = Vec::new();
     for item in m.get("rules").and_then(|v| v.list(p)).unwrap_or_default() {
         let Some(mut r) = item.map(p) else { continue };
-        let account = r.get("account").and_then(|v| {
-            v.parse(p, |s| {
-                if s == "*" {
-                    Ok(None)
-                } else {
-                    values::account_id(s).map(Some)
-                }
-            })
-        });
+        let account = r.get("account").and_then(|v| v.parse(p, any_account));
         let user = r
             .required("user", p)
             .and_then(|v| v.parse(p, values::user_pattern));
@@ -722,6 +716,25 @@ fn exemptions(mut m: Map, p: &mut Problems) -> Exemptions {
     }
     m.finish(p);
     Exemptions { tag, rules }
+}
+
+/// An account id, or `*` (None) for every account.
+pub(super) fn any_account(s: &str) -> Result<Option<String>, String> {
+    if s == "*" {
+        Ok(None)
+    } else {
+        values::account_id(s).map(Some)
+    }
+}
+
+/// An optional duration within `range`: None when absent or invalid (reported).
+pub(super) fn duration_setting(
+    m: &mut Map,
+    key: &'static str,
+    range: RangeInclusive<Duration>,
+    p: &mut Problems,
+) -> Option<Duration> {
+    m.get(key).and_then(|v| v.duration(range, p))
 }
 
 /// A list of ids, each checked; with the position and path of each for later checks.

@@ -171,16 +171,43 @@ pub fn until_date(s: &str) -> Result<f64, String> {
 /// An AWS tag key (1-128 characters) and the label name it becomes: `tag_` and the key with
 /// every character a label name cannot hold replaced by `_`.
 pub fn tag_label(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.chars().count() > 128 || s.starts_with("aws:") {
-        return Err(format!(
-            "tag key {s:?} is not one an account can carry (1-128 characters, not aws:...)"
-        ));
-    }
+    tag_key(s)?;
     let sanitized: String = s
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     Ok(format!("tag_{sanitized}"))
+}
+
+/// A tag key AWS lets a user or account carry: 1-128 characters, not `aws:...`.
+pub fn tag_key(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().count() > 128 || s.starts_with("aws:") {
+        return Err(format!(
+            "tag key {s:?} is not one an account or user can carry (1-128 characters, not aws:...)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// An IAM path prefix: `/`, or `/` then names each ending in `/` (`/breakglass/`).
+pub fn iam_path(s: &str) -> Result<String, String> {
+    let ok = (1..=512).contains(&s.len())
+        && s.starts_with('/')
+        && s.ends_with('/')
+        && s.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not an IAM path: it starts and ends with / (like /breakglass/), \
+             1-512 printable ASCII characters"
+        ))
+    }
+}
+
+/// A policy rule's name, as it appears in the `policy_rule` label and in audits.
+pub fn rule_name(s: &str) -> Result<String, String> {
+    aws_name("rule name", s, 1..=64, "_.-")
 }
 
 #[cfg(test)]

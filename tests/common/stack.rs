@@ -52,10 +52,10 @@ impl ShippedRules {
         ShippedRules { text, alerts }
     }
 
-    /// The shipped file with every `for:` set to 0s, because the test cannot wait the real
-    /// durations (1h for the key alerts). Only the `for:` lines change: expressions, labels
-    /// and annotations are the shipped text, which is checked here by comparing both files
-    /// parsed, minus `for`.
+    /// The shipped file with every `for:` and `keep_firing_for:` set to 0s, because the
+    /// test cannot wait the real durations (1h for the key alerts). Only those lines change:
+    /// expressions, labels and annotations are the shipped text, which is checked here by
+    /// comparing both files parsed, minus `for` and `keep_firing_for`.
     pub fn with_for_zero(&self) -> String {
         let mut changed = 0;
         let mut out: String = self
@@ -63,9 +63,12 @@ impl ShippedRules {
             .lines()
             .map(|line| {
                 let trimmed = line.trim_start();
+                let indent = &line[..line.len() - trimmed.len()];
                 if trimmed.starts_with("for:") {
                     changed += 1;
-                    format!("{}for: 0s", &line[..line.len() - trimmed.len()])
+                    format!("{indent}for: 0s")
+                } else if trimmed.starts_with("keep_firing_for:") {
+                    format!("{indent}keep_firing_for: 0s")
                 } else {
                     line.to_string()
                 }
@@ -79,7 +82,9 @@ impl ShippedRules {
             let mut fors = Vec::new();
             for group in v["groups"].as_sequence_mut().unwrap() {
                 for rule in group["rules"].as_sequence_mut().unwrap() {
-                    if let Some(f) = rule.as_mapping_mut().unwrap().remove("for") {
+                    let rule = rule.as_mapping_mut().unwrap();
+                    rule.remove("keep_firing_for");
+                    if let Some(f) = rule.remove("for") {
                         fors.push(f);
                     }
                 }
