@@ -130,7 +130,11 @@ pub fn defaults(policy: &Policy) -> Decision<'_> {
 
 /// `key_max_age 90d, key_max_idle 45d, password_max_idle 45d, notice 14d`.
 pub fn limits_text(l: &Limits) -> String {
-    let d = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    // Policies are written in days: `90d` reads better than humantime's `2months 29days ...`.
+    let d = |d: std::time::Duration| match d.as_secs() {
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        _ => humantime::format_duration(d).to_string(),
+    };
     format!(
         "key_max_age {}, key_max_idle {}, password_max_idle {}, notice {}",
         d(l.key_max_age),

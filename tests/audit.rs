@@ -192,7 +192,11 @@ fn the_three_formats_match_the_seeded_world() {
         .find(|f| f["user"] == "ci-runner")
         .unwrap();
     assert_eq!(ci["rule"], "ci");
-    assert_eq!(ci["deadline"], date_in(-10.0), "created 40 days ago, 30 allowed");
+    assert_eq!(
+        ci["deadline"],
+        date_in(-10.0),
+        "created 40 days ago, 30 allowed"
+    );
     // Due soon is listed apart and does not count as a finding.
     assert!(kinds("findings", "grace").is_empty());
     assert_eq!(kinds("due_soon", "grace"), ["key_too_old_soon"]);
@@ -208,7 +212,13 @@ fn the_three_formats_match_the_seeded_world() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| format!("{} {}", c["framework"].as_str().unwrap(), c["id"].as_str().unwrap()))
+        .map(|c| {
+            format!(
+                "{} {}",
+                c["framework"].as_str().unwrap(),
+                c["id"].as_str().unwrap()
+            )
+        })
         .collect();
     assert!(
         controls.contains(&"CIS AWS Foundations Benchmark v3.0.0 1.14".to_string())

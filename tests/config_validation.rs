@@ -458,3 +458,139 @@ fn telemetry_paths_that_would_hide_metrics_or_health() {
         );
     }
 }
+
+#[test]
+fn policy_problems_are_positioned() {
+    let policy =
+        |rules: &str| format!("policy:\n  key_max_age: 90d\n  rules:\n{rules}{GOOD_ACCOUNT}");
+    rejects(
+        &policy("    - {user: ci-*, key_max_age: soon}\n"),
+        &[":4:33: policy.rules[0].key_max_age: ", "invalid duration"],
+    );
+    rejects(
+        &policy("    - {usr: ci-*, key_max_age: 30d}\n"),
+        &[
+            ":4:8: policy.rules[0].usr: ",
+            "unknown field `usr`; did you mean `user`?",
+        ],
+    );
+    rejects(
+        &policy("    - {user: ci-*}\n"),
+        &[":4:7: policy.rules[0]: ", "sets no limit"],
+    );
+    rejects(
+        &policy("    - {user: ci-*, key_max_age: 0s}\n"),
+        &["policy.rules[0].key_max_age: ", "outside the allowed range"],
+    );
+    rejects(
+        "policy:\n  key_max_idle: 3700d\naccounts: [{id: \"111111111111\"}]\n",
+        &[
+            ":2:17: policy.key_max_idle: ",
+            "outside the allowed range 1s to 10years",
+        ],
+    );
+    rejects(
+        &policy("    - {name: ci, user: ci-*, key_max_age: 30d}\n    - {name: ci, path: /x/, key_max_age: 30d}\n"),
+        &[":5:7: policy.rules[1].name: ", "\"ci\" is taken"],
+    );
+    rejects(
+        &policy("    - {path: breakglass, key_max_idle: 365d}\n    - {ous: [ou-1], notice: 1d}\n"),
+        &[
+            "policy.rules[0].path: ",
+            "starts and ends with /",
+            "policy.rules[1].ous[0]: ",
+            "not an organizational unit id",
+        ],
+    );
+}
+
+#[test]
+fn policy_rules_after_a_catch_all_are_a_warning() {
+    let (code, stderr, _) = check(&format!(
+        "policy:\n  rules:\n    - {{name: everyone, key_max_age: 60d}}\n    - {{name: ci, user: ci-*, key_max_age: 30d}}\n{GOOD_ACCOUNT}"
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: ")
+            && stderr.contains(":4:7: policy.rules[1]: rule \"ci\" can never apply: rule \"everyone\" (line 3) matches every user"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_prints_the_policy_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        format!("policy:\n  notice: 7d\n  rules:\n    - {{name: ci, user: ci-*, key_max_age: 30d}}\n{GOOD_ACCOUNT}"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+        .arg("check-config")
+        .arg(format!("--config.file={}", path.display()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("policy: default: key_max_age 90d, key_max_idle 45d, password_max_idle 45d, notice 7d")
+            && stdout.contains("policy: rule ci: key_max_age 30d, key_max_idle 45d, password_max_idle 45d, notice 7d"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_policy_subcommand_says_which_rule_applies_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        r#"
+policy:
+  rules:
+    - {name: sandbox, account_labels: {tag_environment: sandbox}, key_max_age: 180d}
+    - {name: service, user_tags: {kind: service}, key_max_age: 365d, key_max_idle: 90d}
+    - {name: ci, account: "111111111111", user: "ci-*", key_max_age: 30d}
+accounts:
+  - {id: "111111111111", name: prod}
+  - {id: "222222222222", name: sandbox-1, labels: {tag_environment: sandbox}}
+"#,
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+            .arg(format!("--config.file={}", path.display()))
+            .arg("policy")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let ci = run(&["--account", "111111111111", "--user", "ci-deploy"]);
+    assert!(
+        ci.contains("rule sandbox: does not apply: the account's label tag_environment differs or is missing")
+            && ci.contains("rule service: does not apply: the user's tag \"kind\" differs or is missing")
+            && ci.contains("rule ci: applies")
+            && ci.contains("limits of rule ci: key_max_age 30d, key_max_idle 45d"),
+        "{ci}"
+    );
+    // The account's configured labels come from the file.
+    let sandbox = run(&["--account", "222222222222", "--user", "ci-deploy"]);
+    assert!(sandbox.contains("rule sandbox: applies"), "{sandbox}");
+    let service = run(&[
+        "--account",
+        "111111111111",
+        "--user",
+        "etl",
+        "--user-tag",
+        "kind=service",
+    ]);
+    assert!(service.contains("rule service: applies"), "{service}");
+    let nobody = run(&["--account", "333333333333", "--user", "alice"]);
+    assert!(
+        nobody.contains("no rule applies; the defaults: key_max_age 90d"),
+        "{nobody}"
+    );
+}

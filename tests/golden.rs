@@ -113,6 +113,10 @@ fn the_exposition_of_a_seeded_world_matches_the_golden_file() {
             r#"
 refresh_interval: 30m
 user_tags_as_labels: [owner, team]
+policy:
+  rules:
+    - {{name: automation, path: /automation/, key_max_age: 365d}}
+    - {{name: payments-team, user_tags: {{team: payments}}, key_max_idle: 30d, notice: 7d}}
 exemptions:
   rules:
     - {{account: "{LEGACY}", user: old-*, reason: "decommissioned in Q1", until: 2020-01-31}}

@@ -28,29 +28,28 @@ pub const CIS: Limits = Limits {
 /// The name of the limits that apply when no rule matches.
 pub const DEFAULT_RULE: &str = "default";
 
-/// The four limits as written in a mapping: each one given, or None.
+/// The four limits as written in a mapping: each one given and valid, or None.
 struct Written {
     key_max_age: Option<Duration>,
     key_max_idle: Option<Duration>,
     password_max_idle: Option<Duration>,
     notice: Option<Duration>,
+    /// Whether any of them is written at all, valid or not.
+    any: bool,
 }
+
+const FIELDS: [&str; 4] = ["key_max_age", "key_max_idle", "password_max_idle", "notice"];
 
 impl Written {
     fn read(m: &mut Map, p: &mut Problems) -> Written {
+        let any = FIELDS.iter().any(|f| m.get(f).is_some());
         Written {
             key_max_age: duration_setting(m, "key_max_age", LIMIT, p),
             key_max_idle: duration_setting(m, "key_max_idle", LIMIT, p),
             password_max_idle: duration_setting(m, "password_max_idle", LIMIT, p),
             notice: duration_setting(m, "notice", NOTICE, p),
+            any,
         }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.key_max_age.is_none()
-            && self.key_max_idle.is_none()
-            && self.password_max_idle.is_none()
-            && self.notice.is_none()
     }
 
     fn over(&self, base: &Limits) -> Limits {
@@ -149,7 +148,7 @@ fn rule(item: &Value, i: usize, defaults: &Limits, p: &mut Problems) -> Option<P
     let at = r.pos();
     let path_text = r.path().to_string();
     r.finish(p);
-    if written.is_empty() {
+    if !written.any {
         p.add(
             at,
             &path_text,
