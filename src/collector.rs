@@ -452,15 +452,7 @@ fn write_policy_families(out: &mut Vec<u8>, accounts: &[Arc<AccountState>], stan
         let Some(snapshot) = &s.snapshot else {
             continue;
         };
-        let undecided = if snapshot.user_tags_read {
-            0
-        } else {
-            snapshot
-                .users
-                .iter()
-                .filter(|u| policy::decide(policy, &s.account, u, false).undecided)
-                .count()
-        };
+        let undecided = policy::undecided_users(policy, &s.account, snapshot);
         let labels = Labels::new()
             .with("account_id", &s.account.id)
             .with("account_name", &s.account.name);

@@ -250,3 +250,49 @@ pub fn of_account(state: &AccountState, standards: &Standards, now: Timestamp) -
     });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped alerts' `controls` annotations say what the audit says, word for word.
+    #[test]
+    fn the_alerts_name_the_controls_the_audit_names() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/prometheus/iam-key-exporter.rules.yml"
+        );
+        let rules: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let alerts = [
+            ("IAMAccessKeyTooOld", Kind::KeyTooOld),
+            ("IAMAccessKeyTooOldSoon", Kind::KeyTooOldSoon),
+            ("IAMAccessKeyUnused", Kind::KeyUnused),
+            ("IAMAccessKeyUnusedSoon", Kind::KeyUnusedSoon),
+            ("IAMUserMultipleActiveKeys", Kind::TwoActiveKeys),
+            ("IAMRootAccessKeyPresent", Kind::RootAccessKey),
+            ("IAMUserPasswordUnused", Kind::PasswordUnused),
+            ("IAMUserWithoutMFA", Kind::ConsoleWithoutMfa),
+            ("IAMRootWithoutMFA", Kind::RootWithoutMfa),
+        ];
+        let mut seen = 0;
+        for group in rules["groups"].as_sequence().unwrap() {
+            for rule in group["rules"].as_sequence().unwrap() {
+                let Some(name) = rule["alert"].as_str() else {
+                    continue;
+                };
+                let Some((_, kind)) = alerts.iter().find(|(a, _)| *a == name) else {
+                    continue;
+                };
+                assert_eq!(
+                    rule["annotations"]["controls"].as_str(),
+                    Some(kind.controls_text().as_str()),
+                    "{name}"
+                );
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, alerts.len(), "an alert of the table is not shipped");
+        assert_eq!(Kind::KeyNeverUsed.controls(), Kind::KeyUnused.controls());
+    }
+}

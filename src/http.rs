@@ -25,6 +25,7 @@ use crate::health::{BuildInfo, Health, IdentityStatus};
 use crate::inventory::unix_now;
 use crate::inventory::Inventory;
 use crate::keys::{self, html_escape as html};
+use crate::policy;
 use crate::web_config::{Auth, WebConfig};
 
 /// A client that opens a connection and never completes the TLS handshake, or never sends
@@ -443,6 +444,7 @@ async fn reload(web: &Web) -> Response<Body> {
 fn landing_page(web: &Web) -> Response<Body> {
     let mut rows = String::new();
     let now = unix_now();
+    let standards = web.inventory.standards();
     for s in web.inventory.accounts() {
         let state = match (s.attempted, s.up) {
             (false, _) => "pending",
@@ -452,10 +454,18 @@ fn landing_page(web: &Web) -> Response<Body> {
         let last = s.last_success.map_or("never".to_string(), |t| {
             format!("{}s ago", (now - t).max(0.0).round())
         });
-        let error = s
+        let mut error = s
             .last_error
             .as_ref()
             .map_or(String::new(), |e| e.to_string());
+        let undecided = s.snapshot.as_ref().map_or(0, |snap| {
+            policy::undecided_users(&standards.policy, &s.account, snap)
+        });
+        if undecided > 0 {
+            error.push_str(&format!(
+                " ({undecided} users get the policy's default limits: a rule needs their tags, which could not be read)"
+            ));
+        }
         let keys = s.snapshot.as_ref().map_or(0, |snap| snap.keys.len());
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td class=\"{state}\">{state}</td><td>{keys}</td><td>{last}</td><td>{}</td></tr>\n",
@@ -507,6 +517,21 @@ fn landing_page(web: &Web) -> Response<Body> {
     } else {
         String::new()
     };
+    let rules: Vec<&str> = standards
+        .policy
+        .rules
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    let policy = format!(
+        "<p>Policy: {}{}.</p>\n",
+        html(&policy::limits_text(&standards.policy.defaults)),
+        if rules.is_empty() {
+            String::new()
+        } else {
+            html(&format!(" by default; rules {}", rules.join(", ")))
+        }
+    );
     let page = format!(
         r#"<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>IAM Key Exporter</title>
@@ -515,7 +540,7 @@ fn landing_page(web: &Web) -> Response<Body> {
 <body><h1>IAM Key Exporter</h1>
 <p>Version {version} (revision {revision}). <a href="{path}">Metrics</a> ·
 <a href="/keys">Access keys</a> · <a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
-{identity}{sharding}{discovery}<table><tr><th>Account</th><th>Name</th><th>State</th><th>Keys</th><th>Last success</th><th>Last error</th></tr>
+{identity}{sharding}{discovery}{policy}<table><tr><th>Account</th><th>Name</th><th>State</th><th>Keys</th><th>Last success</th><th>Last error</th></tr>
 {rows}</table></body></html>
 "#,
         version = html(web.build.version),

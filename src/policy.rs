@@ -8,7 +8,7 @@ use std::fmt;
 use crate::accounts::Account;
 use crate::config::{Limits, Policy, PolicyRule, DEFAULT_RULE};
 use crate::exemptions::glob;
-use crate::inventory::{AccessKey, Timestamp, User};
+use crate::inventory::{AccessKey, Snapshot, Timestamp, User};
 
 /// The rule that applies to a user, and its limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,6 +117,19 @@ pub fn decide<'p>(
         }
     }
     defaults(policy)
+}
+
+/// The users of an account whose rule needs their tags, which were not read: the defaults
+/// apply to them instead.
+pub fn undecided_users(policy: &Policy, account: &Account, snapshot: &Snapshot) -> usize {
+    if snapshot.user_tags_read || !policy.needs_user_tags() {
+        return 0;
+    }
+    snapshot
+        .users
+        .iter()
+        .filter(|u| decide(policy, account, u, false).undecided)
+        .count()
 }
 
 /// The defaults, for a user no rule applies to.

@@ -178,7 +178,10 @@ fn prometheus_fires_for_exactly_the_keys_the_audit_reports() {
     }
     let users: BTreeSet<&str> = audit.iter().map(|(_, _, u, _)| u.as_str()).collect();
     for quiet in ["dev", "ci-sandbox", "bg-admin"] {
-        assert!(!users.contains(quiet), "{quiet} is within its rule: {audit:#?}");
+        assert!(
+            !users.contains(quiet),
+            "{quiet} is within its rule: {audit:#?}"
+        );
     }
     assert!(users.contains("old-dev"));
     wait_for_alerts(&prometheus, &audit);
@@ -216,4 +219,56 @@ fn prometheus_fires_for_exactly_the_keys_the_audit_reports() {
     );
     wait_for_alerts(&prometheus, &audit);
     assert_eq!(requests(), before, "a policy reload called AWS");
+}
+
+#[test]
+fn a_rule_whose_tags_cannot_be_read_falls_back_to_the_defaults_and_says_so() {
+    let moto = Moto::start();
+    let keys = moto.seed(
+        PROD,
+        json!([
+            {"name": "etl", "tags": {"kind": "service"}, "keys": [key(200.0, Some(1.0))]},
+            {"name": "alice", "keys": [key(10.0, Some(1.0))]},
+        ]),
+    );
+    moto.faults(json!([
+        {"kind": "access_denied", "operation": "GetAccountAuthorizationDetails", "account": PROD}
+    ]));
+    let cfg = format!(
+        "policy:\n  rules:\n    - {{name: service, user_tags: {{kind: service}}, key_max_age: 365d}}\naccounts:\n  - {{id: \"{PROD}\", name: production}}\n"
+    );
+    let exporter = Exporter::start(&moto, &cfg);
+    exporter.wait_ready(Duration::from_secs(30));
+    let m = exporter.scrape();
+    assert_eq!(
+        m.get(
+            "iam_key_exporter_policy_undecided_users",
+            &[("account_id", PROD)]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        m.get(
+            "aws_iam_user_info",
+            &[("user", "etl"), ("policy_rule", "default")]
+        ),
+        Some(1.0),
+        "without its tags, etl gets the defaults, not `service`"
+    );
+    let (_, page) = exporter.get("/");
+    assert!(
+        page.contains("2 users get the policy's default limits: a rule needs their tags, which could not be read"),
+        "{page}"
+    );
+    // The stricter default applies: etl's 200-day key is a finding, not silenced.
+    let audit = audited(&moto, &cfg);
+    assert!(
+        audit.contains(&(
+            "IAMAccessKeyTooOld".to_string(),
+            PROD.to_string(),
+            "etl".to_string(),
+            keys[0][0].clone()
+        )),
+        "{audit:?}"
+    );
 }
