@@ -534,8 +534,11 @@ fn check_config_prints_the_policy_in_force() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
-        stdout.contains("policy: default: key_max_age 90d, key_max_idle 45d, password_max_idle 45d, notice 7d")
-            && stdout.contains("policy: rule ci: key_max_age 30d, key_max_idle 45d, password_max_idle 45d, notice 7d"),
+        stdout.contains(
+            "policy: default: key_max_age 90d, key_max_idle 45d, password_max_idle 45d, notice 7d"
+        ) && stdout.contains(
+            "policy: rule ci: key_max_age 30d, key_max_idle 45d, password_max_idle 45d, notice 7d"
+        ),
         "{stdout}"
     );
 }
