@@ -37,6 +37,7 @@ const SANDBOX: &str = "333333333333";
 const ROOTED: &str = "444444444444";
 
 const TOO_OLD: &str = "IAMAccessKeyTooOld";
+const TOO_OLD_SOON: &str = "IAMAccessKeyTooOldSoon";
 const UNUSED: &str = "IAMAccessKeyUnused";
 const MULTIPLE: &str = "IAMUserMultipleActiveKeys";
 const ACCOUNT_DOWN: &str = "IAMKeyExporterAccountDown";
@@ -61,6 +62,7 @@ fn shipped_rules_page_the_right_keys_and_every_dashboard_panel_has_data() {
     let (_, d400) = days_ago(400.0);
     let (_, d390) = days_ago(390.0);
     let (_, d100) = days_ago(100.0);
+    let (_, d80) = days_ago(80.0);
     let (_, d20) = days_ago(20.0);
     let (_, d5) = days_ago(5.0);
     let (_, d2) = days_ago(2.0);
@@ -105,6 +107,11 @@ fn shipped_rules_page_the_right_keys_and_every_dashboard_panel_has_data() {
                  "access_key_id": RULE_EXEMPT_KEY},
                 {"status": "Active", "create_date": d100, "last_used": used(&d1, "s3"),
                  "access_key_id": NOT_EXEMPT_KEY}]},
+            // 80 days old, used yesterday: due for rotation in 10 days, within the default
+            // policy's notice (14 days): IAMAccessKeyTooOldSoon, and the dashboard's "due
+            // soon" panels have data.
+            {"name": "rotation-due", "keys": [
+                {"status": "Active", "create_date": d80, "last_used": used(&d1, "s3")}]},
         ]),
     );
     let (old_key, unused_key, inactive_key, fresh_key) =
@@ -117,8 +124,9 @@ fn shipped_rules_page_the_right_keys_and_every_dashboard_panel_has_data() {
         &prod[8][0],
     );
     assert_eq!(prod[9], [RULE_EXEMPT_KEY, NOT_EXEMPT_KEY]);
-    // Without these the ">365d" band, the last-used column of unused keys, "Users with > 1
-    // active key", "Accounts down" and the error panels would be legitimately empty.
+    let due_soon_key = &prod[10][0];
+    // Without these the last-used column of unused keys, "Users with > 1 active key",
+    // "Accounts down" and the error panels would be legitimately empty.
     let staging = moto.seed(
         STAGING,
         json!([
@@ -235,6 +243,7 @@ accounts:
         key_alert_days.iter().map(|(a, _)| a.clone()).collect();
     let mut expected_firing = expected_key_alerts.clone();
     expected_firing.insert(id(MULTIPLE, "staging", "legacy-batch", ""));
+    expected_firing.insert(id(TOO_OLD_SOON, "production", "rotation-due", due_soon_key));
     expected_firing.insert(id(ACCOUNT_DOWN, "sandbox", "", ""));
     expected_firing.insert(id(ROOT_KEY, "legacy-root", "", ""));
     expected_firing.insert(id(ROOT_NO_MFA, "legacy-root", "", ""));
@@ -469,7 +478,7 @@ accounts:
         },
     );
 
-    // Every dashboard query returns data (before the deletion below empties the 90-365d band).
+    // Every dashboard query returns data.
     check_dashboard(&prometheus);
 
     // Deleting the old key resolves its alert.

@@ -193,6 +193,19 @@ fn prometheus_fires_for_exactly_the_keys_the_audit_reports() {
         .find(|a| a["labels"]["user"] == "ci-deploy")
         .expect("ci-deploy's alert");
     assert_eq!(alert["labels"]["policy_rule"], "ci");
+    // The key view shows the same rule and the deadline it gives.
+    let (_, body) = exporter.get(&format!("/keys.json?account={PROD}"));
+    let view: Value = serde_json::from_str(&body).unwrap();
+    let row = view["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["user"] == "ci-deploy")
+        .expect("ci-deploy in /keys.json");
+    assert_eq!(row["policy_rule"], "ci");
+    assert_eq!(row["rotate_by"], days_ago(10.0).1[..10]);
+    let (_, html) = exporter.get("/keys");
+    assert!(html.contains("<th>Policy rule</th><th>Rotate by</th><th>Disable by</th>"));
 
     // One limit changed in the file: a reload applies it to alerts and audit alike, and
     // reads nothing from AWS.

@@ -383,6 +383,8 @@ REQUIRED_METRICS = {
     "aws_iam_user_password_last_changed_timestamp_seconds", "aws_iam_user_mfa_active",
     "aws_iam_root_mfa_active", "aws_iam_user_info", "iam_key_exporter_aws_request_rate",
 }
+POLICY_LIMITS = {f"iam_key_exporter_policy_{l}_seconds"
+                 for l in ("key_max_age", "key_max_idle", "password_max_idle", "notice")}
 # Rows the dashboard must have (sections of panels).
 REQUIRED_ROWS = {"Exemptions", "Console users", "Exporter health", "IAM request pacing"}
 errors = []
@@ -471,8 +473,9 @@ for p in panels:
             errors.append(f"{ref}: unknown function {f}")
         if not metrics:
             errors.append(f"{ref}: expr selects no metric")
-        # Every selector must carry the account filter.
-        for m in metrics:
+        # Every selector must carry the account filter, but for the policy's limits: they
+        # are per rule (label policy_rule only), joined to aws_iam_user_info, which has it.
+        for m in metrics - POLICY_LIMITS:
             for sel in re.finditer(r"(?<![\w:])%s(?![\w:])\s*(\{[^}]*\})?" % re.escape(m), expr):
                 if ACCOUNT_FILTER not in (sel.group(1) or ""):
                     errors.append(f"{ref}: selector {sel.group(0)!r} lacks {ACCOUNT_FILTER}")
