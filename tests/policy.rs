@@ -285,3 +285,56 @@ fn a_rule_whose_tags_cannot_be_read_falls_back_to_the_defaults_and_says_so() {
         "{audit:?}"
     );
 }
+
+#[test]
+fn rules_by_ou_match_accounts_anywhere_below_the_ou() {
+    const PAY: &str = "210000000001";
+    const SEARCH: &str = "210000000002";
+    const LAB: &str = "210000000003";
+    let moto = Moto::start();
+    let org = moto.post(
+        "/_launcher/organization",
+        json!({
+            "ous": [{"name": "prod", "children": [{"name": "prod-eu"}]}, {"name": "sandbox"}],
+            "accounts": [
+                {"id": PAY, "name": "payments", "ou": "prod", "state": "ACTIVE"},
+                {"id": SEARCH, "name": "search", "ou": "prod/prod-eu", "state": "ACTIVE"},
+                {"id": LAB, "name": "lab", "ou": "sandbox", "state": "ACTIVE"},
+            ],
+        }),
+    );
+    let prod = org["ous"]["prod"].as_str().unwrap();
+    let prod_eu = org["ous"]["prod/prod-eu"].as_str().unwrap();
+    for (id, prefix) in [(PAY, "pay"), (SEARCH, "srch"), (LAB, "lab")] {
+        moto.seed(id, users(prefix, 1, 1));
+    }
+    let rule_of = |m: &Metrics, account: &str| {
+        m.find("aws_iam_user_info", &[("account_id", account)])[0].labels["policy_rule"].clone()
+    };
+    // The whole organization: discovery walks the tree for the rule.
+    let exporter = Exporter::start(
+        &moto,
+        &format!(
+            "discovery: {{organizations: {{}}}}\npolicy:\n  rules:\n    - {{name: prod, ous: [{prod}], key_max_age: 30d}}\n"
+        ),
+    );
+    exporter.wait_ready(Duration::from_secs(60));
+    let m = exporter.scrape();
+    assert_eq!(rule_of(&m, PAY), "prod");
+    assert_eq!(rule_of(&m, SEARCH), "prod", "an OU below the rule's counts");
+    assert_eq!(rule_of(&m, LAB), "default");
+    drop(exporter);
+    // Only prod-eu is read: what is above it comes from ListParents.
+    let exporter = Exporter::start(
+        &moto,
+        &format!(
+            "discovery: {{organizations: {{include_ous: [{prod_eu}]}}}}\npolicy:\n  rules:\n    - {{name: prod, ous: [{prod}], key_max_age: 30d}}\n"
+        ),
+    );
+    exporter.wait_ready(Duration::from_secs(60));
+    let m = exporter.scrape();
+    assert_eq!(rule_of(&m, SEARCH), "prod");
+    assert!(m
+        .find("aws_iam_user_info", &[("account_id", PAY)])
+        .is_empty());
+}
