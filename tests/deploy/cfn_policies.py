@@ -51,7 +51,7 @@ TEMPLATES = {
         [{"ExporterRoleArn": EXPORTER_ROLE}],
         {"organizations:ListRoots", "organizations:ListOrganizationalUnitsForParent",
          "organizations:ListAccountsForParent", "organizations:ListAccounts",
-         "organizations:ListTagsForResource"},
+         "organizations:ListParents", "organizations:ListTagsForResource"},
     ),
     "exporter-role.yaml": (
         [{"OIDCProviderArn": OIDC_ARN, "OIDCProviderUrl": OIDC_URL},
