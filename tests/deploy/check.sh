@@ -18,8 +18,10 @@
 #   deploy/prometheus/prometheus.example.yml   promtool check config
 #   deploy/alertmanager/alertmanager.example.yml   amtool check-config; the routing tree
 #                                    sends example label sets to the expected receivers
-#                                    (amtool config routes test); it routes only on labels
-#                                    the alert rules carry
+#                                    (amtool config routes test); it routes and inhibits
+#                                    only on labels the alert rules carry; its inhibit rules
+#                                    hold back an unreadable account's key and user alerts
+#                                    in a real Alertmanager (alertmanager_inhibit.py)
 #   deploy/grafana/*.json            dashboard lint + PromQL parse of every query
 #   deploy/systemd/                  systemd-analyze verify (in a root holding the real
 #                                    binary), systemd-analyze security --offline (exposure
@@ -34,7 +36,8 @@
 # Tools: $VENV/bin/{hadolint,kubernetes-validate,cfn-lint,python} (VENV defaults to
 # $REPO/.venv, made by scripts/setup-test-env.sh, with checkov in $VENV/tools/checkov and
 # the npm package in $VENV/tools/node), promtool (Debian package `prometheus`, or
-# $PROMTOOL), amtool (Debian package `prometheus-alertmanager`, or $AMTOOL), node,
+# $PROMTOOL), amtool and prometheus-alertmanager (Debian package `prometheus-alertmanager`,
+# or $AMTOOL and $ALERTMANAGER), node,
 # systemd-analyze. K8S_VERSION picks the Kubernetes schema version.
 # IKE_BIN: a built iam-key-exporter binary (default target/debug/iam-key-exporter, made
 # by `cargo test`), used by systemd-analyze verify and the contract check.
@@ -45,6 +48,7 @@ VENV="${VENV:-$REPO/.venv}"
 K8S_VERSION="${K8S_VERSION:-1.31.0}"
 PROMTOOL="${PROMTOOL:-$(command -v promtool || true)}"
 AMTOOL="${AMTOOL:-$(command -v amtool || true)}"
+ALERTMANAGER="${ALERTMANAGER:-$(command -v prometheus-alertmanager || true)}"
 HADOLINT="$VENV/bin/hadolint"
 KUBE_VALIDATE="$VENV/bin/kubernetes-validate"
 CFN_LINT="$VENV/bin/cfn-lint"
@@ -418,7 +422,8 @@ def var_query(v):
     q = v.get("query")
     return q.get("query", "") if isinstance(q, dict) else (q or "")
 
-for name, label in (("account", "account_name"), ("team", "team")):
+# The team is the account's `team` tag, as discovery labels it (tags_as_labels: [team]).
+for name, label in (("account", "account_name"), ("team", "tag_team")):
     v = variables.get(name)
     if not v:
         errors.append(f"template variable `{name}` missing")
@@ -430,6 +435,8 @@ for name, label in (("account", "account_name"), ("team", "team")):
         errors.append(f"variable {name}: must be multi-value with All")
     if (v.get("datasource") or {}).get("uid") != DS_UID:
         errors.append(f"variable {name}: datasource uid is not {DS_UID}")
+if variables.get("account") and 'tag_team=~"$team"' not in var_query(variables["account"]):
+    errors.append('variable account: its query does not filter by tag_team=~"$team"')
 
 def all_panels(panels):
     for p in panels:
@@ -589,13 +596,19 @@ def walk(route, where):
     for i, child in enumerate(route.get("routes") or []):
         walk(child, f"{where}.routes[{i}]")
 walk(am["route"], "route")
+for rule in am.get("inhibit_rules") or []:
+    used.update(rule.get("equal") or [])
+    for m in (rule.get("source_matchers") or []) + (rule.get("target_matchers") or []):
+        used.add(re.match(r"\s*([a-zA-Z_]\w*)", m).group(1))
 for label in sorted(used - carried):
     errors.append(f"the routing uses label {label!r}, which no shipped alert carries")
 for e in errors:
     print(e)
-print(f"routing labels {sorted(used)}: all carried by the alert rules")
+print(f"routing and inhibition labels {sorted(used)}: all carried by the alert rules")
 sys.exit(1 if errors else 0)
 PY
+  need "$ALERTMANAGER" "prometheus-alertmanager: apt-get install prometheus-alertmanager" || return 1
+  "$PY" "$TESTS/alertmanager_inhibit.py" "$ALERTMANAGER" "$ALERTMANAGER_EXAMPLE" "$RULES" || rc=1
   return "$rc"
 }
 
