@@ -171,10 +171,10 @@ exemptions:
     - {{account: "{PRODUCTION}", user: vendor-sync, reason: "vendor cannot rotate", until: 2099-12-31}}
     - {{account: "{PRODUCTION}", user: two-keys, access_key_id: {RULE_EXEMPT_KEY}, reason: "legacy client", until: 2099-12-31}}
 accounts:
-  - {{id: "{PRODUCTION}", name: production, labels: {{team: platform}}}}
-  - {{id: "{STAGING}", name: staging, labels: {{team: data}}}}
-  - {{id: "{SANDBOX}", name: sandbox, labels: {{team: data}}}}
-  - {{id: "{ROOTED}", name: legacy-root, source: credential_report, labels: {{team: finance}}}}
+  - {{id: "{PRODUCTION}", name: production, labels: {{tag_team: platform}}}}
+  - {{id: "{STAGING}", name: staging, labels: {{tag_team: data}}}}
+  - {{id: "{SANDBOX}", name: sandbox, labels: {{tag_team: data}}}}
+  - {{id: "{ROOTED}", name: legacy-root, source: credential_report, labels: {{tag_team: finance}}}}
 "#
         ),
     );

@@ -1,7 +1,9 @@
 //! `make demo` end to end: scripts/demo.sh brings up moto (seeded with the demo accounts),
 //! this build's exporter, Debian's Prometheus with the shipped rules (every `for:`
 //! shortened) and Alertmanager; the seeded old keys and the root key of the credential-report
-//! account fire in Prometheus' alerts page and in Alertmanager; Ctrl-C (SIGINT to the
+//! account fire in Prometheus' alerts page and in Alertmanager; every URL the script prints
+//! answers 200 with what it says is there, and its amtool command lists the alerts (Debian's
+//! Alertmanager has no web UI, so the script must not send anyone to one); Ctrl-C (SIGINT to the
 //! script's process group, as a terminal sends it) stops every process and exits 0. And a
 //! busy port stops the demo before anything is started.
 //!
@@ -204,6 +206,27 @@ fn classic_alerts(html: &str) -> Vec<(String, String, usize, Vec<String>)> {
     out
 }
 
+/// The URLs the demo's output names (without the trailing punctuation of a sentence),
+/// apart from those inside the `amtool ...` commands it suggests, and those commands.
+fn printed_links(output: &str) -> (BTreeSet<String>, Vec<String>) {
+    let mut urls = BTreeSet::new();
+    let mut commands = Vec::new();
+    for line in output.lines() {
+        if line.trim_start().starts_with("amtool ") {
+            commands.push(line.trim().to_string());
+            continue;
+        }
+        for (i, _) in line.match_indices("http://") {
+            let url: String = line[i..]
+                .chars()
+                .take_while(|c| !c.is_whitespace() && !matches!(c, ')' | '(' | ',' | '"'))
+                .collect();
+            urls.insert(url.trim_end_matches(['.', ':']).to_string());
+        }
+    }
+    (urls, commands)
+}
+
 fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
     let from = s.find(start)? + start.len();
     let len = s[from..].find(end)?;
@@ -289,28 +312,79 @@ fn demo_stack_comes_up_alerts_fire_and_ctrl_c_stops_everything() {
         }
     }
 
-    // The script says so, with the URLs to open.
+    // The script says so, with the URLs to open: every URL it prints (and the amtool
+    // command it suggests) answers, and shows what the script says it shows.
     let said = wait_for_or(Duration::from_secs(15), || {
         demo.assert_running();
         let out = demo.output();
-        out.contains("firing in Prometheus (").then_some(out)
+        (out.contains("firing in Prometheus (") && out.contains("in Alertmanager (")).then_some(out)
     })
     .unwrap_or_else(|| panic!("the script never said the alerts fire:\n{}", demo.output()));
-    for url in [
-        Demo::url(demo.exporter, "/"),
-        Demo::url(demo.exporter, "/metrics"),
-        page_url.clone(),
-        Demo::url(demo.alertmanager, "/"),
-    ] {
-        assert!(
-            said.contains(&url),
-            "the script does not print {url}:\n{said}"
-        );
-    }
     assert!(
         !said.contains("cargo build"),
         "IKE_BIN must skip the build:\n{said}"
     );
+    let (urls, amtool) = printed_links(&said);
+    for (port, path) in [
+        (demo.exporter, "/"),
+        (demo.prometheus, "/classic/alerts"),
+        (demo.alertmanager, "/api/v2/alerts"),
+    ] {
+        let url = Demo::url(port, path);
+        assert!(
+            urls.contains(&url),
+            "the script does not print {url}:\n{said}"
+        );
+    }
+    for url in &urls {
+        let expected: &[&str] = match url.strip_prefix("http://127.0.0.1:") {
+            Some(rest) if rest == format!("{}/", demo.exporter) => &["security-tooling", "production"],
+            Some(rest) if rest == format!("{}/keys", demo.exporter) => &["legacy-backup", "ci-deploy"],
+            Some(rest) if rest == format!("{}/metrics", demo.exporter) => {
+                &["aws_iam_access_key_age_seconds{", "aws_iam_root_access_key_active{"]
+            }
+            Some(rest) if rest == format!("{}/classic/alerts", demo.prometheus) => &[TOO_OLD, ROOT_KEY],
+            Some(rest) if rest == format!("{}/classic/targets", demo.prometheus) => &["iam-key-exporter"],
+            Some(rest) if rest == format!("{}/api/v2/alerts", demo.alertmanager) => {
+                &[TOO_OLD, UNUSED, ROOT_KEY, "\"state\":\"active\""]
+            }
+            _ => panic!("the script prints {url}, which this test does not know: say here what it must show\n{said}"),
+        };
+        let mut resp = agent()
+            .get(url)
+            .call()
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = resp.status();
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        assert_eq!(status, 200, "{url} (printed by the demo): {body}");
+        for text in expected {
+            assert!(
+                body.contains(text),
+                "{url} (printed by the demo) lacks {text:?}:\n{body}"
+            );
+        }
+    }
+    assert_eq!(
+        amtool.len(),
+        1,
+        "the script suggests one amtool command:\n{said}"
+    );
+    let words: Vec<&str> = amtool[0].split_whitespace().collect();
+    let out = Command::new(words[0]).args(&words[1..]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        amtool[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [TOO_OLD, UNUSED, ROOT_KEY] {
+        assert!(
+            table.contains(name),
+            "{} does not list {name}:\n{table}",
+            amtool[0]
+        );
+    }
 
     // Every child the script wrote down is running.
     let children = pids(&demo.state());

@@ -3,9 +3,11 @@
     python cfn_policies.py CFN_DIR OUT_DIR
 
 For every template in CFN_DIR and every parameter variant below (optional parameters
-empty, then set), resolve the intrinsic functions the templates use (Ref, Fn::Sub,
-Fn::If, Fn::Equals, Fn::Not, Fn::GetAtt), parse policies written as JSON strings, and
-check every trust and permission policy:
+empty, then set; each trust mode), resolve the intrinsic functions the templates use
+(Ref, Fn::Sub, Fn::If, Fn::Equals, Fn::Not, Fn::GetAtt), check the parameters against
+AllowedValues, AllowedPattern and the template's Rules (and that the variants listed as
+invalid are refused), parse policies written as JSON strings, and check every trust and
+permission policy:
 
   - Effect Allow only, no NotAction / NotPrincipal / NotResource;
   - no wildcard (`*` or `?`) in any action;
@@ -14,8 +16,10 @@ check every trust and permission policy:
     named roles (never `*`) in the exporter's own role;
   - exactly the actions the exporter needs (both sources; the Organizations calls of
     discovery; AssumeRole), no more, no fewer;
-  - trust policies: the exporter's role ARN (or the OIDC provider, with sub and aud
-    conditions), never `*`; the ExternalId condition present exactly when set;
+  - trust policies: the exporter's role ARN (or, for the exporter's role, the OIDC
+    provider with sub and aud conditions under TrustMode irsa, and EKS Pod Identity with
+    sts:TagSession and the namespace and service account session tags under
+    pod-identity), never `*`; the ExternalId condition present exactly when set;
   - no hard-coded partition (`arn:aws:`) or account id in Resources (StackSet-ready,
     partition-aware).
 
@@ -55,12 +59,24 @@ TEMPLATES = {
     ),
     "exporter-role.yaml": (
         [{"OIDCProviderArn": OIDC_ARN, "OIDCProviderUrl": OIDC_URL},
-         {"OIDCProviderArn": OIDC_ARN, "OIDCProviderUrl": OIDC_URL,
-          "DiscoveryRoleArn": DISCOVERY_ROLE}],
+         {"TrustMode": "irsa", "OIDCProviderArn": OIDC_ARN, "OIDCProviderUrl": OIDC_URL,
+          "DiscoveryRoleArn": DISCOVERY_ROLE},
+         {"TrustMode": "pod-identity"},
+         {"TrustMode": "pod-identity", "DiscoveryRoleArn": DISCOVERY_ROLE,
+          "Namespace": "observability", "ServiceAccountName": "iam-exporter"}],
         {"sts:AssumeRole"},
     ),
 }
-TRUST_ACTIONS = {"sts:AssumeRole", "sts:AssumeRoleWithWebIdentity"}
+# Parameter sets a template must refuse (CloudFormation would not create the stack).
+INVALID = {
+    "exporter-role.yaml": [
+        {},  # irsa, the default, without the OIDC provider
+        {"TrustMode": "irsa", "OIDCProviderArn": OIDC_ARN},
+        {"TrustMode": "oidc", "OIDCProviderArn": OIDC_ARN, "OIDCProviderUrl": OIDC_URL},
+    ],
+}
+TRUST_ACTIONS = {"sts:AssumeRole", "sts:AssumeRoleWithWebIdentity", "sts:TagSession"}
+POD_IDENTITY = "pods.eks.amazonaws.com"
 READ_ONLY_LEVELS = {"List", "Read"}
 
 
@@ -106,6 +122,9 @@ def render(template, params):
         pattern = spec.get("AllowedPattern")
         if pattern and not re.fullmatch(pattern, str(values[name])):
             raise ValueError(f"parameter {name}={values[name]!r} does not match {pattern}")
+        allowed = spec.get("AllowedValues")
+        if allowed is not None and values[name] not in allowed:
+            raise ValueError(f"parameter {name}={values[name]!r} is not one of {allowed}")
     conditions = {}
 
     def condition(name):
@@ -166,6 +185,12 @@ def render(template, params):
                 out[k] = v
         return out
 
+    for rule_name, rule in (template.get("Rules") or {}).items():
+        if "RuleCondition" in rule and not ev(rule["RuleCondition"]):
+            continue
+        for assertion in rule.get("Assertions") or []:
+            if not ev(assertion["Assert"]):
+                raise ValueError(f"rule {rule_name}: {assertion.get('AssertDescription')}")
     resources = {}
     for name, res in template["Resources"].items():
         if "Condition" in res and not condition(res["Condition"]):
@@ -212,6 +237,13 @@ def check_template(path, variants, expected_actions, out_dir, errors):
     name = os.path.basename(path)
     source = open(path).read()
     template = yaml.load(source, Loader=CfnLoader)
+    for params in INVALID.get(name, []):
+        try:
+            render(template, params)
+            errors.append(f"{name} [{', '.join(sorted(params)) or 'defaults'}]: accepted, "
+                          "but these parameters must be refused")
+        except ValueError:
+            pass
     raw_resources = json.dumps(template["Resources"])
     if "arn:aws:" in raw_resources:
         errors.append(f"{name}: Resources hard-code the aws partition (use ${{AWS::Partition}})")
@@ -256,6 +288,7 @@ def check_template(path, variants, expected_actions, out_dir, errors):
         rendered = dict(template)
         rendered["Resources"] = resources
         rendered.pop("Conditions", None)
+        rendered.pop("Rules", None)
         with open(os.path.join(out_dir, f"{name[:-5]}-{n}.json"), "w") as f:
             json.dump(rendered, f, indent=2)
 
@@ -270,7 +303,20 @@ def check_trust(where, doc, params, errors):
         if principal == "*" or '"*"' in flat:
             errors.append(f"{where}: principal is *")
         cond = st.get("Condition") or {}
-        if "sts:AssumeRoleWithWebIdentity" in actions:
+        pod_identity = (principal or {}).get("Service") == POD_IDENTITY
+        if pod_identity != (params.get("TrustMode") == "pod-identity"):
+            errors.append(f"{where}: TrustMode {params.get('TrustMode', 'irsa')} but principal {principal}")
+        if pod_identity:
+            if actions != {"sts:AssumeRole", "sts:TagSession"}:
+                errors.append(f"{where}: EKS Pod Identity needs sts:AssumeRole and sts:TagSession, "
+                              f"has {sorted(actions)}")
+            tags = cond.get("StringEquals") or {}
+            want = {"aws:RequestTag/kubernetes-namespace": params.get("Namespace", "monitoring"),
+                    "aws:RequestTag/kubernetes-service-account":
+                        params.get("ServiceAccountName", "iam-key-exporter")}
+            if tags != want or set(cond) != {"StringEquals"}:
+                errors.append(f"{where}: Pod Identity trust conditions {cond}, expected StringEquals {want}")
+        elif "sts:AssumeRoleWithWebIdentity" in actions:
             keys = set((cond.get("StringEquals") or {}).keys())
             if not any(k.endswith(":sub") for k in keys) or not any(k.endswith(":aud") for k in keys):
                 errors.append(f"{where}: web identity trust without :sub and :aud conditions")
@@ -320,7 +366,8 @@ def main():
     print(f"{len(TEMPLATES)} templates, {sum(len(v) for v, _ in TEMPLATES.values())} parameter "
           "variants: Allow only, no wildcard action, List/Read actions only (policy_sentry) "
           "besides sts:AssumeRole on named roles, exactly the actions needed, trust limited "
-          "to the exporter / OIDC service account, ExternalId condition iff set, no "
+          "to the exporter / its service account (IRSA or EKS Pod Identity), invalid "
+          f"parameters refused ({sum(len(v) for v in INVALID.values())}), ExternalId condition iff set, no "
           "hard-coded partition or account")
     return 0
 

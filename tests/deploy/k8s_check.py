@@ -18,14 +18,22 @@
    --shard.index=auto, Parallel pod management, a headless governing Service, a PDB, a
    ServiceMonitor selecting exactly one Service on an existing port, the PrometheusRule
    equal to deploy/prometheus/iam-key-exporter.rules.yml, the dashboard ConfigMap equal
-   to deploy/grafana/iam-key-exporter.json, and the StatefulSet's pod template equal to
-   the Deployment's but for the two shard flags.
+   to deploy/grafana/iam-key-exporter.json, the StatefulSet's pod template equal to
+   the Deployment's but for the two shard flags and the topology spread (zone and node,
+   selecting the pods), and a NetworkPolicy on the pods (ingress only from one namespace
+   on the metrics port; egress only DNS, HTTPS and the Pod Identity agent).
+4. The shard count is written once: statefulset.yaml says `--shard.total=REPLICAS`, and
+   a copy of deploy/ with other replica counts (in statefulset.yaml, or a `replicas:`
+   entry in the kustomization) renders --shard.total equal to them.
 """
 
 import copy
 import json
 import os
+import re
+import shutil
 import sys
+import tempfile
 
 import yaml
 
@@ -35,6 +43,11 @@ from kustomize_build import build  # noqa: E402
 VARIANTS = {"single": "deploy/kubernetes", "sharded": "deploy/kubernetes-sharded"}
 CRD_GROUP = "monitoring.coreos.com/"
 SHARD_FLAGS = ("--shard.total=", "--shard.index=")
+SHARD_PLACEHOLDER = "--shard.total=REPLICAS"
+SPREAD_KEYS = {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+# What the NetworkPolicy lets the pods reach: DNS, HTTPS (AWS), the EKS Pod Identity agent.
+EGRESS = {("UDP", 53, ()), ("TCP", 53, ()), ("TCP", 443, ()),
+          ("TCP", 80, ("169.254.170.23/32", "fd00:ec2::23/128"))}
 
 # The configuration contract (README "Configuration" and the discovery block).
 CONFIG_KEYS = {
@@ -243,9 +256,18 @@ def check_sharded(repo, variant, objs, single_objs):
         for t in (a, b):
             c = t["spec"]["containers"][0]
             c["args"] = [x for x in c.get("args", []) if not x.startswith(SHARD_FLAGS)]
+            t["spec"].pop("topologySpreadConstraints", None)
         if a != b:
             err(f"{variant}: the StatefulSet's pod template differs from deploy/kubernetes/deployment.yaml's "
-                "(other than --shard.*): keep them the same")
+                "(other than --shard.* and the topology spread): keep them the same")
+    spread = sts["spec"]["template"]["spec"].get("topologySpreadConstraints") or []
+    if {c.get("topologyKey") for c in spread} != SPREAD_KEYS:
+        err(f"{variant}: the StatefulSet's topologySpreadConstraints should spread over {sorted(SPREAD_KEYS)}")
+    for c in spread:
+        if not matches((c.get("labelSelector") or {}).get("matchLabels"), labels) or \
+                not (c.get("labelSelector") or {}).get("matchLabels"):
+            err(f"{variant}: topology spread on {c.get('topologyKey')} does not select the pods")
+    check_network_policy(variant, objs, labels)
     # prometheus-operator objects.
     sm = one(objs, "ServiceMonitor", variant)
     if sm:
@@ -276,6 +298,76 @@ def check_sharded(repo, variant, objs, single_objs):
         json.loads(list(data.values())[0]) if data else None
 
 
+def check_network_policy(variant, objs, labels):
+    pol = one(objs, "NetworkPolicy", variant)
+    if pol is None:
+        return
+    spec = pol["spec"]
+    if not matches(spec["podSelector"].get("matchLabels"), labels) or \
+            not spec["podSelector"].get("matchLabels"):
+        err(f"{variant}: the NetworkPolicy does not select the exporter's pods")
+    if sorted(spec.get("policyTypes") or []) != ["Egress", "Ingress"]:
+        err(f"{variant}: the NetworkPolicy should restrict both Ingress and Egress")
+    ingress = spec.get("ingress") or []
+    if len(ingress) != 1:
+        err(f"{variant}: the NetworkPolicy should have one ingress rule (Prometheus), has {len(ingress)}")
+    for rule in ingress:
+        peers = rule.get("from") or []
+        names = [(p.get("namespaceSelector") or {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                 for p in peers]
+        if not peers or None in names or any(set(p) != {"namespaceSelector"} for p in peers):
+            err(f"{variant}: NetworkPolicy ingress must come from named namespaces only, not {peers}")
+        if [(p.get("protocol"), p.get("port")) for p in rule.get("ports") or []] != [("TCP", "http-metrics")]:
+            err(f"{variant}: NetworkPolicy ingress should open only TCP http-metrics")
+    allowed = set()
+    for rule in spec.get("egress") or []:
+        cidrs = tuple(sorted((p.get("ipBlock") or {}).get("cidr") for p in rule.get("to") or []))
+        if any(set(p) != {"ipBlock"} for p in rule.get("to") or []):
+            err(f"{variant}: NetworkPolicy egress peers other than ipBlocks: {rule.get('to')}")
+        ports = rule.get("ports") or []
+        if not ports:
+            err(f"{variant}: a NetworkPolicy egress rule allows every port")
+        for p in ports:
+            allowed.add((p.get("protocol"), p.get("port"), cidrs))
+    if allowed != EGRESS:
+        err(f"{variant}: NetworkPolicy egress {sorted(allowed, key=str)} is not DNS, HTTPS and "
+            f"the Pod Identity agent: {sorted(EGRESS, key=str)}")
+
+
+def check_shard_count_written_once(repo):
+    """Renders a copy of deploy/ with other shard counts: --shard.total follows."""
+    source = open(os.path.join(repo, VARIANTS["sharded"], "statefulset.yaml")).read()
+    if SHARD_PLACEHOLDER not in source or re.search(r"--shard\.total=\d", source):
+        err(f"sharded: statefulset.yaml should say {SHARD_PLACEHOLDER} (kustomization.yaml replaces it "
+            "with spec.replicas), not a number")
+        return
+    if len(re.findall(r"^  replicas: \d+$", source, re.M)) != 1:
+        err("sharded: statefulset.yaml should have one `  replicas: N` line")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(os.path.join(repo, "deploy"), os.path.join(tmp, "deploy"))
+        sts_path = os.path.join(tmp, VARIANTS["sharded"], "statefulset.yaml")
+        kust_path = os.path.join(tmp, VARIANTS["sharded"], "kustomization.yaml")
+        kust = open(kust_path).read()
+        for how, count in (("statefulset.yaml replicas", 5), ("kustomization.yaml replicas:", 7)):
+            if count == 5:
+                open(sts_path, "w").write(re.sub(r"^  replicas: \d+$", "  replicas: 5", source, flags=re.M))
+            else:
+                open(kust_path, "w").write(kust + "\nreplicas:\n  - name: iam-key-exporter\n    count: 7\n")
+            try:
+                objs = [o for o in yaml.safe_load_all(build(os.path.join(tmp, VARIANTS["sharded"]))) if o]
+            except RuntimeError as e:
+                err(f"sharded with {how} {count}: kustomize build failed: {e}")
+                continue
+            sts = [o for o in objs if o["kind"] == "StatefulSet"][0]
+            total = [a for a in container_args(sts) if a.startswith("--shard.total=")]
+            if sts["spec"].get("replicas") != count or total != [f"--shard.total={count}"]:
+                err(f"sharded with {how} {count}: renders replicas {sts['spec'].get('replicas')} "
+                    f"and {total}: the shard count is not written once")
+    print("shard count written once: replicas 5 (statefulset.yaml) and 7 (kustomization.yaml "
+          "replicas:) render --shard.total=5 and 7")
+
+
 def main():
     repo, out_dir = sys.argv[1:3]
     n = check_kustomizations(repo)
@@ -296,6 +388,7 @@ def main():
                 err("single: shard flags on the single-replica Deployment")
     if rendered["sharded"]:
         check_sharded(repo, "sharded", rendered["sharded"], rendered["single"])
+        check_shard_count_written_once(repo)
     for e in errors:
         print(e)
     if errors:

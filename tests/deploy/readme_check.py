@@ -1,4 +1,5 @@
-"""deploy/README.md describes only what exists.
+"""deploy/README.md describes only what exists, and both READMEs give the AWS setup in an
+order that works.
 
     python readme_check.py REPO
 
@@ -10,7 +11,16 @@
   operation of that service and options of that operation, as botocore's service models
   define them (the AWS CLI is generated from the same models), including the keys of
   shorthand structures (`--auto-deployment Enabled=true,...`); `aws cloudformation
-  deploy` is a CLI customization, checked against its documented options.
+  deploy` is a CLI customization, checked against its documented options;
+- the order: IAM refuses a trust policy whose principal does not exist (CloudFormation
+  fails with "Invalid principal in policy"), and member-role.yaml and discovery-role.yaml
+  trust the role exporter-role.yaml makes (their ExporterRoleArn parameter). So in
+  deploy/README.md's commands exporter-role.yaml is deployed before any template with an
+  ExporterRoleArn parameter, as a stack or a StackSet; StackSets' trusted access to
+  Organizations (`activate-organizations-access`) comes before the service-managed
+  `create-stack-set`, which comes before `create-stack-instances`. In README.md's "Use it on
+  your AWS accounts", the step naming exporter-role.yaml comes before the steps naming
+  those templates.
 """
 
 import os
@@ -121,6 +131,52 @@ def check_aws(cmd, session, errors):
                     errors.append(f"aws {service} {op} {o}: {target.name} has no key {key}")
 
 
+def check_order(repo, deploy_readme_text, errors):
+    cfn = os.path.join(repo, "deploy", "cloudformation")
+    trusting = {f for f in os.listdir(cfn)
+                if re.search(r"^  ExporterRoleArn:", open(os.path.join(cfn, f)).read(), re.M)}
+    if not trusting:
+        errors.append("order: no template with an ExporterRoleArn parameter")
+    events = []  # (what, template or None), in the order the commands appear
+    for block in code_blocks(deploy_readme_text):
+        for cmd in commands(block):
+            m = re.search(r"(?:--template-file |--template-body file://)deploy/cloudformation/(\S+)", cmd)
+            if m:
+                events.append(("template", m.group(1)))
+            for op in ("activate-organizations-access", "create-stack-set", "create-stack-instances"):
+                if re.search(r"\baws cloudformation %s\b" % op, cmd):
+                    events.append((op, None))
+    def first(what, template=None):
+        return next((i for i, e in enumerate(events) if e == (what, template)), None)
+    exporter = first("template", "exporter-role.yaml")
+    if exporter is None:
+        errors.append("order: deploy/README.md never deploys exporter-role.yaml")
+    for i, (what, template) in enumerate(events):
+        if what == "template" and template in trusting and (exporter is None or i < exporter):
+            errors.append(f"order: deploy/README.md deploys {template} (it trusts the exporter's "
+                          "role) before exporter-role.yaml")
+    for before, after in (("activate-organizations-access", "create-stack-set"),
+                          ("create-stack-set", "create-stack-instances")):
+        a, b = first(before), first(after)
+        if a is None or b is None or a > b:
+            errors.append(f"order: deploy/README.md should run {before} before {after}")
+    # README.md: the numbered steps of "Use it on your AWS accounts".
+    text = open(os.path.join(repo, "README.md"), encoding="utf-8").read()
+    section = re.search(r"^## Use it on your AWS accounts\n(.*?)^## ", text, re.S | re.M)
+    if not section:
+        errors.append("order: README.md has no section \"Use it on your AWS accounts\"")
+        return
+    steps = re.split(r"^\d+\. ", section.group(1), flags=re.M)[1:]
+    def step_of(template):
+        return next((i for i, st in enumerate(steps) if template in st), None)
+    exporter_step = step_of("exporter-role.yaml")
+    for template in sorted(trusting):
+        step = step_of(template)
+        if exporter_step is None or step is None or step < exporter_step:
+            errors.append(f"order: README.md's setup steps should name exporter-role.yaml before "
+                          f"{template}")
+
+
 def main():
     repo = sys.argv[1]
     readme = os.path.join(repo, "deploy", "README.md")
@@ -158,12 +214,14 @@ def main():
                 if part.startswith("aws "):
                     aws_cmds += 1
                     check_aws(part, session, errors)
+    check_order(repo, text, errors)
     for e in errors:
         print(e)
     if errors:
         return 1
     print(f"deploy/README.md: {links} links, {len(paths)} repository paths and {aws_cmds} aws "
-          "commands (operations, options, shorthand keys) all exist")
+          "commands (operations, options, shorthand keys) all exist; the exporter's role comes "
+          "before the roles that trust it, here and in README.md")
     return 0
 
 
