@@ -358,7 +358,10 @@ $DEMO_FOR ($rules_summary). So about a minute from now
 Prometheus' alerts page shows these firing (red; click a name to see its keys), and
 Alertmanager (its API, amtool) lists them a few seconds later:
 
-  IAMAccessKeyTooOld         active keys older than 90 days, in all three accounts
+  IAMAccessKeyTooOld         active keys older than their policy allows (90 days by default),
+                             in all three accounts
+  IAMAccessKeyTooOldSoon     production's ci-deploy: policy rule automation allows 365 days and
+                             tells 60 days ahead; its key is 310 days old
   IAMAccessKeyUnused         production's legacy-backup key: never used in 200 days
   IAMUserMultipleActiveKeys  production's ci-deploy has two active keys
   IAMRootAccessKeyPresent    security-tooling's root user has an access key (read from the

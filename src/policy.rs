@@ -6,7 +6,7 @@
 use std::fmt;
 
 use crate::accounts::Account;
-use crate::config::{Limits, Policy, PolicyRule, DEFAULT_RULE};
+use crate::config::{duration_text, Limits, Policy, PolicyRule, DEFAULT_RULE};
 use crate::exemptions::glob;
 use crate::inventory::{AccessKey, Snapshot, Timestamp, User};
 
@@ -143,11 +143,7 @@ pub fn defaults(policy: &Policy) -> Decision<'_> {
 
 /// `key_max_age 90d, key_max_idle 45d, password_max_idle 45d, notice 14d`.
 pub fn limits_text(l: &Limits) -> String {
-    // Policies are written in days: `90d` reads better than humantime's `2months 29days ...`.
-    let d = |d: std::time::Duration| match d.as_secs() {
-        s if s % 86400 == 0 => format!("{}d", s / 86400),
-        _ => humantime::format_duration(d).to_string(),
-    };
+    let d = duration_text;
     format!(
         "key_max_age {}, key_max_idle {}, password_max_idle {}, notice {}",
         d(l.key_max_age),

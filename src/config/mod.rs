@@ -24,6 +24,14 @@ pub fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(1.0 - REFRESH_JITTER + fastrand::f64() * 2.0 * REFRESH_JITTER)
 }
 
+/// A duration as policies are written: `90d` when it is whole days, else `1h30m` style.
+pub fn duration_text(d: Duration) -> String {
+    match d.as_secs() {
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        _ => yaml::human(d),
+    }
+}
+
 /// The validated configuration with every default filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

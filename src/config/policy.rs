@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::read::{any_account, duration_setting};
 use super::values;
-use super::yaml::{human, Map, Problems, Value};
-use super::{Limits, Policy, PolicyRule, Pos};
+use super::yaml::{Map, Problems, Value};
+use super::{duration_text, Limits, Policy, PolicyRule, Pos};
 
 const DAY: u64 = 86400;
 /// humantime's `10y`: anything longer is a typo, not a policy.
@@ -114,8 +114,8 @@ pub(super) fn policy(v: Option<Value>, p: &mut Problems, warnings: &mut Problems
                     format!(
                         "notice ({}) is not shorter than {field} ({}) in rule {:?}: owners are \
                          told of the deadline from the day a key is created",
-                        human(rule.limits.notice),
-                        human(limit),
+                        duration_text(rule.limits.notice),
+                        duration_text(limit),
                         rule.name
                     ),
                 );

@@ -274,16 +274,25 @@ REQUIRED = {
     "IAMKeyExporterSessionExpiring", "IAMKeyExporterDown",
     "IAMKeyExporterShardingMismatch", "IAMKeyExporterAccountsUnread",
     "IAMKeyExporterDiscoveryFailing", "IAMUserPasswordUnused", "IAMUserWithoutMFA",
-    "IAMRootWithoutMFA",
+    "IAMRootWithoutMFA", "IAMAccessKeyTooOldSoon", "IAMAccessKeyUnusedSoon",
 }
 # Alerts about an IAM user: they carry the user's owner and team (tag_owner, tag_team,
 # joined from aws_iam_user_info), which deploy/alertmanager/alertmanager.example.yml routes on.
 OWNED = {
-    "IAMAccessKeyTooOld", "IAMAccessKeyUnused", "IAMUserMultipleActiveKeys",
-    "IAMUserPasswordUnused", "IAMUserWithoutMFA",
+    "IAMAccessKeyTooOld", "IAMAccessKeyTooOldSoon", "IAMAccessKeyUnused",
+    "IAMAccessKeyUnusedSoon", "IAMUserMultipleActiveKeys", "IAMUserPasswordUnused",
+    "IAMUserWithoutMFA",
 }
 # The key alerts leave exempt keys out (aws_iam_exemption_until_timestamp_seconds).
-EXEMPTIBLE = {"IAMAccessKeyTooOld", "IAMAccessKeyUnused", "IAMUserMultipleActiveKeys"}
+EXEMPTIBLE = {
+    "IAMAccessKeyTooOld", "IAMAccessKeyTooOldSoon", "IAMAccessKeyUnused",
+    "IAMAccessKeyUnusedSoon", "IAMUserMultipleActiveKeys",
+}
+# The alerts whose limit is the configured policy's: joined in, never written as a number.
+POLICY = {
+    "IAMAccessKeyTooOld", "IAMAccessKeyTooOldSoon", "IAMAccessKeyUnused",
+    "IAMAccessKeyUnusedSoon", "IAMUserPasswordUnused",
+}
 # Alerts about the exporter as a whole: they name its job (or instance), not an account.
 EXPORTER_WIDE = {
     "IAMKeyExporterDown": None,
@@ -323,12 +332,20 @@ for group in yaml.safe_load(open(rules_file))["groups"]:
         for f in sorted(funcs):
             errors.append(f"{name}: expr uses unknown function {f}")
         expr = " ".join(rule["expr"].split())
-        owned = "group_left (tag_owner, tag_team)" in expr and "aws_iam_user_info" in expr
+        owned = re.search(r"group_(left|right) \(tag_owner, tag_team", expr) is not None \
+            and "aws_iam_user_info" in expr
         if (name in OWNED) != owned:
             errors.append(f"{name}: {'no' if name in OWNED else 'an unexpected'} owner/team join "
                           "(group_left (tag_owner, tag_team) ... aws_iam_user_info)")
         if (name in OWNED) and "tag_owner" not in ann.get("description", ""):
             errors.append(f"{name}: the description does not name the owner (tag_owner)")
+        # No day count in any rule: the policy's limits come from the exporter.
+        if re.search(r"\b86400\b|\b\d+\s*\*\s*24\s*\*\s*3600\b", expr):
+            errors.append(f"{name}: a day count in the expression; limits come from the policy")
+        joined = "iam_key_exporter_policy_" in expr and "policy_rule" in expr
+        if (name in POLICY) != joined:
+            errors.append(f"{name}: {'no' if name in POLICY else 'an unexpected'} policy join "
+                          "(aws_iam_user_info * on (policy_rule) ... iam_key_exporter_policy_*)")
         exempt = "aws_iam_exemption_until_timestamp_seconds" in expr
         if (name in EXEMPTIBLE) != exempt:
             errors.append(f"{name}: exemptions {'not applied' if name in EXEMPTIBLE else 'applied'} "
