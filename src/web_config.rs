@@ -204,10 +204,7 @@ impl Default for WebSecurity {
 }
 
 pub fn load(path: &Path) -> Result<WebSecurity, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-        path: path.to_path_buf(),
-        error,
-    })?;
+    let text = config::read_text(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let (tls, users) = config::document(&text, path, |root, p| read_file(root, dir, p))?;
     // The dummy hash costs as much as the most expensive real one (costs were checked).
@@ -458,11 +455,12 @@ impl WebConfig {
     }
 }
 
-/// A digest of the files' content; a file that cannot be read counts as empty.
+/// A digest of the files' content; a file that cannot be read (or is no regular file, or is
+/// too large) counts as empty.
 pub fn files_digest(paths: &[PathBuf]) -> u64 {
     let mut h = DefaultHasher::new();
     for path in paths {
-        std::fs::read(path).unwrap_or_default().hash(&mut h);
+        config::read_bytes(path).unwrap_or_default().hash(&mut h);
     }
     h.finish()
 }

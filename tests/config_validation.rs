@@ -458,3 +458,94 @@ fn telemetry_paths_that_would_hide_metrics_or_health() {
         );
     }
 }
+
+#[test]
+fn an_invalid_external_id_is_described_not_printed() {
+    // Whatever was meant as a secret must not end up in a CI log.
+    for (value, want) in [
+        ("s3cr3t value", "its character 7 is none of them"),
+        ("s", "must be 2-1224 characters long; it has 1"),
+    ] {
+        let (code, stderr, _) = check(&format!(
+            "defaults:\n  external_id: \"{value}\"\n{GOOD_ACCOUNT}"
+        ));
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains(":2:16: defaults.external_id: external id (not shown)")
+                && stderr.contains(want),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(&format!("\"{value}\"")), "{stderr}");
+    }
+}
+
+#[test]
+fn deeply_nested_yaml_is_an_error_not_a_crash() {
+    // 40,000 nested lists (80 KB) used to overflow the stack (exit 134).
+    rejects(
+        &format!("bogus:\n{}\n", "- ".repeat(40_000)),
+        &[":2:127: not valid YAML here: ", "nested more than 64 deep"],
+    );
+    rejects(
+        &format!("accounts: {}\n", "[".repeat(100_000)),
+        &[":1:", "not valid YAML here: "],
+    );
+}
+
+/// `check-config` on `path`, which must end within 20 s (a FIFO used to block it forever):
+/// (exit code, stderr).
+fn check_path(path: &std::path::Path) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+        .arg("check-config")
+        .arg(format!("--config.file={}", path.display()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("check-config on {} did not end", path.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn only_a_regular_file_of_bounded_size_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.yaml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let zero = dir.path().join("zero.yaml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    // Sparse: 17 MiB on paper, nothing on disk.
+    let huge = dir.path().join("huge.yaml");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(17 << 20)
+        .unwrap();
+    for (path, want) in [
+        (&fifo, "cannot read the file: it is a named pipe (FIFO), not a regular file"),
+        (&zero, "cannot read the file: it is a device, not a regular file"),
+        (
+            &huge,
+            "cannot read the file: it has 17825792 bytes, more than the 16 MiB a configuration file may have",
+        ),
+    ] {
+        let (code, stderr) = check_path(path);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains(&format!("{}: {want}", path.display())),
+            "{stderr}"
+        );
+    }
+}
