@@ -391,8 +391,15 @@ impl WebSecurity {
 /// The web configuration in force, re-read when its file or the certificate files it names
 /// change (checked at most once a second, when a connection arrives), so a rotated
 /// certificate (cert-manager) or a new password applies to new connections without a reload.
+/// The check and the re-read run on a blocking thread, never in a request: a new bcrypt hash
+/// of cost 17 takes seconds to match with a dummy, and connections keep the configuration in
+/// force until the new one is ready.
 pub struct WebConfig {
     path: Option<PathBuf>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     current: RwLock<Arc<WebSecurity>>,
     watch: Mutex<Watch>,
 }
@@ -400,6 +407,10 @@ pub struct WebConfig {
 struct Watch {
     digest: u64,
     checked: Instant,
+    /// A check is running; connections do not start another.
+    checking: bool,
+    /// Counts reloads: a check that began before one must not put its older result in force.
+    reloads: u64,
 }
 
 const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -409,49 +420,74 @@ impl WebConfig {
         let digest = files_digest(&security.files);
         WebConfig {
             path,
-            current: RwLock::new(Arc::new(security)),
-            watch: Mutex::new(Watch {
-                digest,
-                checked: Instant::now(),
+            shared: Arc::new(Shared {
+                current: RwLock::new(Arc::new(security)),
+                watch: Mutex::new(Watch {
+                    digest,
+                    checked: Instant::now(),
+                    checking: false,
+                    reloads: 0,
+                }),
             }),
         }
     }
 
-    /// The security for a new connection or request.
+    /// The security for a new connection or request; starts a check of the files when one
+    /// is due, in the background.
     pub fn current(&self) -> Arc<WebSecurity> {
-        let current = self.current.read().unwrap().clone();
+        let current = self.shared.current.read().unwrap().clone();
         let Some(path) = &self.path else {
             return current;
         };
-        let mut watch = self.watch.lock().unwrap();
-        if watch.checked.elapsed() < WATCH_EVERY {
+        let mut watch = self.shared.watch.lock().unwrap();
+        if watch.checking || watch.checked.elapsed() < WATCH_EVERY {
             return current;
         }
-        watch.checked = Instant::now();
-        let digest = files_digest(&current.files);
-        if digest == watch.digest {
-            return current;
-        }
-        watch.digest = digest;
-        match load(path) {
-            Ok(next) => {
-                tracing::info!(path = %path.display(), "web configuration files changed; new connections use them");
-                watch.digest = files_digest(&next.files);
-                let next = Arc::new(next);
-                *self.current.write().unwrap() = next.clone();
-                next
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "web configuration files changed but cannot be used; keeping the current ones");
-                current
-            }
-        }
+        watch.checking = true;
+        let reloads = watch.reloads;
+        drop(watch);
+        let (shared, path, files) = (self.shared.clone(), path.clone(), current.files.clone());
+        tokio::task::spawn_blocking(move || shared.check(&path, &files, reloads));
+        current
     }
 
     /// Puts a freshly loaded configuration in force (a reload).
     pub fn replace(&self, security: WebSecurity) {
-        self.watch.lock().unwrap().digest = files_digest(&security.files);
-        *self.current.write().unwrap() = Arc::new(security);
+        let mut watch = self.shared.watch.lock().unwrap();
+        watch.digest = files_digest(&security.files);
+        watch.reloads += 1;
+        *self.shared.current.write().unwrap() = Arc::new(security);
+    }
+}
+
+impl Shared {
+    /// Re-reads the web configuration if `files` changed since they were last read.
+    fn check(&self, path: &Path, files: &[PathBuf], reloads: u64) {
+        let digest = files_digest(files);
+        let changed = digest != self.watch.lock().unwrap().digest;
+        let next = changed.then(|| {
+            tracing::info!(path = %path.display(), "web configuration files changed; reading them, connections keep the current ones meanwhile");
+            load(path)
+        });
+        let mut watch = self.watch.lock().unwrap();
+        watch.checking = false;
+        watch.checked = Instant::now();
+        if watch.reloads != reloads {
+            return;
+        }
+        // A bad file is reported once, not at every check.
+        watch.digest = digest;
+        match next {
+            Some(Ok(next)) => {
+                watch.digest = files_digest(&next.files);
+                *self.current.write().unwrap() = Arc::new(next);
+                tracing::info!(path = %path.display(), "web configuration files changed; new connections use them");
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "web configuration files changed but cannot be used; keeping the current ones");
+            }
+            None => {}
+        }
     }
 }
 
