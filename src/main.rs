@@ -268,6 +268,7 @@ async fn serve(cli: Cli, cfg: Arc<Config>, shard: Shard, security: WebSecurity) 
         security: WebConfig::new(cli.web_config_file.clone(), security),
         max_connections: cli.max_connections as usize,
         ready: Default::default(),
+        removed_by_reload: Default::default(),
     });
     let server = tokio::spawn(http::serve(listener, web.clone(), shutdown_rx));
 
@@ -298,8 +299,25 @@ async fn serve(cli: Cli, cfg: Arc<Config>, shard: Shard, security: WebSecurity) 
                     tracing::warn!(warning = %w.located(&cli.config_file), "configuration works, but probably not as meant");
                 }
                 web.security.replace(security);
-                refresher.reload(Arc::new(next)).await;
-                tracing::info!(config = %cli.config_file.display(), "configuration reloaded");
+                let removed: Vec<String> = refresher
+                    .reload(Arc::new(next))
+                    .await
+                    .iter()
+                    .map(|a| {
+                        if a.name == a.id {
+                            a.id.clone()
+                        } else {
+                            format!("{} ({})", a.id, a.name)
+                        }
+                    })
+                    .collect();
+                let config = cli.config_file.display();
+                if removed.is_empty() {
+                    tracing::info!(%config, "configuration reloaded");
+                } else {
+                    tracing::warn!(%config, removed = %removed.join(", "), "configuration reloaded; it no longer lists these accounts, which are not read any more");
+                }
+                *web.removed_by_reload.lock().unwrap() = Some((unix_now(), removed));
                 Ok(())
             }
             Err(e) => {

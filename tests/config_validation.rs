@@ -1,8 +1,13 @@
 //! Bad configuration files: each gets one clear message naming the file, the place and the
 //! field, and exit code 2 before any port is bound.
 
+mod common;
+
 use std::net::TcpListener;
 use std::process::Command;
+use std::time::Duration;
+
+use common::{users, Exporter, Moto};
 
 const GOOD_ACCOUNT: &str = "accounts:\n  - id: \"111111111111\"\n    name: prod\n";
 
@@ -548,4 +553,76 @@ fn only_a_regular_file_of_bounded_size_is_read() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn a_running_exporter_refuses_bad_files_and_names_the_accounts_a_reload_removed() {
+    const A: &str = "111111111111";
+    const B: &str = "222222222222";
+    const RELOADED: &str = "iam_key_exporter_config_last_reload_successful";
+    let moto = Moto::start();
+    moto.seed(A, users("a", 1, 1));
+    moto.seed(B, users("b", 1, 1));
+    let mut exporter = Exporter::spawn(
+        &moto,
+        &format!("accounts:\n  - id: \"{A}\"\n  - {{id: \"{B}\", name: billing}}\n"),
+        &["--config.auto-reload-interval=1s"],
+    );
+    exporter.wait_listening();
+    exporter.wait_ready(Duration::from_secs(30));
+    let up =
+        |m: &common::Metrics, id: &str| m.get("iam_key_exporter_account_up", &[("account_id", id)]);
+
+    // Too deep: refused with its position, the running configuration kept (this used to
+    // abort the process).
+    std::fs::write(
+        &exporter.config,
+        format!("bogus:\n{}\n", "- ".repeat(40_000)),
+    )
+    .unwrap();
+    let m = exporter.scrape_until("the deep file refused", Duration::from_secs(30), |m| {
+        m.get(RELOADED, &[]) == Some(0.0)
+    });
+    assert_eq!((up(&m, A), up(&m, B)), (Some(1.0), Some(1.0)));
+    assert!(
+        exporter.log().contains(
+            ":2:127: not valid YAML here: mappings and lists are nested more than 64 deep"
+        ),
+        "{}",
+        exporter.log()
+    );
+
+    // Truncated but valid: B is dropped, and the log and the landing page say so.
+    std::fs::write(&exporter.config, format!("accounts:\n  - id: \"{A}\"\n")).unwrap();
+    exporter.scrape_until("B dropped", Duration::from_secs(30), |m| {
+        m.get(RELOADED, &[]) == Some(1.0) && up(m, B).is_none()
+    });
+    let log = exporter.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("no longer lists these accounts"))
+        .unwrap_or_else(|| panic!("no reload line names the removed account:\n{log}"));
+    assert!(line.contains("222222222222 (billing)"), "{line}");
+    let (_, page) = exporter.get("/");
+    assert!(
+        page.contains("removed 1 account(s)</span>, no longer read: 222222222222 (billing)."),
+        "{page}"
+    );
+
+    // A FIFO in its place: refused without blocking the control loop, which still stops on
+    // SIGTERM (it used to wait forever for a writer).
+    std::fs::remove_file(&exporter.config).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&exporter.config)
+        .status()
+        .unwrap()
+        .success());
+    exporter.scrape_until("the FIFO refused", Duration::from_secs(30), |m| {
+        m.get(RELOADED, &[]) == Some(0.0)
+    });
+    assert!(exporter
+        .log()
+        .contains("it is a named pipe (FIFO), not a regular file"));
+    let (_, status) = exporter.terminate();
+    assert!(status.success(), "{status}");
 }
