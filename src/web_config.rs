@@ -229,8 +229,8 @@ pub fn load(path: &Path) -> Result<WebSecurity, ConfigError> {
 
 /// The rustls configuration; an error names the field whose file or value is unusable.
 fn server_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig, (&'static str, String)> {
-    let certs: Vec<CertificateDer> = read_pem(dir, "cert_file", &t.cert_file, |p| {
-        CertificateDer::pem_file_iter(p)?.collect()
+    let certs: Vec<CertificateDer> = read_pem(dir, "cert_file", &t.cert_file, |pem| {
+        CertificateDer::pem_slice_iter(pem).collect()
     })?;
     if certs.is_empty() {
         return Err((
@@ -238,9 +238,7 @@ fn server_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig, (&'static str,
             format!("no certificate in {}", t.cert_file.display()),
         ));
     }
-    let key = read_pem(dir, "key_file", &t.key_file, |p| {
-        PrivateKeyDer::from_pem_file(p)
-    })?;
+    let key = read_pem(dir, "key_file", &t.key_file, PrivateKeyDer::from_pem_slice)?;
     let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
         TlsVersion::TLS12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::TLS13 => &[&rustls::version::TLS13],
@@ -256,8 +254,8 @@ fn server_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig, (&'static str,
         }
         (auth, Some(ca)) => {
             let mut roots = RootCertStore::empty();
-            let cas: Vec<CertificateDer> = read_pem(dir, "client_ca_file", ca, |p| {
-                CertificateDer::pem_file_iter(p)?.collect()
+            let cas: Vec<CertificateDer> = read_pem(dir, "client_ca_file", ca, |pem| {
+                CertificateDer::pem_slice_iter(pem).collect()
             })?;
             for c in cas {
                 roots
@@ -287,15 +285,17 @@ fn server_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig, (&'static str,
     Ok(cfg)
 }
 
-/// Reads a PEM file (relative to the web config's directory), naming the field on error.
+/// Reads a PEM file (relative to the web config's directory), naming the field on error;
+/// like the configuration, only a regular file of bounded size, so a FIFO cannot hang it.
 fn read_pem<T>(
     dir: &Path,
     field: &'static str,
     path: &Path,
-    read: impl FnOnce(&Path) -> Result<T, rustls::pki_types::pem::Error>,
+    parse: impl FnOnce(&[u8]) -> Result<T, rustls::pki_types::pem::Error>,
 ) -> Result<T, (&'static str, String)> {
     let full = dir.join(path);
-    read(&full).map_err(|e| (field, format!("cannot read {}: {e}", full.display())))
+    let pem = config::read_bytes(&full).map_err(|e| (field, e.to_string()))?;
+    parse(&pem).map_err(|e| (field, format!("cannot read {}: {e}", full.display())))
 }
 
 impl WebSecurity {

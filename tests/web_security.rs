@@ -176,7 +176,21 @@ fn a_bad_web_config_stops_the_start_before_binding() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, format!("accounts:\n  - id: \"{A}\"\n")).unwrap();
+    let fifo = dir.path().join("fifo.pem");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let cases = [
+        (
+            // Refused, not read: reading a FIFO waits for a writer forever.
+            "tls_server_config:\n  cert_file: fifo.pem\n  key_file: key.pem\n",
+            vec![
+                ":2:14: tls_server_config.cert_file: ",
+                "fifo.pem: cannot read the file: it is a named pipe (FIFO), not a regular file",
+            ],
+        ),
         (
             "basic_auth_users:\n  prometheus: plaintext\n",
             vec![":2:15: basic_auth_users.prometheus: ", "not a bcrypt hash"],
@@ -516,11 +530,11 @@ fn requests_are_served_with_the_old_web_config_while_a_slow_new_one_is_read() {
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
     let (exporter, web) = with_empty_web_config(&moto, dir.path());
-    // A hash of cost 14 (of no known password): loading it makes a dummy hash of the same
+    // A hash of cost 13 (of no known password): loading it makes a dummy hash of the same
     // cost for unknown users, seconds of work (a cost-17 hash stalled every request 18 s).
     replace(
         &web,
-        b"basic_auth_users:\n  prometheus: $2y$14$abcdefghijklmnopqrstuu5VhZmb0Gz3Z1Qz8Hc0vKb3U0hV2m5Wy\n",
+        b"basic_auth_users:\n  prometheus: $2y$13$abcdefghijklmnopqrstuu5VhZmb0Gz3Z1Qz8Hc0vKb3U0hV2m5Wy\n",
     );
     let reading = "reading them, connections keep the current ones meanwhile";
     let in_force = "new connections use them";
