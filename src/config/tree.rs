@@ -62,9 +62,9 @@ impl Mapping {
 /// Why a text is not a usable document: where, and what.
 pub type Error = (Pos, String);
 
-/// How deep mappings and lists may nest. The deepest setting (`accounts[].labels.KEY`, the
-/// web configuration's `tls_server_config` fields) is 3 levels down; anything near this is
-/// not a configuration, and 40,000 levels would take the stack of whoever walks them.
+/// How deep mappings and lists may nest. The schema needs 4 levels (the file's mapping,
+/// `accounts`, an entry, its `labels`); anything near this is not a configuration, and
+/// 40,000 levels would take the stack of whoever walks or drops them.
 pub const MAX_DEPTH: usize = 64;
 
 /// Parses one YAML document whose top level is a mapping (an empty text is an empty one).
