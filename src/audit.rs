@@ -300,8 +300,35 @@ fn json(
     writeln!(out)
 }
 
+/// A CSV writer whose cells a spreadsheet will not run as formulas. User names, account names
+/// and exemption reasons come from whoever may create a user, name an account or tag one, so
+/// `=HYPERLINK(...)` must arrive as text: as OWASP advises, a cell that starts with `=`, `+`,
+/// `-`, `@`, a tab or a carriage return gets a `'` in front. JSON keeps the values as they are.
+struct SpreadsheetSafe<W: Write>(::csv::Writer<W>);
+
+impl<W: Write> SpreadsheetSafe<W> {
+    fn write_record<I, T>(&mut self, record: I) -> ::csv::Result<()>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        self.0.write_record(record.into_iter().map(|cell| {
+            let cell = cell.as_ref();
+            if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+                format!("'{cell}")
+            } else {
+                cell.to_string()
+            }
+        }))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
 fn csv(out: &mut dyn Write, audited: &[Audited]) -> io::Result<()> {
-    let mut w = ::csv::Writer::from_writer(out);
+    let mut w = SpreadsheetSafe(::csv::Writer::from_writer(out));
     w.write_record([
         "account_id",
         "account_name",

@@ -58,14 +58,25 @@ pub fn of_user(exemptions: &Exemptions, account: &Account, user: &User) -> Vec<E
     let rules = exemptions.rules.iter().filter(|r| {
         r.account.as_deref().is_none_or(|a| a == account.id) && glob(&r.user, &user.name)
     });
-    tag.into_iter()
-        .chain(rules.map(|r| Exemption {
-            access_key_id: r.access_key_id.clone(),
-            reason: r.reason.clone(),
-            until: r.until,
-            origin: Origin::Config,
-        }))
-        .collect()
+    let mut list: Vec<Exemption> = tag.into_iter().collect();
+    for r in rules {
+        // Rules that overlap with one reason for one key are one exemption, ending with the
+        // last of them: two would be two series with the same labels, of which Prometheus
+        // keeps either one, so alerts and `/keys` could disagree about the end.
+        let same = list.iter_mut().find(|e| {
+            e.origin == Origin::Config && e.access_key_id == r.access_key_id && e.reason == r.reason
+        });
+        match same {
+            Some(e) => e.until = e.until.max(r.until),
+            None => list.push(Exemption {
+                access_key_id: r.access_key_id.clone(),
+                reason: r.reason.clone(),
+                until: r.until,
+                origin: Origin::Config,
+            }),
+        }
+    }
+    list
 }
 
 /// The active exemption that covers key `key_id`, if any.
@@ -132,6 +143,78 @@ mod tests {
         assert!(glob("a*b*c", "aXXbYYc"));
         assert!(!glob("a*b*c", "aXXbYY"));
         assert!(glob("exact", "exact") && !glob("exact", "exactly"));
+    }
+
+    #[test]
+    fn overlapping_rules_with_one_reason_are_one_exemption_ending_last() {
+        use crate::config::ExemptionRule;
+        let rule = |user: &str, key: Option<&str>, reason: &str, until: &str| ExemptionRule {
+            account: None,
+            user: user.into(),
+            access_key_id: key.map(Into::into),
+            reason: reason.into(),
+            until: until_date(until).unwrap(),
+        };
+        let exemptions = Exemptions {
+            tag: Some("exempt".into()),
+            rules: vec![
+                rule("break-glass-*", None, "emergency", "2027-03-31"),
+                rule("break-glass-1", None, "emergency", "2028-06-30"),
+                rule("*", None, "emergency", "2026-01-31"),
+                rule(
+                    "break-glass-1",
+                    Some("AKIAEXAMPLE000000001"),
+                    "emergency",
+                    "2029-01-31",
+                ),
+                rule("break-glass-1", None, "audit", "2027-01-31"),
+            ],
+        };
+        let account = Account {
+            id: "111111111111".into(),
+            name: "prod".into(),
+            source: Default::default(),
+            role: None,
+            labels: Default::default(),
+            origin: crate::accounts::Origin::Static,
+            user_tags: Vec::new(),
+            reads_user_tags: true,
+            ous: Vec::new(),
+        };
+        let user = User {
+            name: "break-glass-1".into(),
+            created: 0.0,
+            password_last_used: None,
+            path: None,
+            tags: [("exempt".to_string(), "2027-12-31 tagged".to_string())].into(),
+            console: None,
+        };
+        let list = of_user(&exemptions, &account, &user);
+        let got: Vec<(Option<&str>, &str, String, Origin)> = list
+            .iter()
+            .map(|e| {
+                (
+                    e.access_key_id.as_deref(),
+                    e.reason.as_str(),
+                    e.until_date(),
+                    e.origin,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (None, "tagged", "2027-12-31".to_string(), Origin::Tag),
+                (None, "emergency", "2028-06-30".to_string(), Origin::Config),
+                (
+                    Some("AKIAEXAMPLE000000001"),
+                    "emergency",
+                    "2029-01-31".to_string(),
+                    Origin::Config
+                ),
+                (None, "audit", "2027-01-31".to_string(), Origin::Config),
+            ]
+        );
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct Web {
     /// Set once ready: accounts added later (a reload, a discovery) do not take a serving
     /// replica out of its Service while they get their first refresh.
     pub ready: AtomicBool,
+    /// When the last successful reload was, and the accounts (`id (name)`) it stopped
+    /// reading: a truncated but valid file drops accounts with no other sign.
+    pub removed_by_reload: Mutex<Option<(f64, Vec<String>)>>,
 }
 
 impl Web {
@@ -508,6 +511,15 @@ fn landing_page(web: &Web) -> Response<Body> {
             "<p>AWS identity: <span class=\"pending\">asking</span></p>\n".into()
         }
     };
+    let removed = match &*web.removed_by_reload.lock().unwrap() {
+        Some((at, accounts)) if !accounts.is_empty() => format!(
+            "<p>The reload {}s ago <span class=\"down\">removed {} account(s)</span>, no longer read: {}.</p>\n",
+            (now - at).max(0.0).round(),
+            accounts.len(),
+            html(&accounts.join(", "))
+        ),
+        _ => String::new(),
+    };
     let shard = web.health.shard;
     let sharding = if shard.total > 1 {
         format!(
@@ -540,7 +552,7 @@ fn landing_page(web: &Web) -> Response<Body> {
 <body><h1>IAM Key Exporter</h1>
 <p>Version {version} (revision {revision}). <a href="{path}">Metrics</a> ·
 <a href="/keys">Access keys</a> · <a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
-{identity}{sharding}{discovery}{policy}<table><tr><th>Account</th><th>Name</th><th>State</th><th>Keys</th><th>Last success</th><th>Last error</th></tr>
+{identity}{sharding}{discovery}{policy}{removed}<table><tr><th>Account</th><th>Name</th><th>State</th><th>Keys</th><th>Last success</th><th>Last error</th></tr>
 {rows}</table></body></html>
 "#,
         version = html(web.build.version),

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let (cfg, security) = match load_all(&cli) {
+    let (cfg, security) = match load_all(&cli.config_file, cli.web_config_file.as_deref()) {
         Ok((c, s)) => (Arc::new(c), s),
         Err(e) => return fail(&e),
     };
@@ -146,13 +146,25 @@ fn check_config(cli: &Cli, cfg: &Config, shard: Shard) {
 }
 
 /// Reads the configuration and, if given, the web configuration: both valid, or an error.
-fn load_all(cli: &Cli) -> Result<(Config, WebSecurity), config::ConfigError> {
-    let cfg = config::load(&cli.config_file)?;
-    let security = match &cli.web_config_file {
+fn load_all(
+    config_file: &Path,
+    web_config_file: Option<&Path>,
+) -> Result<(Config, WebSecurity), config::ConfigError> {
+    let cfg = config::load(config_file)?;
+    let security = match web_config_file {
         Some(path) => web_config::load(path)?,
         None => WebSecurity::default(),
     };
     Ok((cfg, security))
+}
+
+/// [`load_all`] on a blocking thread: a web configuration with a costly bcrypt hash takes
+/// seconds to load, and the runtime's threads serve requests meanwhile.
+async fn reload_all(cli: &Cli) -> Result<(Config, WebSecurity), config::ConfigError> {
+    let (config_file, web_config_file) = (cli.config_file.clone(), cli.web_config_file.clone());
+    tokio::task::spawn_blocking(move || load_all(&config_file, web_config_file.as_deref()))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// Reads every account once and writes the exposition to `output` atomically.
@@ -270,6 +282,7 @@ async fn serve(cli: Cli, cfg: Arc<Config>, shard: Shard, security: WebSecurity) 
         security: WebConfig::new(cli.web_config_file.clone(), security),
         max_connections: cli.max_connections as usize,
         ready: Default::default(),
+        removed_by_reload: Default::default(),
     });
     let server = tokio::spawn(http::serve(listener, web.clone(), shutdown_rx));
 
@@ -294,14 +307,31 @@ async fn serve(cli: Cli, cfg: Arc<Config>, shard: Shard, security: WebSecurity) 
         };
         // Remembered before loading, so a bad file is reported once, not at every tick.
         loaded = files_digest(&cli);
-        let result = match load_all(&cli) {
+        let result = match reload_all(&cli).await {
             Ok((next, security)) => {
                 for w in &next.warnings {
                     tracing::warn!(warning = %w.located(&cli.config_file), "configuration works, but probably not as meant");
                 }
                 web.security.replace(security);
-                refresher.reload(Arc::new(next)).await;
-                tracing::info!(config = %cli.config_file.display(), "configuration reloaded");
+                let removed: Vec<String> = refresher
+                    .reload(Arc::new(next))
+                    .await
+                    .iter()
+                    .map(|a| {
+                        if a.name == a.id {
+                            a.id.clone()
+                        } else {
+                            format!("{} ({})", a.id, a.name)
+                        }
+                    })
+                    .collect();
+                let config = cli.config_file.display();
+                if removed.is_empty() {
+                    tracing::info!(%config, "configuration reloaded");
+                } else {
+                    tracing::warn!(%config, removed = %removed.join(", "), "configuration reloaded; it no longer lists these accounts, which are not read any more");
+                }
+                *web.removed_by_reload.lock().unwrap() = Some((unix_now(), removed));
                 Ok(())
             }
             Err(e) => {

@@ -28,8 +28,8 @@ pub struct Refresher {
     identity: JoinHandle<()>,
 }
 
-/// A new configuration, and who to tell once it is in force.
-type Reload = (Arc<Config>, oneshot::Sender<()>);
+/// A new configuration, and who to tell once it is in force (with the accounts it removed).
+type Reload = (Arc<Config>, oneshot::Sender<Vec<Arc<Account>>>);
 
 impl Refresher {
     /// Starts discovery (if configured) and the accounts' tasks: without discovery at once
@@ -75,11 +75,14 @@ impl Refresher {
         }
     }
 
-    /// Switches to a new configuration; returns once it is in force.
-    pub async fn reload(&self, cfg: Arc<Config>) {
+    /// Switches to a new configuration; returns once it is in force, with the accounts that
+    /// were read before and are not any more.
+    pub async fn reload(&self, cfg: Arc<Config>) -> Vec<Arc<Account>> {
         let (ack, done) = oneshot::channel();
         if self.commands.send((cfg, ack)).await.is_ok() {
-            let _ = done.await;
+            done.await.unwrap_or_default()
+        } else {
+            Vec::new()
         }
     }
 
@@ -135,8 +138,8 @@ impl Supervisor {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some((cfg, ack)) => {
-                        self.reload(cfg).await;
-                        let _ = ack.send(());
+                        let removed = self.reload(cfg).await;
+                        let _ = ack.send(removed);
                     }
                     None => break,
                 },
@@ -154,7 +157,8 @@ impl Supervisor {
         self.stop_where(|_| true).await;
     }
 
-    async fn reload(&mut self, cfg: Arc<Config>) {
+    async fn reload(&mut self, cfg: Arc<Config>) -> Vec<Arc<Account>> {
+        let before: Vec<Arc<Account>> = self.tasks.values().map(|(a, _)| a.clone()).collect();
         let same_reading = self.cfg.same_reading(&cfg);
         // Policy rules by OU need a discovery that walks the tree; other policy changes
         // need no AWS call at all.
@@ -175,6 +179,10 @@ impl Supervisor {
             self.restart_discovery().await;
         }
         self.apply().await;
+        before
+            .into_iter()
+            .filter(|a| !self.tasks.contains_key(&a.id))
+            .collect()
     }
 
     /// Makes the running tasks and the inventory match the account list the configuration

@@ -204,10 +204,7 @@ impl Default for WebSecurity {
 }
 
 pub fn load(path: &Path) -> Result<WebSecurity, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-        path: path.to_path_buf(),
-        error,
-    })?;
+    let text = config::read_text(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let (tls, users) = config::document(&text, path, |root, p| read_file(root, dir, p))?;
     // The dummy hash costs as much as the most expensive real one (costs were checked).
@@ -232,8 +229,8 @@ pub fn load(path: &Path) -> Result<WebSecurity, ConfigError> {
 
 /// The rustls configuration; an error names the field whose file or value is unusable.
 fn server_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig, (&'static str, String)> {
-    let certs: Vec<CertificateDer> = read_pem(dir, "cert_file", &t.cert_file, |p| {
-        CertificateDer::pem_file_iter(p)?.collect()
+    let certs: Vec<CertificateDer> = read_pem(dir, "cert_file", &t.cert_file, |pem| {
+        CertificateDer::pem_slice_iter(pem).collect()
     })?;
     if certs.is_empty() {
         return Err((
@@ -241,9 +238,7 @@ fn server_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig, (&'static str,
             format!("no certificate in {}", t.cert_file.display()),
         ));
     }
-    let key = read_pem(dir, "key_file", &t.key_file, |p| {
-        PrivateKeyDer::from_pem_file(p)
-    })?;
+    let key = read_pem(dir, "key_file", &t.key_file, PrivateKeyDer::from_pem_slice)?;
     let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version {
         TlsVersion::TLS12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::TLS13 => &[&rustls::version::TLS13],
@@ -259,8 +254,8 @@ fn server_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig, (&'static str,
         }
         (auth, Some(ca)) => {
             let mut roots = RootCertStore::empty();
-            let cas: Vec<CertificateDer> = read_pem(dir, "client_ca_file", ca, |p| {
-                CertificateDer::pem_file_iter(p)?.collect()
+            let cas: Vec<CertificateDer> = read_pem(dir, "client_ca_file", ca, |pem| {
+                CertificateDer::pem_slice_iter(pem).collect()
             })?;
             for c in cas {
                 roots
@@ -290,15 +285,17 @@ fn server_config(t: &TlsFile, dir: &Path) -> Result<ServerConfig, (&'static str,
     Ok(cfg)
 }
 
-/// Reads a PEM file (relative to the web config's directory), naming the field on error.
+/// Reads a PEM file (relative to the web config's directory), naming the field on error;
+/// like the configuration, only a regular file of bounded size, so a FIFO cannot hang it.
 fn read_pem<T>(
     dir: &Path,
     field: &'static str,
     path: &Path,
-    read: impl FnOnce(&Path) -> Result<T, rustls::pki_types::pem::Error>,
+    parse: impl FnOnce(&[u8]) -> Result<T, rustls::pki_types::pem::Error>,
 ) -> Result<T, (&'static str, String)> {
     let full = dir.join(path);
-    read(&full).map_err(|e| (field, format!("cannot read {}: {e}", full.display())))
+    let pem = config::read_bytes(&full).map_err(|e| (field, e.to_string()))?;
+    parse(&pem).map_err(|e| (field, format!("cannot read {}: {e}", full.display())))
 }
 
 impl WebSecurity {
@@ -394,8 +391,15 @@ impl WebSecurity {
 /// The web configuration in force, re-read when its file or the certificate files it names
 /// change (checked at most once a second, when a connection arrives), so a rotated
 /// certificate (cert-manager) or a new password applies to new connections without a reload.
+/// The check and the re-read run on a blocking thread, never in a request: a new bcrypt hash
+/// of cost 17 takes seconds to match with a dummy, and connections keep the configuration in
+/// force until the new one is ready.
 pub struct WebConfig {
     path: Option<PathBuf>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     current: RwLock<Arc<WebSecurity>>,
     watch: Mutex<Watch>,
 }
@@ -403,6 +407,10 @@ pub struct WebConfig {
 struct Watch {
     digest: u64,
     checked: Instant,
+    /// A check is running; connections do not start another.
+    checking: bool,
+    /// Counts reloads: a check that began before one must not put its older result in force.
+    reloads: u64,
 }
 
 const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -412,57 +420,83 @@ impl WebConfig {
         let digest = files_digest(&security.files);
         WebConfig {
             path,
-            current: RwLock::new(Arc::new(security)),
-            watch: Mutex::new(Watch {
-                digest,
-                checked: Instant::now(),
+            shared: Arc::new(Shared {
+                current: RwLock::new(Arc::new(security)),
+                watch: Mutex::new(Watch {
+                    digest,
+                    checked: Instant::now(),
+                    checking: false,
+                    reloads: 0,
+                }),
             }),
         }
     }
 
-    /// The security for a new connection or request.
+    /// The security for a new connection or request; starts a check of the files when one
+    /// is due, in the background.
     pub fn current(&self) -> Arc<WebSecurity> {
-        let current = self.current.read().unwrap().clone();
+        let current = self.shared.current.read().unwrap().clone();
         let Some(path) = &self.path else {
             return current;
         };
-        let mut watch = self.watch.lock().unwrap();
-        if watch.checked.elapsed() < WATCH_EVERY {
+        let mut watch = self.shared.watch.lock().unwrap();
+        if watch.checking || watch.checked.elapsed() < WATCH_EVERY {
             return current;
         }
-        watch.checked = Instant::now();
-        let digest = files_digest(&current.files);
-        if digest == watch.digest {
-            return current;
-        }
-        watch.digest = digest;
-        match load(path) {
-            Ok(next) => {
-                tracing::info!(path = %path.display(), "web configuration files changed; new connections use them");
-                watch.digest = files_digest(&next.files);
-                let next = Arc::new(next);
-                *self.current.write().unwrap() = next.clone();
-                next
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "web configuration files changed but cannot be used; keeping the current ones");
-                current
-            }
-        }
+        watch.checking = true;
+        let reloads = watch.reloads;
+        drop(watch);
+        let (shared, path, files) = (self.shared.clone(), path.clone(), current.files.clone());
+        tokio::task::spawn_blocking(move || shared.check(&path, &files, reloads));
+        current
     }
 
     /// Puts a freshly loaded configuration in force (a reload).
     pub fn replace(&self, security: WebSecurity) {
-        self.watch.lock().unwrap().digest = files_digest(&security.files);
-        *self.current.write().unwrap() = Arc::new(security);
+        let mut watch = self.shared.watch.lock().unwrap();
+        watch.digest = files_digest(&security.files);
+        watch.reloads += 1;
+        *self.shared.current.write().unwrap() = Arc::new(security);
     }
 }
 
-/// A digest of the files' content; a file that cannot be read counts as empty.
+impl Shared {
+    /// Re-reads the web configuration if `files` changed since they were last read.
+    fn check(&self, path: &Path, files: &[PathBuf], reloads: u64) {
+        let digest = files_digest(files);
+        let changed = digest != self.watch.lock().unwrap().digest;
+        let next = changed.then(|| {
+            tracing::info!(path = %path.display(), "web configuration files changed; reading them, connections keep the current ones meanwhile");
+            load(path)
+        });
+        let mut watch = self.watch.lock().unwrap();
+        watch.checking = false;
+        watch.checked = Instant::now();
+        if watch.reloads != reloads {
+            return;
+        }
+        // A bad file is reported once, not at every check.
+        watch.digest = digest;
+        match next {
+            Some(Ok(next)) => {
+                watch.digest = files_digest(&next.files);
+                *self.current.write().unwrap() = Arc::new(next);
+                tracing::info!(path = %path.display(), "web configuration files changed; new connections use them");
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "web configuration files changed but cannot be used; keeping the current ones");
+            }
+            None => {}
+        }
+    }
+}
+
+/// A digest of the files' content; a file that cannot be read (or is no regular file, or is
+/// too large) counts as empty.
 pub fn files_digest(paths: &[PathBuf]) -> u64 {
     let mut h = DefaultHasher::new();
     for path in paths {
-        std::fs::read(path).unwrap_or_default().hash(&mut h);
+        config::read_bytes(path).unwrap_or_default().hash(&mut h);
     }
     h.finish()
 }

@@ -265,3 +265,58 @@ fn exit_codes_say_clean_found_or_incomplete() {
     );
     assert!(out.stderr.is_empty() || !String::from_utf8_lossy(&out.stderr).contains("level=info"));
 }
+
+#[test]
+fn csv_cells_cannot_run_as_spreadsheet_formulas() {
+    const HOSTILE: &str = "444444444444";
+    let moto = Moto::start();
+    let names = ["=1+1", "+cmd", "-2+3", "@SUM", "plain"];
+    let users: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| json!({"name": n, "keys": [key(&format!("AKIAHOSTILE000000{i:03}"), 200.0, Some(1.0))]}))
+        .collect();
+    moto.seed(HOSTILE, json!(users));
+    let reason = r#"=HYPERLINK("http://127.0.0.1/x","details")"#;
+    let account_name = "=cmd|' /C calc'!A0";
+    let cfg = format!(
+        "exemptions:\n  rules:\n    - {{account: \"{HOSTILE}\", user: \"@SUM*\", reason: '{reason}', until: 2099-06-30}}\naccounts:\n  - {{id: \"{HOSTILE}\", name: \"{account_name}\"}}\n"
+    );
+
+    let out = audit(&moto, &cfg, "csv");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut reader = csv::Reader::from_reader(&out.stdout[..]);
+    let header = reader.headers().unwrap().clone();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), names.len(), "one key_too_old finding per user");
+    for row in &rows {
+        for cell in row {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "a spreadsheet would run {cell:?} (row {row:?})"
+            );
+        }
+        assert_eq!(&row[column("account_name")], format!("'{account_name}"));
+    }
+    let users: Vec<&str> = rows.iter().map(|r| &r[column("user")]).collect();
+    for want in ["'=1+1", "'+cmd", "'-2+3", "'@SUM", "plain"] {
+        assert!(users.contains(&want), "{want:?} missing in {users:?}");
+    }
+    let exempt = rows.iter().find(|r| &r[column("user")] == "'@SUM").unwrap();
+    assert_eq!(&exempt[column("exempt_reason")], format!("'{reason}"));
+
+    // JSON is read by programs: it keeps every value as it is.
+    let out = audit(&moto, &cfg, "json");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings = doc["findings"].as_array().unwrap();
+    assert!(findings
+        .iter()
+        .any(|f| f["user"] == "=1+1" && f["account_name"] == account_name));
+    assert_eq!(doc["exempt"][0]["exempt_reason"], reason);
+}

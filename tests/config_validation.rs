@@ -1,8 +1,13 @@
 //! Bad configuration files: each gets one clear message naming the file, the place and the
 //! field, and exit code 2 before any port is bound.
 
+mod common;
+
 use std::net::TcpListener;
 use std::process::Command;
+use std::time::Duration;
+
+use common::{users, Exporter, Moto};
 
 const GOOD_ACCOUNT: &str = "accounts:\n  - id: \"111111111111\"\n    name: prod\n";
 
@@ -596,4 +601,167 @@ accounts:
         nobody.contains("no rule applies; the defaults: key_max_age 90d"),
         "{nobody}"
     );
+}
+
+#[test]
+fn an_invalid_external_id_is_described_not_printed() {
+    // Whatever was meant as a secret must not end up in a CI log.
+    for (value, want) in [
+        ("s3cr3t value", "its character 7 is none of them"),
+        ("s", "must be 2-1224 characters long; it has 1"),
+    ] {
+        let (code, stderr, _) = check(&format!(
+            "defaults:\n  external_id: \"{value}\"\n{GOOD_ACCOUNT}"
+        ));
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains(":2:16: defaults.external_id: external id (not shown)")
+                && stderr.contains(want),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(&format!("\"{value}\"")), "{stderr}");
+    }
+}
+
+#[test]
+fn deeply_nested_yaml_is_an_error_not_a_crash() {
+    // 40,000 nested lists (80 KB) used to overflow the stack (exit 134).
+    rejects(
+        &format!("bogus:\n{}\n", "- ".repeat(40_000)),
+        &[":2:127: not valid YAML here: ", "nested more than 64 deep"],
+    );
+    rejects(
+        &format!("accounts: {}\n", "[".repeat(100_000)),
+        &[":1:", "not valid YAML here: "],
+    );
+}
+
+/// `check-config` on `path`, which must end within 20 s (a FIFO used to block it forever):
+/// (exit code, stderr).
+fn check_path(path: &std::path::Path) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
+        .arg("check-config")
+        .arg(format!("--config.file={}", path.display()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("check-config on {} did not end", path.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn only_a_regular_file_of_bounded_size_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.yaml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let zero = dir.path().join("zero.yaml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    // Sparse: 17 MiB on paper, nothing on disk.
+    let huge = dir.path().join("huge.yaml");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(17 << 20)
+        .unwrap();
+    for (path, want) in [
+        (&fifo, "cannot read the file: it is a named pipe (FIFO), not a regular file"),
+        (&zero, "cannot read the file: it is a device, not a regular file"),
+        (
+            &huge,
+            "cannot read the file: it has 17825792 bytes, more than the 16 MiB a configuration file may have",
+        ),
+    ] {
+        let (code, stderr) = check_path(path);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains(&format!("{}: {want}", path.display())),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_running_exporter_refuses_bad_files_and_names_the_accounts_a_reload_removed() {
+    const A: &str = "111111111111";
+    const B: &str = "222222222222";
+    const RELOADED: &str = "iam_key_exporter_config_last_reload_successful";
+    let moto = Moto::start();
+    moto.seed(A, users("a", 1, 1));
+    moto.seed(B, users("b", 1, 1));
+    let mut exporter = Exporter::spawn(
+        &moto,
+        &format!("accounts:\n  - id: \"{A}\"\n  - {{id: \"{B}\", name: billing}}\n"),
+        &["--config.auto-reload-interval=1s"],
+    );
+    exporter.wait_listening();
+    exporter.wait_ready(Duration::from_secs(30));
+    let up =
+        |m: &common::Metrics, id: &str| m.get("iam_key_exporter_account_up", &[("account_id", id)]);
+
+    // Too deep: refused with its position, the running configuration kept (this used to
+    // abort the process).
+    std::fs::write(
+        &exporter.config,
+        format!("bogus:\n{}\n", "- ".repeat(40_000)),
+    )
+    .unwrap();
+    let m = exporter.scrape_until("the deep file refused", Duration::from_secs(30), |m| {
+        m.get(RELOADED, &[]) == Some(0.0)
+    });
+    assert_eq!((up(&m, A), up(&m, B)), (Some(1.0), Some(1.0)));
+    assert!(
+        exporter.log().contains(
+            ":2:127: not valid YAML here: mappings and lists are nested more than 64 deep"
+        ),
+        "{}",
+        exporter.log()
+    );
+
+    // Truncated but valid: B is dropped, and the log and the landing page say so.
+    std::fs::write(&exporter.config, format!("accounts:\n  - id: \"{A}\"\n")).unwrap();
+    exporter.scrape_until("B dropped", Duration::from_secs(30), |m| {
+        m.get(RELOADED, &[]) == Some(1.0) && up(m, B).is_none()
+    });
+    let log = exporter.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("no longer lists these accounts"))
+        .unwrap_or_else(|| panic!("no reload line names the removed account:\n{log}"));
+    assert!(line.contains("222222222222 (billing)"), "{line}");
+    let (_, page) = exporter.get("/");
+    assert!(
+        page.contains("removed 1 account(s)</span>, no longer read: 222222222222 (billing)."),
+        "{page}"
+    );
+
+    // A FIFO in its place: refused without blocking the control loop, which still stops on
+    // SIGTERM (it used to wait forever for a writer).
+    std::fs::remove_file(&exporter.config).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&exporter.config)
+        .status()
+        .unwrap()
+        .success());
+    exporter.scrape_until("the FIFO refused", Duration::from_secs(30), |m| {
+        m.get(RELOADED, &[]) == Some(0.0)
+    });
+    assert!(exporter
+        .log()
+        .contains("it is a named pipe (FIFO), not a regular file"));
+    let (_, status) = exporter.terminate();
+    assert!(status.success(), "{status}");
 }

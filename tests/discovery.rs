@@ -349,7 +349,11 @@ fn three_shards_read_the_organization_once_and_alert_as_one_exporter() {
         })
         .collect();
     let single = Exporter::start(&moto, config);
-    for e in shards.iter().chain([&single]) {
+    // A replica started with shard 1's index by mistake: with shards 1 and 2 it makes a job
+    // of three replicas in which shard 0 is read by nobody.
+    let mut duplicate = Exporter::spawn(&moto, config, &["--shard.total=3", "--shard.index=1"]);
+    duplicate.wait_listening();
+    for e in shards.iter().chain([&single, &duplicate]) {
         e.wait_ready(Duration::from_secs(60));
     }
 
@@ -388,8 +392,17 @@ fn three_shards_read_the_organization_once_and_alert_as_one_exporter() {
     let webhook = Webhook::start();
     let alertmanager = Alertmanager::start(&webhook.url);
     let targets: Vec<&str> = shards.iter().map(|e| e.address()).collect();
+    let misconfigured = [
+        shards[1].address(),
+        shards[2].address(),
+        duplicate.address(),
+    ];
     let prometheus = Prometheus::start_jobs(
-        &[("sharded", &targets), ("single", &[single.address()])],
+        &[
+            ("sharded", &targets),
+            ("single", &[single.address()]),
+            ("misconfigured", &misconfigured),
+        ],
         alertmanager.url.trim_start_matches("http://"),
         &ShippedRules::load().with_for_zero(),
     );
@@ -428,9 +441,44 @@ fn three_shards_read_the_organization_once_and_alert_as_one_exporter() {
         "IAMKeyExporterShardingMismatch",
         "IAMKeyExporterAccountsUnread",
         "IAMKeyExporterDiscoveryFailing",
+        "IAMKeyExporterShardIndexDuplicated",
+        "IAMKeyExporterShardMissing",
     ] {
         assert!(!names.contains(quiet), "{quiet} fires: {:#?}", last.0);
     }
+
+    // The misconfigured job: shard 1 twice, shard 0 by nobody.
+    let want: BTreeSet<(String, String)> = [
+        ("IAMKeyExporterShardIndexDuplicated", "1"),
+        ("IAMKeyExporterShardMissing", ""),
+    ]
+    .iter()
+    .map(|(a, i)| (a.to_string(), i.to_string()))
+    .collect();
+    let mut seen = BTreeSet::new();
+    let fired = wait_for_or(Duration::from_secs(90), || {
+        seen = prometheus
+            .alerts()
+            .iter()
+            .filter(|a| a["state"] == "firing" && a["labels"]["job"] == "misconfigured")
+            .filter(|a| {
+                a["labels"]["alertname"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("Shard")
+            })
+            .map(|a| {
+                let l = &a["labels"];
+                let s = |k: &str| l[k].as_str().unwrap_or("").to_string();
+                (s("alertname"), s("shard_index"))
+            })
+            .collect();
+        (seen == want).then_some(())
+    });
+    assert!(
+        fired.is_some(),
+        "shard alerts of the misconfigured job: {seen:#?}"
+    );
 }
 
 /// Every per-key sample as `metric account key value`, for comparing exporters.

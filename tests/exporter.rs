@@ -906,3 +906,46 @@ fn the_key_view_lists_the_keys_of_the_metrics_oldest_first() {
     );
     assert!(exporter.get("/").1.contains("href=\"/keys\""));
 }
+
+#[test]
+fn overlapping_exemption_rules_are_one_series_ending_last() {
+    let moto = Moto::start();
+    moto.seed(
+        A,
+        json!([{"name": "break-glass-1", "keys": [{"access_key_id": "AKIABREAKGLASS000001", "create_date": days_ago(200.0).1}]}]),
+    );
+    // Two rules with one reason cover the user: one exemption, to the later end; another
+    // reason is another exemption.
+    let exporter = Exporter::start(
+        &moto,
+        &format!(
+            r#"exemptions:
+  rules:
+    - {{account: "{A}", user: break-glass-*, reason: emergency access, until: 2098-06-30}}
+    - {{account: "*", user: break-glass-1, reason: emergency access, until: 2099-06-30}}
+    - {{account: "{A}", user: break-glass-1, reason: audited yearly, until: 2097-01-31}}
+accounts:
+  - {{id: "{A}"}}
+"#
+        ),
+    );
+    exporter.wait_ready(Duration::from_secs(30));
+    let m = exporter.scrape();
+    let series = m.find("aws_iam_exemption_until_timestamp_seconds", &[]);
+    let mut got: Vec<(&str, f64)> = series
+        .iter()
+        .map(|s| (s.labels["reason"].as_str(), s.value))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(b.0));
+    // The end of each `until` day, UTC.
+    assert_eq!(
+        got,
+        [
+            ("audited yearly", 4_010_515_200.0),
+            ("emergency access", 4_086_547_200.0)
+        ]
+    );
+    let (_, body) = exporter.get("/keys.json");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["keys"][0]["exempt_until"], "2099-06-30", "{view}");
+}

@@ -176,7 +176,21 @@ fn a_bad_web_config_stops_the_start_before_binding() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, format!("accounts:\n  - id: \"{A}\"\n")).unwrap();
+    let fifo = dir.path().join("fifo.pem");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let cases = [
+        (
+            // Refused, not read: reading a FIFO waits for a writer forever.
+            "tls_server_config:\n  cert_file: fifo.pem\n  key_file: key.pem\n",
+            vec![
+                ":2:14: tls_server_config.cert_file: ",
+                "fifo.pem: cannot read the file: it is a named pipe (FIFO), not a regular file",
+            ],
+        ),
         (
             "basic_auth_users:\n  prometheus: plaintext\n",
             vec![":2:15: basic_auth_users.prometheus: ", "not a bcrypt hash"],
@@ -495,5 +509,96 @@ fn client_certificates_are_required_when_configured() {
         curl(&["--cacert", &file("cert.pem"), &url]).0,
         0,
         "no client certificate"
+    );
+}
+
+/// An exporter whose web configuration file starts empty (no TLS, no users).
+fn with_empty_web_config(moto: &Moto, dir: &Path) -> (Exporter, std::path::PathBuf) {
+    let web = dir.join("web.yml");
+    std::fs::write(&web, "# no TLS, no users yet\n").unwrap();
+    let mut exporter = Exporter::spawn(
+        moto,
+        &format!("refresh_interval: 1h\naccounts:\n  - id: \"{A}\"\n"),
+        &[&format!("--web.config.file={}", web.display())],
+    );
+    exporter.wait_listening();
+    (exporter, web)
+}
+
+#[test]
+fn requests_are_served_with_the_old_web_config_while_a_slow_new_one_is_read() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (exporter, web) = with_empty_web_config(&moto, dir.path());
+    // A hash of cost 13 (of no known password): loading it makes a dummy hash of the same
+    // cost for unknown users, seconds of work (a cost-17 hash stalled every request 18 s).
+    replace(
+        &web,
+        b"basic_auth_users:\n  prometheus: $2y$13$abcdefghijklmnopqrstuu5VhZmb0Gz3Z1Qz8Hc0vKb3U0hV2m5Wy\n",
+    );
+    let reading = "reading them, connections keep the current ones meanwhile";
+    let in_force = "new connections use them";
+    let mut served_while_reading = 0;
+    wait_for(
+        "the new web configuration to be in force",
+        Duration::from_secs(120),
+        || {
+            let log = exporter.log();
+            let (was_reading, was_in_force) = (log.contains(reading), log.contains(in_force));
+            let status = exporter.try_get("/-/healthy").map(|(s, _)| s);
+            let now_in_force = exporter.log().contains(in_force);
+            if was_in_force {
+                // Now a user is required.
+                return (status == Some(401)).then_some(());
+            }
+            if status == Some(200) {
+                served_while_reading += usize::from(was_reading && !now_in_force);
+            } else {
+                assert!(
+                    now_in_force,
+                    "answered {status:?} with the old configuration in force"
+                );
+            }
+            None
+        },
+    );
+    assert!(
+        served_while_reading > 0,
+        "no request was answered while the new web configuration was read:\n{}",
+        exporter.log()
+    );
+}
+
+#[test]
+fn a_deeply_nested_web_config_is_refused_and_the_running_one_kept() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut exporter, web) = with_empty_web_config(&moto, dir.path());
+    // 15,000 nested lists used to overflow the stack of the thread that read them.
+    replace(
+        &web,
+        format!("basic_auth_users:\n{}\n", "- ".repeat(15_000)).as_bytes(),
+    );
+    wait_for(
+        "the nested web configuration to be refused",
+        Duration::from_secs(30),
+        || {
+            exporter.try_get("/-/healthy");
+            exporter
+                .log()
+                .contains("web configuration files changed but cannot be used")
+                .then_some(())
+        },
+    );
+    assert!(
+        exporter.log().contains("nested more than 64 deep"),
+        "{}",
+        exporter.log()
+    );
+    exporter.wait_listening();
+    assert_eq!(
+        exporter.get("/metrics").0,
+        200,
+        "the old configuration is kept"
     );
 }

@@ -340,6 +340,10 @@ pub enum ConfigError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// A FIFO would block the reader until someone writes to it, a device may never end.
+    NotAFile { path: PathBuf, kind: &'static str },
+    /// Larger than [`MAX_FILE_BYTES`].
+    TooLarge { path: PathBuf, bytes: u64 },
     /// The file is not YAML, or uses YAML the exporter does not accept (anchors, tags).
     Syntax {
         path: PathBuf,
@@ -359,6 +363,18 @@ impl fmt::Display for ConfigError {
             ConfigError::Read { path, error } => {
                 write!(f, "{}: cannot read the file: {error}", path.display())
             }
+            ConfigError::NotAFile { path, kind } => write!(
+                f,
+                "{}: cannot read the file: it is a {kind}, not a regular file",
+                path.display()
+            ),
+            ConfigError::TooLarge { path, bytes } => write!(
+                f,
+                "{}: cannot read the file: it has {bytes} bytes, more than the {} MiB a \
+                 configuration file may have",
+                path.display(),
+                MAX_FILE_BYTES >> 20
+            ),
             ConfigError::Syntax { path, at, message } => write!(
                 f,
                 "{}:{}:{}: not valid YAML here: {message}",
@@ -384,13 +400,73 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The largest configuration (or web configuration) file read: twice a file of 100,000
+/// accounts with names and labels.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+    parse(&read_text(path)?, path)
+}
+
+/// The content of a configuration file: a regular file of at most [`MAX_FILE_BYTES`]. The
+/// type is checked on the open file, opened without blocking, so a FIFO put at the path
+/// neither hangs the caller nor is swapped in after the check.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let read_error = |error| ConfigError::Read {
         path: path.to_path_buf(),
         error,
-    })?;
-    parse(&text, path)
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    let kind = meta.file_type();
+    let kind = if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("directory")
+    } else if kind.is_fifo() {
+        Some("named pipe (FIFO)")
+    } else if kind.is_char_device() || kind.is_block_device() {
+        Some("device")
+    } else {
+        Some("socket")
+    };
+    if let Some(kind) = kind {
+        return Err(ConfigError::NotAFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    let too_large = |bytes| ConfigError::TooLarge {
+        path: path.to_path_buf(),
+        bytes,
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    // The file may grow between the check and the read.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// [`read_bytes`], as UTF-8 text.
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    String::from_utf8(read_bytes(path)?).map_err(|_| ConfigError::Read {
+        path: path.to_path_buf(),
+        error: std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text"),
+    })
 }
 
 /// Parses configuration text; `path` is used only in messages.

@@ -2,8 +2,9 @@
 //!
 //! Only what a configuration needs: mappings with plain keys, lists, scalars with their text,
 //! whether they were quoted, and where each starts. Anchors, aliases and tags are refused (a
-//! configuration is clearer written out), as are duplicate keys. Mappings are vectors: a
-//! configuration's mappings are small, and 100,000 accounts make 200,000 of them.
+//! configuration is clearer written out), as are duplicate keys and nesting deeper than
+//! [`MAX_DEPTH`]. Mappings are vectors: a configuration's mappings are small, and 100,000
+//! accounts make 200,000 of them.
 
 use std::collections::HashMap;
 
@@ -61,15 +62,28 @@ impl Mapping {
 /// Why a text is not a usable document: where, and what.
 pub type Error = (Pos, String);
 
+/// How deep mappings and lists may nest. The schema needs 4 levels (the file's mapping,
+/// `accounts`, an entry, its `labels`); anything near this is not a configuration, and
+/// 40,000 levels would take the stack of whoever walks or drops them.
+pub const MAX_DEPTH: usize = 64;
+
 /// Parses one YAML document whose top level is a mapping (an empty text is an empty one).
 pub fn parse(text: &str) -> Result<Node, Error> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    parser
-        .load(&mut builder, false)
-        .map_err(|e| (pos(e.marker()), e.info().to_string()))?;
-    if let Some(e) = builder.error {
-        return Err(e);
+    // Event by event, not with `Parser::load`: that recurses once per level of nesting, so
+    // it would overflow the stack on a deep file before any limit here could stop it.
+    loop {
+        let (event, mark) = parser
+            .next_token()
+            .map_err(|e| (pos(e.marker()), e.info().to_string()))?;
+        if matches!(event, Event::DocumentEnd | Event::StreamEnd) {
+            break;
+        }
+        builder.on_event(event, mark);
+        if let Some(e) = builder.error.take() {
+            return Err(e);
+        }
     }
     match builder.done {
         None => Ok(Node::Mapping(Mapping {
@@ -195,6 +209,15 @@ impl MarkedEventReceiver for Builder {
                 plain: matches!(style, TScalarStyle::Plain),
                 at,
             })),
+            Event::MappingStart(..) | Event::SequenceStart(..) if self.stack.len() >= MAX_DEPTH => {
+                self.fail(
+                    at,
+                    format!(
+                        "mappings and lists are nested more than {MAX_DEPTH} deep here; \
+                         a configuration needs a few levels"
+                    ),
+                )
+            }
             Event::MappingStart(..) => self.stack.push(Frame::Mapping {
                 map: Mapping {
                     at,
@@ -249,6 +272,22 @@ mod tests {
         assert!(parse("- 1\n").unwrap_err().1.contains("mapping"));
         assert!(matches!(parse("").unwrap(), Node::Mapping(m) if m.entries.is_empty()));
         assert!(parse("a: [\n").is_err());
+        // Block and flow nesting far past the limit: an error at the level that crossed it,
+        // not a stack overflow.
+        let (at, e) = parse(&format!("bogus:\n{}x\n", "- ".repeat(40_000))).unwrap_err();
+        assert!(e.contains("nested more than 64 deep"), "{e}");
+        assert_eq!(
+            at,
+            Pos {
+                line: 2,
+                column: 127
+            }
+        );
+        // (yaml-rust2's scanner stops deep flow nesting itself, with its own message.)
+        let (at, _) = parse(&format!("a: {}", "[".repeat(100_000))).unwrap_err();
+        assert_eq!(at.line, 1);
+        let deepest_allowed = format!("a: {}1{}\n", "[".repeat(63), "]".repeat(63));
+        assert!(parse(&deepest_allowed).is_ok());
         let many: String = (0..100).map(|i| format!("k{i}: v\n")).collect();
         assert!(parse(&format!("{many}k7: again\n"))
             .unwrap_err()

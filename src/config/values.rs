@@ -49,8 +49,25 @@ pub fn session_name(s: &str) -> Result<String, String> {
     aws_name("session name", s, 2..=64, "+=,.@-_")
 }
 
+/// An ExternalId is half a secret (whoever knows it may pass the trust policy's condition),
+/// so a wrong one is described, never printed: logs and CI output keep error messages.
 pub fn external_id(s: &str) -> Result<String, String> {
-    aws_name("external id", s, 2..=1224, "+=,.@:/-_")
+    const EXTRA: &str = "+=,.@:/-_";
+    let allowed = |c: char| c.is_ascii_alphanumeric() || EXTRA.contains(c);
+    let chars = s.chars().count();
+    if !(2..=1224).contains(&chars) {
+        return Err(format!(
+            "external id (not shown) must be 2-1224 characters long; it has {chars}"
+        ));
+    }
+    match s.chars().position(|c| !allowed(c)) {
+        Some(i) => Err(format!(
+            "external id (not shown) may hold only A-Z a-z 0-9 {EXTRA}; its character {} is \
+             none of them",
+            i + 1
+        )),
+        None => Ok(s.to_string()),
+    }
 }
 
 /// `arn:<partition>:iam::<12 digits>:role/<path/>name`.

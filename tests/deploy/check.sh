@@ -273,7 +273,8 @@ REQUIRED = {
     "IAMRootAccessKeyPresent", "IAMKeyExporterAccountDown", "IAMKeyExporterAccountStale",
     "IAMKeyExporterSessionExpiring", "IAMKeyExporterDown",
     "IAMKeyExporterShardingMismatch", "IAMKeyExporterAccountsUnread",
-    "IAMKeyExporterDiscoveryFailing", "IAMUserPasswordUnused", "IAMUserWithoutMFA",
+    "IAMKeyExporterDiscoveryFailing", "IAMKeyExporterShardIndexDuplicated",
+    "IAMKeyExporterShardMissing", "IAMUserPasswordUnused", "IAMUserWithoutMFA",
     "IAMRootWithoutMFA", "IAMAccessKeyTooOldSoon", "IAMAccessKeyUnusedSoon",
 }
 # Alerts about an IAM user: they carry the user's owner and team (tag_owner, tag_team,
@@ -299,6 +300,8 @@ EXPORTER_WIDE = {
     "IAMKeyExporterShardingMismatch": "job",
     "IAMKeyExporterAccountsUnread": "job",
     "IAMKeyExporterDiscoveryFailing": "instance",
+    "IAMKeyExporterShardIndexDuplicated": "job",
+    "IAMKeyExporterShardMissing": "job",
 }
 errors = []
 alerts = {}
