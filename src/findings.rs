@@ -174,40 +174,32 @@ pub fn of_account(state: &AccountState, standards: &Standards, now: Timestamp) -
             .map_or_else(|| policy::defaults(&standards.policy), |u| decide(u));
         let due = policy::key_deadlines(k, d.limits);
         let key = Some(k.id.as_str());
-        let age = Some(now - k.created);
-        match policy::standing(due.rotate_by, d.limits, now) {
-            Standing::Overdue => add(
-                Kind::KeyTooOld,
-                &k.user,
-                key,
-                age,
-                Some((due.rotate_by, d.rule)),
-            ),
-            Standing::DueSoon => add(
-                Kind::KeyTooOldSoon,
-                &k.user,
-                key,
-                age,
-                Some((due.rotate_by, d.rule)),
-            ),
-            Standing::InTime => {}
-        }
-        let idle = Some(now - k.idle_since());
         let unused = if k.last_used.is_some() {
             Kind::KeyUnused
         } else {
             Kind::KeyNeverUsed
         };
-        match policy::standing(due.disable_by, d.limits, now) {
-            Standing::Overdue => add(unused, &k.user, key, idle, Some((due.disable_by, d.rule))),
-            Standing::DueSoon => add(
-                Kind::KeyUnusedSoon,
-                &k.user,
-                key,
-                idle,
-                Some((due.disable_by, d.rule)),
+        let checks = [
+            (
+                due.rotate_by,
+                Kind::KeyTooOld,
+                Kind::KeyTooOldSoon,
+                now - k.created,
             ),
-            Standing::InTime => {}
+            (
+                due.disable_by,
+                unused,
+                Kind::KeyUnusedSoon,
+                now - k.idle_since(),
+            ),
+        ];
+        for (deadline, overdue, soon, days) in checks {
+            let kind = match policy::standing(deadline, d.limits, now) {
+                Standing::Overdue => overdue,
+                Standing::DueSoon => soon,
+                Standing::InTime => continue,
+            };
+            add(kind, &k.user, key, Some(days), Some((deadline, d.rule)));
         }
     }
     for u in &s.users {
