@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::Write;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use crate::cli::ListenAddress;
 use crate::collector::{self, Scope};
 use crate::exposition::CONTENT_TYPE;
 use crate::health::{BuildInfo, Health, IdentityStatus};
@@ -78,6 +80,48 @@ impl Web {
         }
         ready
     }
+}
+
+/// Opens the listening socket. `:PORT` listens on `[::]` with IPv4-mapped addresses accepted,
+/// so one socket serves both IP versions; a host without IPv6 gets `0.0.0.0` instead, said in
+/// the log. Needs the async runtime.
+pub fn listen(address: ListenAddress) -> std::io::Result<TcpListener> {
+    let port = match address {
+        ListenAddress::Exact(a) => return bind(a, None),
+        ListenAddress::AnyInterface(port) => port,
+    };
+    let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    match bind(any6, Some(false)) {
+        Err(e) if no_ipv6(&e) => {
+            tracing::info!(error = %e, "no IPv6 on this host; listening on IPv4 only");
+            bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), None)
+        }
+        result => result,
+    }
+}
+
+/// Errors that mean the host has no usable IPv6 (disabled in the kernel, no address, or
+/// IPv4-mapped addresses refused), rather than a port in use or a permission problem.
+fn no_ipv6(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT | libc::ENOPROTOOPT)
+    )
+}
+
+/// A listening socket on `address`; `only_v6` sets IPV6_V6ONLY on an IPv6 socket.
+fn bind(address: SocketAddr, only_v6: Option<bool>) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(v6) = only_v6 {
+        socket.set_only_v6(v6)?;
+    }
+    // As tokio's own bind: a restarted exporter can take its port back at once.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Serves until `shutdown` turns true.
