@@ -112,7 +112,11 @@ fn no_ipv6(e: &std::io::Error) -> bool {
 /// A listening socket on `address`; `only_v6` sets IPV6_V6ONLY on an IPv6 socket.
 fn bind(address: SocketAddr, only_v6: Option<bool>) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     if let Some(v6) = only_v6 {
         socket.set_only_v6(v6)?;
     }
@@ -522,8 +526,28 @@ fn landing_page(web: &Web) -> Response<Body> {
             .last_error
             .as_ref()
             .map_or(String::new(), |e| format!("; last error: {e}"));
+        let held = d.held.map_or(String::new(), |h| {
+            let left = h.confirmations - h.consecutive;
+            format!(
+                "<p class=\"down\">Account list held back: {} found {} ACTIVE \
+                 account(s) where the list in force has {}, a drop of more than \
+                 shrink_guard.max_drop. The {} accounts are still read; the new list is applied \
+                 if {left} more discovery(ies) in a row find so few (shrink_guard.confirmations: \
+                 {}). A wrong OU id, a role that cannot see the organization or an outage of AWS \
+                 Organizations looks like this.</p>\n",
+                if h.consecutive == 1 {
+                    "the last discovery".to_string()
+                } else {
+                    format!("the last {} discoveries in a row", h.consecutive)
+                },
+                h.found,
+                h.applied,
+                h.applied,
+                h.confirmations
+            )
+        });
         format!(
-            "<p>Discovery (AWS Organizations): <span class=\"{state}\">{state}</span>, last success {last}, found {}{}</p>\n",
+            "<p>Discovery (AWS Organizations): <span class=\"{state}\">{state}</span>, last success {last}, found {}{}</p>\n{held}",
             html(&found.join(", ")),
             html(&error)
         )

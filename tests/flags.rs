@@ -78,13 +78,21 @@ fn a_custom_telemetry_path_and_json_logs() {
 /// The port the exporter bound, from its start line (`address=[::]:41234`): every form is
 /// started with port 0, so no test guesses a free port.
 fn bound_address(child: &mut ChildGuard) -> String {
-    wait_for("the start line with the bound address", Duration::from_secs(20), || {
-        child.assert_running();
-        let log = child.log();
-        let line = log.lines().find(|l| l.contains("starting iam-key-exporter"))?;
-        let value = line.split_whitespace().find_map(|f| f.strip_prefix("address="))?;
-        Some(value.trim_matches('"').to_string())
-    })
+    wait_for(
+        "the start line with the bound address",
+        Duration::from_secs(20),
+        || {
+            child.assert_running();
+            let log = child.log();
+            let line = log
+                .lines()
+                .find(|l| l.contains("starting iam-key-exporter"))?;
+            let value = line
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("address="))?;
+            Some(value.trim_matches('"').to_string())
+        },
+    )
 }
 
 #[test]

@@ -260,7 +260,7 @@ REQUIRED = {
     "IAMKeyExporterSessionExpiring", "IAMKeyExporterDown",
     "IAMKeyExporterShardingMismatch", "IAMKeyExporterAccountsUnread",
     "IAMKeyExporterDiscoveryFailing", "IAMUserPasswordUnused", "IAMUserWithoutMFA",
-    "IAMRootWithoutMFA",
+    "IAMRootWithoutMFA", "IAMKeyExporterConfigReloadFailed", "IAMKeyExporterDiscoveryShrinkHeld",
 }
 # Alerts about an IAM user: they carry the user's owner and team (tag_owner, tag_team,
 # joined from aws_iam_user_info), which deploy/alertmanager/alertmanager.example.yml routes on.
@@ -276,6 +276,8 @@ EXPORTER_WIDE = {
     "IAMKeyExporterShardingMismatch": "job",
     "IAMKeyExporterAccountsUnread": "job",
     "IAMKeyExporterDiscoveryFailing": "instance",
+    "IAMKeyExporterConfigReloadFailed": "instance",
+    "IAMKeyExporterDiscoveryShrinkHeld": "instance",
 }
 errors = []
 alerts = {}
