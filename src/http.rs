@@ -25,7 +25,7 @@ use crate::collector::{self, Scope};
 use crate::exposition::CONTENT_TYPE;
 use crate::health::{BuildInfo, Health, IdentityStatus};
 use crate::inventory::unix_now;
-use crate::inventory::Inventory;
+use crate::inventory::{AccountState, Inventory, Kind};
 use crate::keys::{self, html_escape as html};
 use crate::web_config::{Auth, WebConfig};
 
@@ -506,9 +506,10 @@ fn landing_page(web: &Web) -> Response<Body> {
             .map_or(String::new(), |e| e.to_string());
         let keys = s.snapshot.as_ref().map_or(0, |snap| snap.keys.len());
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td class=\"{state}\">{state}</td><td>{keys}</td><td>{last}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td class=\"{state}\">{state}</td><td>{keys}</td><td>{last}</td><td>{}</td><td>{}</td></tr>\n",
             html(&s.account.id),
             html(&s.account.name),
+            html(&not_covered(&s)),
             html(&error),
         ));
     }
@@ -583,7 +584,7 @@ fn landing_page(web: &Web) -> Response<Body> {
 <body><h1>IAM Key Exporter</h1>
 <p>Version {version} (revision {revision}). <a href="{path}">Metrics</a> ·
 <a href="/keys">Access keys</a> · <a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
-{identity}{sharding}{discovery}<table><tr><th>Account</th><th>Name</th><th>State</th><th>Keys</th><th>Last success</th><th>Last error</th></tr>
+{identity}{sharding}{discovery}<table><tr><th>Account</th><th>Name</th><th>State</th><th>Keys</th><th>Last success</th><th>Not covered</th><th>Last error</th></tr>
 {rows}</table></body></html>
 "#,
         version = html(web.build.version),
@@ -596,6 +597,32 @@ fn landing_page(web: &Web) -> Response<Body> {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     resp
+}
+
+/// What an account's data does not cover, in words: the alerts about it cannot fire there.
+fn not_covered(s: &AccountState) -> String {
+    let (tags, source): (Vec<_>, Vec<_>) = s
+        .coverage()
+        .into_iter()
+        .filter(|(_, covered)| !covered)
+        .map(|(kind, _)| kind)
+        .partition(|kind| *kind == Kind::UserTags);
+    let mut parts = Vec::new();
+    if !source.is_empty() {
+        let kinds: Vec<_> = source.iter().map(|k| k.describe()).collect();
+        parts.push(format!(
+            "{}: not covered by this source ({})",
+            kinds.join(", "),
+            s.account.source.name()
+        ));
+    }
+    if !tags.is_empty() {
+        parts.push(format!(
+            "{}: reading them failed",
+            Kind::UserTags.describe()
+        ));
+    }
+    parts.join("; ")
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {

@@ -193,6 +193,15 @@ pub enum Source {
 impl Source {
     pub const NAMES: &'static str = "api, credential_report or hybrid";
 
+    /// As the configuration writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Api => "api",
+            Source::CredentialReport => "credential_report",
+            Source::Hybrid => "hybrid",
+        }
+    }
+
     fn parse(s: &str) -> Result<Source, String> {
         match s {
             "api" => Ok(Source::Api),

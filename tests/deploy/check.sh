@@ -261,6 +261,7 @@ REQUIRED = {
     "IAMKeyExporterShardingMismatch", "IAMKeyExporterAccountsUnread",
     "IAMKeyExporterDiscoveryFailing", "IAMUserPasswordUnused", "IAMUserWithoutMFA",
     "IAMRootWithoutMFA", "IAMKeyExporterConfigReloadFailed", "IAMKeyExporterDiscoveryShrinkHeld",
+    "IAMKeyExporterCoverageMissing",
 }
 # Alerts about an IAM user: they carry the user's owner and team (tag_owner, tag_team,
 # joined from aws_iam_user_info), which deploy/alertmanager/alertmanager.example.yml routes on.
