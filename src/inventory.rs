@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::accounts::Account;
-use crate::config::{Exemptions, Source};
+use crate::config::Exemptions;
 
 /// Seconds since the Unix epoch.
 pub type Timestamp = f64;
@@ -47,6 +47,9 @@ pub struct Snapshot {
     pub root: Option<Root>,
     /// When the credential report was generated (credential_report source only).
     pub report_generated: Option<Timestamp>,
+    /// Whether the users' tags were read (they are only when needed, and the call may be
+    /// denied): without them, no rule or exemption by tag can be decided.
+    pub user_tags_read: bool,
 }
 
 impl Snapshot {
@@ -217,40 +220,6 @@ pub struct AccountState {
     pub last_duration: Option<f64>,
     pub last_error: Option<RefreshError>,
     pub session_expiry: Option<Timestamp>,
-    /// The snapshot's users have no tags because reading them failed: owners and tag
-    /// exemptions are unknown.
-    pub tags_unread: bool,
-}
-
-/// A kind of credential data that a source may not see: the `kind` label of
-/// `iam_key_exporter_account_coverage`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Root,
-    UserMfa,
-    ConsolePassword,
-    UserTags,
-}
-
-impl Kind {
-    pub fn label(self) -> &'static str {
-        match self {
-            Kind::Root => "root",
-            Kind::UserMfa => "user_mfa",
-            Kind::ConsolePassword => "console_password",
-            Kind::UserTags => "user_tags",
-        }
-    }
-
-    /// For people: `/` lists the kinds an account's data lacks.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Kind::Root => "the root user",
-            Kind::UserMfa => "users' MFA",
-            Kind::ConsolePassword => "console passwords",
-            Kind::UserTags => "users' tags",
-        }
-    }
 }
 
 impl AccountState {
@@ -265,26 +234,7 @@ impl AccountState {
             last_duration: None,
             last_error: None,
             session_expiry: None,
-            tags_unread: false,
         }
-    }
-
-    /// Which kinds of credential data the account's data covers, so that an alert that
-    /// stays silent is told from one that cannot fire. The `api` source sees neither the
-    /// root user nor MFA nor whether a console password exists (only its last use); the
-    /// users' tags count once a snapshot is there and only where they are needed (labels,
-    /// exemptions by tag).
-    pub fn coverage(&self) -> Vec<(Kind, bool)> {
-        let report = self.account.source != Source::Api;
-        let mut out = vec![
-            (Kind::Root, report),
-            (Kind::UserMfa, report),
-            (Kind::ConsolePassword, report),
-        ];
-        if self.account.reads_user_tags && self.snapshot.is_some() {
-            out.push((Kind::UserTags, !self.tags_unread));
-        }
-        out
     }
 }
 
@@ -343,5 +293,60 @@ impl Inventory {
     /// True once every account has finished at least one refresh attempt.
     pub fn all_attempted(&self) -> bool {
         self.accounts.read().unwrap().values().all(|s| s.attempted)
+    }
+}
+
+/// A kind of credential data that a source may not see: the `kind` label of
+/// `iam_key_exporter_account_coverage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Root,
+    UserMfa,
+    ConsolePassword,
+    UserTags,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Root => "root",
+            Kind::UserMfa => "user_mfa",
+            Kind::ConsolePassword => "console_password",
+            Kind::UserTags => "user_tags",
+        }
+    }
+
+    /// For people: `/` lists the kinds an account's data lacks.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::Root => "the root user",
+            Kind::UserMfa => "users' MFA",
+            Kind::ConsolePassword => "console passwords",
+            Kind::UserTags => "users' tags",
+        }
+    }
+}
+
+impl AccountState {
+    /// Which kinds of credential data the account's data covers, so that an alert that
+    /// stays silent is told from one that cannot fire. The `api` source sees neither the
+    /// root user nor MFA nor whether a console password exists (only its last use); the
+    /// users' tags count once a snapshot is there and only where they are needed (labels,
+    /// exemptions by tag).
+    pub fn coverage(&self) -> Vec<(Kind, bool)> {
+        let report = self.account.source != crate::config::Source::Api;
+        let mut out = vec![
+            (Kind::Root, report),
+            (Kind::UserMfa, report),
+            (Kind::ConsolePassword, report),
+        ];
+        if let Some(snapshot) = self
+            .snapshot
+            .as_ref()
+            .filter(|_| self.account.reads_user_tags)
+        {
+            out.push((Kind::UserTags, snapshot.user_tags_read));
+        }
+        out
     }
 }

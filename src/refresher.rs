@@ -413,7 +413,6 @@ impl AccountTask {
             state.snapshot = p.snapshot.clone();
             state.last_success = p.last_success;
             state.data_expires = p.data_expires;
-            state.tags_unread = p.tags_unread;
         }
         state.attempted = true;
         state.last_duration = Some(duration);
@@ -427,7 +426,6 @@ impl AccountTask {
                     users = snapshot.users.len(), keys = snapshot.keys.len(),
                     "refreshed account"
                 );
-                state.tags_unread = tags_error.is_some();
                 if let Some(e) = tags_error {
                     self.health.count_refresh_error([id, name], &e);
                     tracing::warn!(

@@ -297,6 +297,7 @@ impl AccountReader {
                 for u in &mut snapshot.users {
                     u.tags = tags.remove(&u.name).unwrap_or_default();
                 }
+                snapshot.user_tags_read = true;
                 Ok((snapshot, None))
             }
             Err(e) => Ok((snapshot, Some(explain(e)))),
