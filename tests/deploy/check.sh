@@ -260,8 +260,7 @@ REQUIRED = {
     "IAMKeyExporterSessionExpiring", "IAMKeyExporterDown",
     "IAMKeyExporterShardingMismatch", "IAMKeyExporterAccountsUnread",
     "IAMKeyExporterDiscoveryFailing", "IAMUserPasswordUnused", "IAMUserWithoutMFA",
-    "IAMRootWithoutMFA", "IAMKeyExporterConfigReloadFailed", "IAMKeyExporterDiscoveryShrinkHeld",
-    "IAMKeyExporterCoverageMissing",
+    "IAMRootWithoutMFA",
 }
 # Alerts about an IAM user: they carry the user's owner and team (tag_owner, tag_team,
 # joined from aws_iam_user_info), which deploy/alertmanager/alertmanager.example.yml routes on.
