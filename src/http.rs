@@ -532,9 +532,9 @@ fn landing_page(web: &Web) -> Response<Body> {
             format!(
                 "<p class=\"down\">Account list held back: {} found {} ACTIVE \
                  account(s) where the list in force has {}, a drop of more than \
-                 shrink_guard.max_drop. The {} accounts are still read; the new list is applied \
-                 if {left} more discovery(ies) in a row find so few (shrink_guard.confirmations: \
-                 {}). A wrong OU id, a role that cannot see the organization or an outage of AWS \
+                 shrink_guard.max_drop. The accounts of the list in force are still read; the new \
+                 list is applied if {left} more discovery(ies) in a row find so few \
+                 (shrink_guard.confirmations: {}). A wrong OU id, a role that cannot see the organization or an outage of AWS \
                  Organizations looks like this.</p>\n",
                 if h.consecutive == 1 {
                     "the last discovery".to_string()
@@ -542,7 +542,6 @@ fn landing_page(web: &Web) -> Response<Body> {
                     format!("the last {} discoveries in a row", h.consecutive)
                 },
                 h.found,
-                h.applied,
                 h.applied,
                 h.confirmations
             )

@@ -260,7 +260,7 @@ impl Supervisor {
         }
         tracing::warn!(
             active_before = before, active_now = now, held = consecutive, confirmations = guard.confirmations,
-            "discovery found far fewer ACTIVE accounts than are read; keeping the current list until {} discoveries in a row say so",
+            "discovery found far fewer ACTIVE accounts than the list in force; keeping that list until {} discoveries in a row say so",
             guard.confirmations
         );
         self.held = Some(consecutive);

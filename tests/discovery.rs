@@ -540,7 +540,7 @@ fn a_discovery_that_drops_too_many_accounts_is_held_until_it_repeats() {
     let log = exporter.log()[log_before..].to_string();
     let holds: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("keeping the current list"))
+        .filter(|l| l.contains("keeping that list"))
         .collect();
     assert_eq!(holds.len(), 3, "{log}");
     for (i, line) in holds.iter().enumerate() {
