@@ -273,11 +273,11 @@ EXEMPTIBLE = {"IAMAccessKeyTooOld", "IAMAccessKeyUnused", "IAMUserMultipleActive
 # Alerts about the exporter as a whole: they name its job (or instance), not an account.
 EXPORTER_WIDE = {
     "IAMKeyExporterDown": None,
+    "IAMKeyExporterConfigReloadFailed": "instance",
+    "IAMKeyExporterDiscoveryShrinkHeld": "instance",
     "IAMKeyExporterShardingMismatch": "job",
     "IAMKeyExporterAccountsUnread": "job",
     "IAMKeyExporterDiscoveryFailing": "instance",
-    "IAMKeyExporterConfigReloadFailed": "instance",
-    "IAMKeyExporterDiscoveryShrinkHeld": "instance",
 }
 errors = []
 alerts = {}
