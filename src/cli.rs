@@ -32,9 +32,11 @@ pub struct Cli {
     )]
     pub auto_reload_interval: std::time::Duration,
 
-    /// Address to listen on for the web interface and telemetry (`:9871` means every interface).
+    /// Address to listen on for the web interface and telemetry. `:9871` means every
+    /// interface, IPv6 and IPv4 (IPv4 only on a host without IPv6); `0.0.0.0:9871` only IPv4,
+    /// `[::1]:9871` only that address.
     #[arg(long = "web.listen-address", default_value = ":9871", value_parser = parse_listen_address, value_name = "ADDR")]
-    pub listen_address: SocketAddr,
+    pub listen_address: ListenAddress,
 
     /// Path to a web configuration file (exporter-toolkit format) enabling TLS and/or basic
     /// authentication. Reloaded with the configuration (SIGHUP or /-/reload).
@@ -157,16 +159,35 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the web interface listens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ListenAddress {
+    /// Go-style `:PORT`: every interface. Prometheus exporters mean both IP versions by it,
+    /// and an IPv6-only pod network can scrape only what listens on IPv6.
+    AnyInterface(u16),
+    /// `HOST:PORT`: exactly that address (`0.0.0.0:PORT` is IPv4 only).
+    Exact(SocketAddr),
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::AnyInterface(port) => write!(f, ":{port}"),
+            ListenAddress::Exact(a) => write!(f, "{a}"),
+        }
+    }
+}
+
 /// Accepts Go-style `:PORT` as well as `HOST:PORT`.
-fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') {
-        format!("0.0.0.0{s}")
-    } else {
-        s.to_string()
-    };
-    full.parse().map_err(|_| {
-        format!("{s:?} is not a listen address like :9871, 127.0.0.1:9871 or [::]:9871")
-    })
+fn parse_listen_address(s: &str) -> Result<ListenAddress, String> {
+    let bad = || format!("{s:?} is not a listen address like :9871, 127.0.0.1:9871 or [::]:9871");
+    match s.strip_prefix(':') {
+        Some(port) => port
+            .parse()
+            .map(ListenAddress::AnyInterface)
+            .map_err(|_| bad()),
+        None => s.parse().map(ListenAddress::Exact).map_err(|_| bad()),
+    }
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
@@ -206,4 +227,20 @@ fn parse_telemetry_path(s: &str) -> Result<String, String> {
         ));
     }
     Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_listen_address_is_every_interface_on_9871() {
+        let cli = Cli::try_parse_from(["iam-key-exporter"]).unwrap();
+        assert_eq!(cli.listen_address, ListenAddress::AnyInterface(9871));
+        assert_eq!(
+            parse_listen_address("0.0.0.0:9871"),
+            Ok(ListenAddress::Exact("0.0.0.0:9871".parse().unwrap()))
+        );
+        assert!(parse_listen_address(":http").is_err());
+    }
 }

@@ -390,6 +390,16 @@ fn write_account_families(out: &mut Vec<u8>, accounts: &[Arc<AccountState>]) {
         })
         .collect();
 
+    let coverage = "iam_key_exporter_account_coverage";
+    write_header(out, coverage, "gauge", "1 if the account's data covers this kind of credential data (label kind: root, user_mfa, console_password, and user_tags where tags are needed), 0 if its source cannot see it or reading it failed: alerts about it cannot fire for the account.");
+    for (s, l) in accounts.iter().zip(&labels) {
+        for (kind, covered) in s.coverage() {
+            let mut l = l.clone();
+            l.add("kind", kind.label());
+            write_sample(out, coverage, l.as_str(), f64::from(u8::from(covered)));
+        }
+    }
+
     let info = "aws_iam_account_info";
     write_header(out, info, "gauge", "An account read by the exporter, with its custom labels from the configuration (always 1).");
     for (s, l) in accounts.iter().zip(&labels) {

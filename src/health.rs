@@ -49,6 +49,19 @@ pub struct DiscoveryStatus {
     /// Accounts the last successful discovery found, by state.
     pub by_state: BTreeMap<String, usize>,
     pub last_error: Option<RefreshError>,
+    /// A result held back by the shrink guard, while one is.
+    pub held: Option<Held>,
+}
+
+/// A discovery result held back for dropping too many accounts (`shrink_guard`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Held {
+    /// ACTIVE accounts in the list in force, and in the held result.
+    pub applied: usize,
+    pub found: usize,
+    /// Results held in a row, and how many it takes to apply one.
+    pub consecutive: u32,
+    pub confirmations: u32,
 }
 
 /// The running exporter's own state and metrics.
@@ -64,6 +77,8 @@ pub struct Health {
     discovered: IntGaugeVec,
     discovery_up: IntGaugeVec,
     discovery_success_time: prometheus::GaugeVec,
+    shrink_held: IntGaugeVec,
+    shrink_kept: IntGaugeVec,
     identity_info: IntGaugeVec,
     pub shard: Shard,
     /// None while discovery is not configured.
@@ -197,6 +212,18 @@ impl Health {
                 &[],
             ),
             discovery_success_time,
+            shrink_held: gauges(
+                &r,
+                "iam_key_exporter_discovery_shrink_held",
+                "Discoveries in a row whose account list was held back for dropping more than discovery.organizations.shrink_guard.max_drop of the ACTIVE accounts in force (0: the last one was applied); the one that reaches shrink_guard.confirmations is applied.",
+                &[],
+            ),
+            shrink_kept: gauges(
+                &r,
+                "iam_key_exporter_discovery_shrink_kept_accounts",
+                "While a discovery result is held back, the ACTIVE accounts of the list kept in force (what the held result found is iam_key_exporter_discovered_accounts); absent otherwise.",
+                &[],
+            ),
             identity_info: gauges(
                 &r,
                 "iam_key_exporter_aws_identity_info",
@@ -272,6 +299,8 @@ impl Health {
                 self.discovered.reset();
                 self.discovery_up.reset();
                 self.discovery_success_time.reset();
+                self.shrink_held.reset();
+                self.shrink_kept.reset();
             }
             _ => {}
         }
@@ -314,6 +343,31 @@ impl Health {
                 status.last_error = Some(e);
             }
         }
+    }
+
+    /// Records what the shrink guard did with a discovery result: held it back, or applied
+    /// it (None).
+    pub fn record_shrink_guard(&self, held: Option<Held>) {
+        let mut d = self.discovery.lock().unwrap();
+        let Some(status) = d.as_mut() else {
+            return;
+        };
+        let no_labels: &[&str] = &[];
+        match &held {
+            Some(h) => {
+                self.shrink_held
+                    .with_label_values(no_labels)
+                    .set(h.consecutive.into());
+                self.shrink_kept
+                    .with_label_values(no_labels)
+                    .set(h.applied as i64);
+            }
+            None => {
+                self.shrink_held.with_label_values(no_labels).set(0);
+                self.shrink_kept.reset();
+            }
+        }
+        status.held = held;
     }
 
     pub fn discovery(&self) -> Option<DiscoveryStatus> {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::Write;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,11 +20,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use crate::cli::ListenAddress;
 use crate::collector::{self, Scope};
 use crate::exposition::CONTENT_TYPE;
 use crate::health::{BuildInfo, Health, IdentityStatus};
 use crate::inventory::unix_now;
-use crate::inventory::Inventory;
+use crate::inventory::{AccountState, Inventory, Kind};
 use crate::keys::{self, html_escape as html};
 use crate::policy;
 use crate::web_config::{Auth, WebConfig};
@@ -82,6 +84,52 @@ impl Web {
         }
         ready
     }
+}
+
+/// Opens the listening socket. `:PORT` listens on `[::]` with IPv4-mapped addresses accepted,
+/// so one socket serves both IP versions; a host without IPv6 gets `0.0.0.0` instead, said in
+/// the log. Needs the async runtime.
+pub fn listen(address: ListenAddress) -> std::io::Result<TcpListener> {
+    let port = match address {
+        ListenAddress::Exact(a) => return bind(a, None),
+        ListenAddress::AnyInterface(port) => port,
+    };
+    let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    match bind(any6, Some(false)) {
+        Err(e) if no_ipv6(&e) => {
+            tracing::info!(error = %e, "no IPv6 on this host; listening on IPv4 only");
+            bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), None)
+        }
+        result => result,
+    }
+}
+
+/// Errors that mean the host has no usable IPv6 (disabled in the kernel, no address, or
+/// IPv4-mapped addresses refused), rather than a port in use or a permission problem.
+fn no_ipv6(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT | libc::ENOPROTOOPT)
+    )
+}
+
+/// A listening socket on `address`; `only_v6` sets IPV6_V6ONLY on an IPv6 socket.
+fn bind(address: SocketAddr, only_v6: Option<bool>) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    if let Some(v6) = only_v6 {
+        socket.set_only_v6(v6)?;
+    }
+    // As tokio's own bind: a restarted exporter can take its port back at once.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Serves until `shutdown` turns true.
@@ -471,9 +519,10 @@ fn landing_page(web: &Web) -> Response<Body> {
         }
         let keys = s.snapshot.as_ref().map_or(0, |snap| snap.keys.len());
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td class=\"{state}\">{state}</td><td>{keys}</td><td>{last}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td class=\"{state}\">{state}</td><td>{keys}</td><td>{last}</td><td>{}</td><td>{}</td></tr>\n",
             html(&s.account.id),
             html(&s.account.name),
+            html(&not_covered(&s)),
             html(&error),
         ));
     }
@@ -491,8 +540,27 @@ fn landing_page(web: &Web) -> Response<Body> {
             .last_error
             .as_ref()
             .map_or(String::new(), |e| format!("; last error: {e}"));
+        let held = d.held.map_or(String::new(), |h| {
+            let left = h.confirmations - h.consecutive;
+            format!(
+                "<p class=\"down\">Account list held back: {} found {} ACTIVE \
+                 account(s) where the list in force has {}, a drop of more than \
+                 shrink_guard.max_drop. The accounts of the list in force are still read; the new \
+                 list is applied if {left} more discovery(ies) in a row find so few \
+                 (shrink_guard.confirmations: {}). A wrong OU id, a role that cannot see the organization or an outage of AWS \
+                 Organizations looks like this.</p>\n",
+                if h.consecutive == 1 {
+                    "the last discovery".to_string()
+                } else {
+                    format!("the last {} discoveries in a row", h.consecutive)
+                },
+                h.found,
+                h.applied,
+                h.confirmations
+            )
+        });
         format!(
-            "<p>Discovery (AWS Organizations): <span class=\"{state}\">{state}</span>, last success {last}, found {}{}</p>\n",
+            "<p>Discovery (AWS Organizations): <span class=\"{state}\">{state}</span>, last success {last}, found {}{}</p>\n{held}",
             html(&found.join(", ")),
             html(&error)
         )
@@ -552,7 +620,7 @@ fn landing_page(web: &Web) -> Response<Body> {
 <body><h1>IAM Key Exporter</h1>
 <p>Version {version} (revision {revision}). <a href="{path}">Metrics</a> ·
 <a href="/keys">Access keys</a> · <a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
-{identity}{sharding}{discovery}{policy}{removed}<table><tr><th>Account</th><th>Name</th><th>State</th><th>Keys</th><th>Last success</th><th>Last error</th></tr>
+{identity}{sharding}{discovery}{policy}{removed}<table><tr><th>Account</th><th>Name</th><th>State</th><th>Keys</th><th>Last success</th><th>Not covered</th><th>Last error</th></tr>
 {rows}</table></body></html>
 "#,
         version = html(web.build.version),
@@ -565,6 +633,32 @@ fn landing_page(web: &Web) -> Response<Body> {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     resp
+}
+
+/// What an account's data does not cover, in words: the alerts about it cannot fire there.
+fn not_covered(s: &AccountState) -> String {
+    let (tags, source): (Vec<_>, Vec<_>) = s
+        .coverage()
+        .into_iter()
+        .filter(|(_, covered)| !covered)
+        .map(|(kind, _)| kind)
+        .partition(|kind| *kind == Kind::UserTags);
+    let mut parts = Vec::new();
+    if !source.is_empty() {
+        let kinds: Vec<_> = source.iter().map(|k| k.describe()).collect();
+        parts.push(format!(
+            "{}: not covered by this source ({})",
+            kinds.join(", "),
+            s.account.source.name()
+        ));
+    }
+    if !tags.is_empty() {
+        parts.push(format!(
+            "{}: reading them failed",
+            Kind::UserTags.describe()
+        ));
+    }
+    parts.join("; ")
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {

@@ -244,16 +244,21 @@ async fn audit(cfg: Arc<Config>, shard: Shard, format: audit::Format) -> ExitCod
 }
 
 async fn serve(cli: Cli, cfg: Arc<Config>, shard: Shard, security: WebSecurity) -> ExitCode {
-    let listener = match tokio::net::TcpListener::bind(cli.listen_address).await {
+    let listener = match http::listen(cli.listen_address) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(address = %cli.listen_address, error = %e, "cannot listen");
             return ExitCode::FAILURE;
         }
     };
+    // The bound address, not the flag: `:0` gets its port here, and the log says whether
+    // `:PORT` became `[::]` or `0.0.0.0`.
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| cli.listen_address.to_string(), |a| a.to_string());
     tracing::info!(
         version = BUILD.version,
-        address = %cli.listen_address,
+        address = %bound,
         tls = security.tls.is_some(),
         basic_auth = security.requires_auth(),
         config = %cli.config_file.display(),

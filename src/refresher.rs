@@ -16,7 +16,7 @@ use crate::accounts::{self, Account, Discovered, Shard};
 use crate::aws::{self, AccountReader, OrgReader};
 use crate::config::{jittered, Config};
 use crate::discovery::{self, Found};
-use crate::health::{Health, IdentityStatus};
+use crate::health::{Health, Held, IdentityStatus};
 use crate::inventory::{unix_now, AccountState, Inventory, RefreshError, Stage};
 
 /// The running account tasks and the discovery task, owned by a supervisor task that applies
@@ -51,6 +51,7 @@ impl Refresher {
             health,
             tasks: HashMap::new(),
             discovered: None,
+            held: None,
             discovery: None,
             generation: 0,
             found_tx,
@@ -127,6 +128,10 @@ struct Supervisor {
     /// The last successful discovery under the current discovery settings' task, or an
     /// earlier one until that task succeeds.
     discovered: Option<Discovered>,
+    /// Discovery results held back in a row by the shrink guard; None until a result under
+    /// the current discovery settings has been applied, since until then there is no list of
+    /// theirs to compare with (a changed scope is applied as the operator wrote it).
+    held: Option<u32>,
     discovery: Option<JoinHandle<()>>,
     generation: u64,
     found_tx: mpsc::Sender<Found>,
@@ -145,8 +150,8 @@ impl Supervisor {
                 },
                 Some((generation, discovered)) = found.recv() => {
                     if generation == self.generation {
-                        if discovered.is_some() {
-                            self.discovered = discovered;
+                        if let Some(found) = discovered.filter(|f| self.admit(f)) {
+                            self.discovered = Some(found);
                         }
                         self.apply().await;
                     }
@@ -170,6 +175,10 @@ impl Supervisor {
             self.stop_where(|_| true).await;
             self.base = aws::base(&cfg).await;
             self.permits = Arc::new(Semaphore::new(cfg.concurrency));
+        }
+        if self.cfg.discovery != cfg.discovery {
+            self.held = None;
+            self.health.record_shrink_guard(None);
         }
         self.cfg = cfg;
         if !same_discovery {
@@ -212,6 +221,68 @@ impl Supervisor {
             self.tasks
                 .insert(account.id.clone(), (account.clone(), handle));
         }
+    }
+
+    /// Whether a discovery result may replace the list in force: not while it drops more
+    /// of the ACTIVE accounts than `shrink_guard` allows, until enough results in a row say
+    /// the same (each of them counts, whatever its own count; one that drops less starts
+    /// the count over).
+    fn admit(&mut self, found: &Discovered) -> bool {
+        let Some(d) = &self.cfg.discovery else {
+            return true;
+        };
+        let active = |x: &Discovered| {
+            accounts::by_state(&self.cfg, &x.accounts)
+                .get("ACTIVE")
+                .copied()
+                .unwrap_or(0)
+        };
+        let (Some(held), Some(applied)) = (self.held, &self.discovered) else {
+            self.held = Some(0);
+            self.health.record_shrink_guard(None);
+            return true;
+        };
+        let (before, now) = (active(applied), active(found));
+        let guard = d.shrink_guard;
+        let consecutive = held + 1;
+        let apply = if !guard.drops_too_many(before, now) {
+            if held > 0 {
+                tracing::info!(
+                    active_before = before,
+                    active_now = now,
+                    "discovery no longer drops too many accounts; the held result is forgotten"
+                );
+            }
+            true
+        } else if consecutive >= guard.confirmations {
+            if guard.confirmations > 1 {
+                tracing::warn!(
+                    active_before = before, active_now = now, discoveries = consecutive,
+                    "applying a discovery that drops many accounts: {consecutive} in a row found too few"
+                );
+            }
+            true
+        } else {
+            false
+        };
+        if apply {
+            self.held = Some(0);
+            self.health.record_shrink_guard(None);
+            return true;
+        }
+        tracing::warn!(
+            active_before = before, active_now = now, held = consecutive, confirmations = guard.confirmations,
+            "discovery found far fewer ACTIVE accounts than the list in force; keeping that list until {} discoveries in a row say so",
+            guard.confirmations
+        );
+        self.held = Some(consecutive);
+        self.health.record_shrink_guard(Some(Held {
+            applied: before,
+            found: now,
+            consecutive,
+            confirmations: guard.confirmations,
+        }));
+        false
     }
 
     /// Starts a discovery task for the current settings, stopping the old one; its results

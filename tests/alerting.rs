@@ -45,6 +45,7 @@ const ROOT_KEY: &str = "IAMRootAccessKeyPresent";
 const PASSWORD_UNUSED: &str = "IAMUserPasswordUnused";
 const NO_MFA: &str = "IAMUserWithoutMFA";
 const ROOT_NO_MFA: &str = "IAMRootWithoutMFA";
+const COVERAGE: &str = "IAMKeyExporterCoverageMissing";
 
 /// The tag that exempts a user's keys until a date (the exporter's default).
 const EXEMPT_TAG: &str = "iam-key-exporter:exempt-until";
@@ -249,6 +250,13 @@ accounts:
     expected_firing.insert(id(ROOT_NO_MFA, "legacy-root", "", ""));
     expected_firing.insert(console_unused.clone());
     expected_firing.insert(console_no_mfa.clone());
+    // The api source cannot see root, MFA or console passwords: said for each such account,
+    // the one that cannot be read too (its source is known without reading it).
+    let not_covered: Vec<AlertId> = ["production", "staging", "sandbox"]
+        .into_iter()
+        .map(|account| id(COVERAGE, account, "", ""))
+        .collect();
+    expected_firing.extend(not_covered.iter().cloned());
 
     // Prometheus' view: exactly these alerts fire (IAMKeyExporterDown fires for the few
     // seconds before the first scrape, with `for: 0s`, so this polls until it is gone).
@@ -298,6 +306,17 @@ accounts:
     // Every notification: shipped severity and runbook_url, rendered summary and description.
     for alert in webhook.alerts() {
         shipped.assert_annotations(&alert, &[]);
+    }
+    // The coverage alert names what the account's data lacks.
+    for alert_id in &not_covered {
+        let alert = wait_for(&format!("{alert_id:?} at the webhook"), TIMEOUT, || {
+            webhook.find(alert_id, "firing")
+        });
+        let description = shipped.assert_annotations(&alert, &["account_name", "account_id"]);
+        assert!(
+            description.contains("does not cover console_password, root, user_mfa:"),
+            "{description}"
+        );
     }
     // Key alerts name the key, its user and account, and say how old or idle it is.
     for (alert_id, days) in &key_alert_days {

@@ -380,6 +380,39 @@ fn discovery_settings() {
 }
 
 #[test]
+fn discovery_shrink_guard() {
+    let (code, stderr, _) =
+        check("discovery:\n  organizations:\n    shrink_guard: {max_drop: 0%, confirmations: 1}\n");
+    assert_eq!(code, 0, "{stderr}");
+    // Both problems at once, each at its place.
+    rejects(
+        "discovery:\n  organizations:\n    shrink_guard:\n      max_drop: 50\n      confirmations: 0\n",
+        &[
+            ":4:17: discovery.organizations.shrink_guard.max_drop: \"50\" is not a percentage from 0% to 100%, like 50%",
+            ":5:22: discovery.organizations.shrink_guard.confirmations: \"0\" is not a whole number from 1 to 100",
+        ],
+    );
+    rejects(
+        "discovery:\n  organizations:\n    shrink_guard: {max_drop: 150%}\n",
+        &[
+            ":3:30: discovery.organizations.shrink_guard.max_drop: ",
+            "0% to 100%",
+        ],
+    );
+    rejects(
+        "discovery:\n  organizations:\n    shrink_guard: {max_drops: 10%}\n",
+        &[
+            ":3:20: discovery.organizations.shrink_guard.max_drops: unknown field",
+            "max_drop",
+        ],
+    );
+    rejects(
+        "discovery:\n  organizations:\n    shrink_guard: 50%\n",
+        &[":3:19: discovery.organizations.shrink_guard: "],
+    );
+}
+
+#[test]
 fn exemption_rules_and_user_tags() {
     let one = "accounts:\n  - id: \"111111111111\"\n";
     rejects(

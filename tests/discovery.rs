@@ -493,3 +493,109 @@ fn key_series(m: &Metrics) -> BTreeSet<String> {
         })
         .collect()
 }
+
+/// An organization that suddenly answers with no accounts (a wrong OU, a role that cannot see
+/// it, an outage) or with far fewer is not believed at once: the accounts read stay, their
+/// series and alerts with them, while a metric and `/` say a result is held back; only
+/// `confirmations` such results in a row are applied.
+#[test]
+fn a_discovery_that_drops_too_many_accounts_is_held_until_it_repeats() {
+    let moto = Moto::start();
+    let ids: Vec<String> = (1..=4).map(|i| format!("2300000000{i:02}")).collect();
+    // Which of the four accounts are in the prod OU; the others are moved to sandbox.
+    let place = |in_prod: usize| {
+        let accounts: Vec<Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let ou = if i < in_prod { "prod" } else { "sandbox" };
+                account(id, &format!("team-{i}"), ou, "ACTIVE", json!({}))
+            })
+            .collect();
+        organization(&moto, Value::Array(accounts))["ous"]["prod"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let prod = place(4);
+    for id in &ids {
+        moto.seed(id, users("u", 1, 1));
+    }
+    let exporter = Exporter::start(
+        &moto,
+        &format!(
+            "refresh_interval: 30m\ndiscovery:\n  organizations:\n    include_ous: [{prod}]\n    refresh_interval: 5s\n    shrink_guard: {{max_drop: 25%, confirmations: 4}}\n"
+        ),
+    );
+    exporter.wait_ready(Duration::from_secs(60));
+    let all: BTreeSet<String> = ids.iter().cloned().collect();
+    let m = exporter.scrape();
+    assert_eq!(read_accounts(&m), all);
+    let held = |m: &Metrics| m.get("iam_key_exporter_discovery_shrink_held", &[]);
+    let kept = |m: &Metrics| m.get("iam_key_exporter_discovery_shrink_kept_accounts", &[]);
+    assert_eq!(held(&m), Some(0.0));
+    assert_eq!(kept(&m), None);
+    let keys = |m: &Metrics| m.find(KEY_CREATED, &[]).len();
+    assert_eq!(keys(&m), 4);
+
+    // Every account leaves the OU: the empty answer is held, nothing vanishes.
+    place(0);
+    let m = exporter.scrape_until("an empty discovery held", Duration::from_secs(30), |m| {
+        held(m).is_some_and(|n| n >= 1.0)
+    });
+    assert_eq!(
+        read_accounts(&m),
+        all,
+        "the accounts in force are still read"
+    );
+    assert_eq!(keys(&m), 4, "and their keys still shown");
+    assert_eq!(kept(&m), Some(4.0));
+    assert_eq!(
+        discovered(&m, "ACTIVE"),
+        None,
+        "what the discovery found is shown"
+    );
+    assert_eq!(m.get("iam_key_exporter_discovery_up", &[]), Some(1.0));
+    let (_, page) = exporter.get("/");
+    assert!(
+        page.contains("Account list held back")
+            && page.contains("found 0 ACTIVE account(s) where the list in force has 4"),
+        "{page}"
+    );
+    // The organization comes back before it was confirmed: nothing happened.
+    place(4);
+    let m = exporter.scrape_until("the hold lifted", Duration::from_secs(30), |m| {
+        held(m) == Some(0.0)
+    });
+    assert_eq!(read_accounts(&m), all);
+    assert_eq!(kept(&m), None);
+    assert!(!exporter.get("/").1.contains("Account list held back"));
+
+    // Half of the organization leaves (50% > max_drop 25%): held three times, applied at
+    // the fourth discovery in a row.
+    let log_before = exporter.log().len();
+    place(2);
+    let m = exporter.scrape_until("a halved discovery held", Duration::from_secs(30), |m| {
+        held(m).is_some_and(|n| n >= 1.0)
+    });
+    assert_eq!(read_accounts(&m), all);
+    let m = exporter.scrape_until("the halved list applied", Duration::from_secs(60), |m| {
+        read_accounts(m).len() == 2
+    });
+    assert_eq!(read_accounts(&m), ids[..2].iter().cloned().collect());
+    assert_eq!(held(&m), Some(0.0));
+    assert_eq!(kept(&m), None);
+    let log = exporter.log()[log_before..].to_string();
+    let holds: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("keeping that list"))
+        .collect();
+    assert_eq!(holds.len(), 3, "{log}");
+    for (i, line) in holds.iter().enumerate() {
+        assert!(line.contains(&format!("held={}", i + 1)), "{line}");
+    }
+    assert!(
+        log.contains("applying a discovery that drops many accounts: 4 in a row"),
+        "{log}"
+    );
+}

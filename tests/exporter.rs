@@ -690,6 +690,63 @@ fn a_refresh_that_runs_too_long_is_abandoned_and_frees_its_slot() {
     assert_eq!(m.find(KEY_CREATED, &[("account_id", B)]).len(), 1);
 }
 
+/// What an account's data cannot show is said, not left to look like "no problem": the
+/// `api` source sees neither the root user nor MFA nor console passwords, and users' tags
+/// that could not be read are missing; the metric and `/` say so per account.
+#[test]
+fn coverage_says_what_each_account_cannot_see() {
+    let moto = Moto::start();
+    moto.seed(A, users("a", 1, 1));
+    moto.seed(B, users("b", 1, 1));
+    moto.faults(json!([{"kind": "access_denied", "operation": "GetAccountAuthorizationDetails", "account": B}]));
+    let exporter = Exporter::start(
+        &moto,
+        &format!("accounts:\n  - {{id: \"{A}\", name: by-api}}\n  - {{id: \"{B}\", name: by-hybrid, source: hybrid}}\n"),
+    );
+    exporter.wait_ready(Duration::from_secs(30));
+    let m = exporter.scrape();
+    promtool_check_metrics(&m.raw).unwrap_or_else(|e| panic!("{e}"));
+    let coverage = |account: &str, kind: &str| {
+        m.get(
+            "iam_key_exporter_account_coverage",
+            &[("account_id", account), ("kind", kind)],
+        )
+    };
+    for kind in ["root", "user_mfa", "console_password"] {
+        assert_eq!(coverage(A, kind), Some(0.0), "api: {kind}");
+        assert_eq!(coverage(B, kind), Some(1.0), "hybrid: {kind}");
+    }
+    assert_eq!(coverage(A, "user_tags"), Some(1.0));
+    assert_eq!(coverage(B, "user_tags"), Some(0.0), "tags refused");
+    assert_eq!(
+        m.get(UP, &[("account_id", B)]),
+        Some(1.0),
+        "the keys are still read"
+    );
+
+    let (_, page) = exporter.get("/");
+    let row = |id: &str| {
+        page.lines()
+            .find(|l| l.starts_with(&format!("<tr><td>{id}</td>")))
+            .unwrap_or_else(|| panic!("no row for {id}: {page}"))
+            .to_string()
+    };
+    assert!(
+        row(A).contains(
+            "the root user, users' MFA, console passwords: not covered by this source (api)"
+        ),
+        "{}",
+        row(A)
+    );
+    assert!(!row(A).contains("tags"), "{}", row(A));
+    assert!(
+        row(B).contains("users' tags: reading them failed")
+            && !row(B).contains("not covered by this source"),
+        "{}",
+        row(B)
+    );
+}
+
 #[test]
 fn no_secret_reaches_the_log_even_at_debug() {
     let moto = Moto::start();

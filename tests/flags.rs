@@ -75,40 +75,81 @@ fn a_custom_telemetry_path_and_json_logs() {
     assert!(log.contains("\"refreshed account\""), "{log}");
 }
 
+/// The port the exporter bound, from its start line (`address=[::]:41234`): every form is
+/// started with port 0, so no test guesses a free port.
+fn bound_address(child: &mut ChildGuard) -> String {
+    wait_for(
+        "the start line with the bound address",
+        Duration::from_secs(20),
+        || {
+            child.assert_running();
+            let log = child.log();
+            let line = log
+                .lines()
+                .find(|l| l.contains("starting iam-key-exporter"))?;
+            let value = line
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("address="))?;
+            Some(value.trim_matches('"').to_string())
+        },
+    )
+}
+
 #[test]
 fn listen_address_forms() {
     let moto = Moto::start();
     moto.seed(A, users("a", 1, 1));
     let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
-    let mut forms = vec![(":{port}", vec!["127.0.0.1"])];
-    if ipv6 {
-        forms.push(("[::]:{port}", vec!["127.0.0.1", "[::1]"]));
-    } else {
-        eprintln!("no IPv6 on this machine: [::]:PORT checked for IPv4 only");
-        forms.push(("[::]:{port}", vec![]));
+    if !ipv6 {
+        eprintln!("no IPv6 on this machine: only the IPv4 side of each form is checked");
     }
-    for (form, reach) in forms {
-        let port = free_port();
-        let address = form.replace("{port}", &port.to_string());
+    let v6 = |hosts: &[&'static str]| if ipv6 { hosts.to_vec() } else { Vec::new() };
+    // (flag, bound host, answers at, refused at)
+    let mut forms = vec![
+        // The default form: one socket on [::] that takes IPv4 too.
+        (
+            ":0",
+            if ipv6 { "[::]" } else { "0.0.0.0" },
+            [vec!["127.0.0.1"], v6(&["[::1]"])].concat(),
+            vec![],
+        ),
+        // Explicit addresses mean what they say.
+        ("0.0.0.0:0", "0.0.0.0", vec!["127.0.0.1"], v6(&["[::1]"])),
+    ];
+    if ipv6 {
+        forms.push(("[::]:0", "[::]", vec!["127.0.0.1", "[::1]"], vec![]));
+        forms.push(("[::1]:0", "[::1]", vec!["[::1]"], vec!["127.0.0.1"]));
+    }
+    for (flag, host, answers, refused) in forms {
         let mut cmd = exporter_command(&moto);
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("c.yaml");
         std::fs::write(&config, format!("accounts:\n  - id: \"{A}\"\n")).unwrap();
         cmd.arg(format!("--config.file={}", config.display()))
-            .arg(format!("--web.listen-address={address}"));
+            .arg(format!("--web.listen-address={flag}"));
         let mut child = ChildGuard::spawn("exporter", cmd, &dir.path().join("log"));
-        for host in reach {
+        let bound = bound_address(&mut child);
+        let (bound_host, port) = bound.rsplit_once(':').unwrap();
+        assert_eq!(bound_host, host, "{flag} bound {bound}");
+        for at in answers {
             wait_for(
-                &format!("{address} reachable at {host}"),
+                &format!("{flag} answering at {at}"),
                 Duration::from_secs(20),
                 || {
                     child.assert_running();
                     agent()
-                        .get(&format!("http://{host}:{port}/-/healthy"))
+                        .get(&format!("http://{at}:{port}/-/healthy"))
                         .call()
                         .ok()
                         .filter(|r| r.status() == 200)
                 },
+            );
+        }
+        for at in refused {
+            let address = format!("{at}:{port}");
+            assert!(
+                std::net::TcpStream::connect(&address).is_err(),
+                "{flag} (bound {bound}) also accepts connections at {address}"
             );
         }
     }

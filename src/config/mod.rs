@@ -119,6 +119,39 @@ pub struct Discovery {
     pub exclude_accounts: Vec<String>,
     pub tags_as_labels: Vec<TagLabel>,
     pub refresh_interval: Duration,
+    pub shrink_guard: ShrinkGuard,
+}
+
+/// `discovery.organizations.shrink_guard`: a discovery that drops too many of the accounts
+/// read is held back, the old list kept, until discoveries in a row confirm it. An empty
+/// organization answered by a wrong OU id, a role without delegated access or a partial
+/// outage would otherwise remove every account's series and resolve every alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShrinkGuard {
+    /// A result with fewer ACTIVE accounts than the list in force, by more than this many
+    /// percent of it, is held; an empty one always is.
+    pub max_drop_percent: u32,
+    /// How many such results in a row it takes to apply one: the last of them is applied.
+    /// 1 applies every result at once (the guard is off).
+    pub confirmations: u32,
+}
+
+impl Default for ShrinkGuard {
+    fn default() -> Self {
+        ShrinkGuard {
+            max_drop_percent: 50,
+            confirmations: 3,
+        }
+    }
+}
+
+impl ShrinkGuard {
+    /// Whether going from `applied` ACTIVE accounts to `found` drops too many.
+    pub fn drops_too_many(&self, applied: usize, found: usize) -> bool {
+        applied > 0
+            && (found == 0
+                || applied.saturating_sub(found) * 100 > self.max_drop_percent as usize * applied)
+    }
 }
 
 /// Keys or users that the key alerts leave alone until a date.
@@ -247,6 +280,15 @@ pub enum Source {
 
 impl Source {
     pub const NAMES: &'static str = "api, credential_report or hybrid";
+
+    /// As the configuration writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Api => "api",
+            Source::CredentialReport => "credential_report",
+            Source::Hybrid => "hybrid",
+        }
+    }
 
     fn parse(s: &str) -> Result<Source, String> {
         match s {
@@ -564,6 +606,32 @@ accounts:
         ] {
             assert!(e.contains(want), "{want:?} missing in {e}");
         }
+    }
+
+    #[test]
+    fn the_shrink_guard_holds_drops_beyond_max_drop_and_every_empty_result() {
+        let c = parse_ok("discovery: {organizations: {}}\n");
+        let guard = c.discovery.unwrap().shrink_guard;
+        assert_eq!(guard, ShrinkGuard::default());
+        assert!(
+            !guard.drops_too_many(4, 2),
+            "exactly half is not more than 50%"
+        );
+        assert!(guard.drops_too_many(4, 1));
+        assert!(guard.drops_too_many(1, 0), "empty always counts");
+        assert!(!guard.drops_too_many(0, 0), "nothing to drop");
+        assert!(!guard.drops_too_many(4, 9), "growth is never held");
+        let strict = ShrinkGuard {
+            max_drop_percent: 0,
+            confirmations: 3,
+        };
+        assert!(strict.drops_too_many(100, 99));
+        let lax = ShrinkGuard {
+            max_drop_percent: 100,
+            confirmations: 3,
+        };
+        assert!(!lax.drops_too_many(100, 1));
+        assert!(lax.drops_too_many(100, 0), "empty counts even at 100%");
     }
 
     #[test]

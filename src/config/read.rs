@@ -43,6 +43,9 @@ const CONCURRENCY: RangeInclusive<u32> = 1..=1024;
 const MAX_ATTEMPTS: RangeInclusive<u32> = 1..=20;
 const REQUESTS_PER_ACCOUNT: RangeInclusive<u32> = 1..=64;
 const REQUESTS_PER_SECOND: RangeInclusive<u32> = 1..=1000;
+/// 1 applies every discovery at once; more than a few dozen hours-long discoveries in a row
+/// would keep a real reorganisation out for days.
+const CONFIRMATIONS: RangeInclusive<u32> = 1..=100;
 
 /// Parses `text` as YAML and hands the top-level node to `read`; any problem it records, or
 /// a YAML error, makes the whole file an error.
@@ -603,6 +606,7 @@ fn discovery(v: &Value, p: &mut Problems) -> Option<(Discovery, DiscoveryPos)> {
         DISCOVERY_INTERVAL,
         p,
     );
+    let shrink_guard = shrink_guard(section(&mut m, "shrink_guard", p), p);
     m.finish(p);
 
     for (ou, at, path) in &exclude_ous {
@@ -625,12 +629,41 @@ fn discovery(v: &Value, p: &mut Problems) -> Option<(Discovery, DiscoveryPos)> {
             .collect(),
         tags_as_labels,
         refresh_interval: refresh_interval.value?,
+        shrink_guard: shrink_guard?,
     };
     let at = DiscoveryPos {
         exclude_accounts: exclude_accounts.into_iter().map(|(_, at, _)| at).collect(),
         tags: tag_pos,
     };
     Some((discovery, at))
+}
+
+/// `discovery.organizations.shrink_guard`: `{max_drop: 50%, confirmations: 3}`.
+fn shrink_guard(mut m: Map, p: &mut Problems) -> Option<ShrinkGuard> {
+    let default = ShrinkGuard::default();
+    let max_drop = setting(&mut m, "max_drop", default.max_drop_percent, p, |v, p| {
+        v.parse(p, percent)
+    });
+    let confirmations = number(
+        &mut m,
+        "confirmations",
+        default.confirmations,
+        CONFIRMATIONS,
+        p,
+    );
+    m.finish(p);
+    Some(ShrinkGuard {
+        max_drop_percent: max_drop.value?,
+        confirmations: confirmations.value?,
+    })
+}
+
+/// A whole percentage from 0% to 100%.
+fn percent(s: &str) -> Result<u32, String> {
+    s.strip_suffix('%')
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|n| *n <= 100)
+        .ok_or_else(|| format!("{s:?} is not a percentage from 0% to 100%, like 50%"))
 }
 
 /// Tag keys that become labels (`tag_<key>`), with the position of each; two keys that would

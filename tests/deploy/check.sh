@@ -297,6 +297,8 @@ POLICY = {
 # Alerts about the exporter as a whole: they name its job (or instance), not an account.
 EXPORTER_WIDE = {
     "IAMKeyExporterDown": None,
+    "IAMKeyExporterConfigReloadFailed": "instance",
+    "IAMKeyExporterDiscoveryShrinkHeld": "instance",
     "IAMKeyExporterShardingMismatch": "job",
     "IAMKeyExporterAccountsUnread": "job",
     "IAMKeyExporterDiscoveryFailing": "instance",
