@@ -52,7 +52,7 @@ fn inventory(keys: usize) -> Vec<Arc<AccountState>> {
                         name: user.clone(),
                         created: NOW - 9e7,
                         password_last_used: None,
-                        path: Some("/".into()),
+                        path: None,
                         tags: Default::default(),
                         console: None,
                     });
