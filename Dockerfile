@@ -8,8 +8,10 @@
 #     -v "$PWD/config.yaml:/etc/iam-key-exporter/config.yaml:ro" \
 #     -e AWS_REGION=us-east-1 iam-key-exporter
 #
-# The debug symbols, kept out of the image, as a file (BuildKit):
+# The debug symbols, kept out of the image, as files (BuildKit):
 #   docker build --target debug-symbols --output type=local,dest=dist .
+# The binary and its symbols, as the release workflow ships them:
+#   docker build --target dist --output type=local,dest=dist .
 #
 # From a binary built outside Docker (how `make image-test` builds the image with
 # podman or buildah, which cannot pull the Rust image here): tests/image/build.sh
@@ -25,7 +27,8 @@ ARG BINARY_SOURCE=builder
 
 # ---------------------------------------------------------------------------
 # Build stage: a static glibc binary (no libc needed at run time), stripped; the
-# symbols go to a separate file linked by .gnu_debuglink.
+# symbols go to a separate file linked by .gnu_debuglink, beside the line tables and
+# function details that the release profile splits into iam-key-exporter.dwp.
 # ---------------------------------------------------------------------------
 FROM ${RUST_IMAGE} AS builder
 
@@ -52,6 +55,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TARGET" \
  && mkdir -p /out \
  && objcopy --only-keep-debug "target/$TARGET/release/iam-key-exporter" /out/iam-key-exporter.debug \
+ && cp "target/$TARGET/release/iam-key-exporter.dwp" /out/iam-key-exporter.dwp \
  && objcopy --strip-debug --strip-unneeded --add-gnu-debuglink=/out/iam-key-exporter.debug \
       "target/$TARGET/release/iam-key-exporter" /out/iam-key-exporter \
  && cp /etc/ssl/certs/ca-certificates.crt /out/ca-certificates.crt
@@ -69,7 +73,14 @@ FROM ${BINARY_SOURCE} AS binary
 # Debug symbols only: `--target debug-symbols --output type=local,dest=DIR`.
 # ---------------------------------------------------------------------------
 FROM scratch AS debug-symbols
-COPY --from=binary /out/iam-key-exporter.debug /
+COPY --from=binary /out/iam-key-exporter.debug /out/iam-key-exporter.dwp /
+
+# ---------------------------------------------------------------------------
+# The binary and its symbols: `--target dist --output type=local,dest=DIR`
+# (.github/workflows/release.yml).
+# ---------------------------------------------------------------------------
+FROM scratch AS dist
+COPY --from=binary /out/iam-key-exporter /out/iam-key-exporter.debug /out/iam-key-exporter.dwp /
 
 # ---------------------------------------------------------------------------
 # Runtime: nothing but the binary and the CA certificates (rustls reads them from

@@ -4,7 +4,8 @@
 #   1. a static (glibc, crt-static) release binary: cargo build --release (about 9 min on
 #      2 cores from clean; reused when up to date), or IKE_STATIC_BIN=path to skip it;
 #   2. stripped, its symbols kept beside it (objcopy --only-keep-debug, .gnu_debuglink),
-#      staged with a CA bundle in target/image/;
+#      staged with the split DWARF (.dwp) of the release profile and a CA bundle in
+#      target/image/;
 #   3. the image built from the Dockerfile with buildah (BINARY_SOURCE=prebuilt: no base
 #      image is pulled; the runtime stage is FROM scratch);
 #   4. checked: user 65532:65532, entrypoint, port 9871, only the binary and the CA bundle
@@ -65,8 +66,10 @@ rm -rf "$STAGE" && mkdir -p "$STAGE"
 objcopy --only-keep-debug "$IKE_STATIC_BIN" "$STAGE/iam-key-exporter.debug"
 objcopy --strip-debug --strip-unneeded --add-gnu-debuglink="$STAGE/iam-key-exporter.debug" \
   "$IKE_STATIC_BIN" "$STAGE/iam-key-exporter"
+cp "$(dirname "$IKE_STATIC_BIN")/iam-key-exporter.dwp" "$STAGE/iam-key-exporter.dwp" \
+  || fail "no iam-key-exporter.dwp beside $IKE_STATIC_BIN (the release profile splits the DWARF into it)"
 cp /etc/ssl/certs/ca-certificates.crt "$STAGE/ca-certificates.crt"
-say "binary: $(stat -c %s "$IKE_STATIC_BIN") bytes with debuginfo, $(stat -c %s "$STAGE/iam-key-exporter") stripped, symbols $(stat -c %s "$STAGE/iam-key-exporter.debug")"
+say "binary: $(stat -c %s "$IKE_STATIC_BIN") bytes as built, $(stat -c %s "$STAGE/iam-key-exporter") stripped, symbols $(stat -c %s "$STAGE/iam-key-exporter.debug") + split DWARF $(stat -c %s "$STAGE/iam-key-exporter.dwp")"
 
 # --- 3. image ----------------------------------------------------------------------------
 dangling_before="$(buildah images -q --filter dangling=true | sort)"
