@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build the container image here and check it: `make image-test`.
 #
-#   1. a static (glibc, crt-static) release binary: cargo build --release (about 9 min on
-#      2 cores from clean; reused when up to date), or IKE_STATIC_BIN=path to skip it;
+#   1. a static (glibc, crt-static) binary of the `dist` profile (release with debug info)
+#      as the Dockerfile builds it: cargo build --profile dist (about 9 min on 2 cores from
+#      clean; reused when up to date), or IKE_STATIC_BIN=path to skip it;
 #   2. stripped, its symbols kept beside it (objcopy --only-keep-debug, .gnu_debuglink),
-#      staged with the split DWARF (.dwp) of the release profile and a CA bundle in
-#      target/image/;
+#      staged with a CA bundle in target/image/;
 #   3. the image built from the Dockerfile with buildah (BINARY_SOURCE=prebuilt: no base
 #      image is pulled; the runtime stage is FROM scratch);
 #   4. checked: user 65532:65532, entrypoint, port 9871, only the binary and the CA bundle
@@ -52,12 +52,12 @@ trap cleanup EXIT
 # --- 1. static release binary --------------------------------------------------------
 TARGET="$(rustc -vV | sed -n 's/^host: //p')"
 if [[ -z "${IKE_STATIC_BIN:-}" ]]; then
-  say "cargo build --release --target $TARGET with +crt-static"
+  say "cargo build --profile dist --target $TARGET with +crt-static"
   start=$(date +%s)
   (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --locked --target "$TARGET")
+    cargo build --profile dist --locked --target "$TARGET")
   say "release build: $(( $(date +%s) - start )) s"
-  IKE_STATIC_BIN="${CARGO_TARGET_DIR:-$REPO/target}/$TARGET/release/iam-key-exporter"
+  IKE_STATIC_BIN="${CARGO_TARGET_DIR:-$REPO/target}/$TARGET/dist/iam-key-exporter"
 fi
 [[ -x "$IKE_STATIC_BIN" ]] || fail "no binary at $IKE_STATIC_BIN"
 
@@ -66,10 +66,8 @@ rm -rf "$STAGE" && mkdir -p "$STAGE"
 objcopy --only-keep-debug "$IKE_STATIC_BIN" "$STAGE/iam-key-exporter.debug"
 objcopy --strip-debug --strip-unneeded --add-gnu-debuglink="$STAGE/iam-key-exporter.debug" \
   "$IKE_STATIC_BIN" "$STAGE/iam-key-exporter"
-cp "$(dirname "$IKE_STATIC_BIN")/iam-key-exporter.dwp" "$STAGE/iam-key-exporter.dwp" \
-  || fail "no iam-key-exporter.dwp beside $IKE_STATIC_BIN (the release profile splits the DWARF into it)"
 cp /etc/ssl/certs/ca-certificates.crt "$STAGE/ca-certificates.crt"
-say "binary: $(stat -c %s "$IKE_STATIC_BIN") bytes as built, $(stat -c %s "$STAGE/iam-key-exporter") stripped, symbols $(stat -c %s "$STAGE/iam-key-exporter.debug") + split DWARF $(stat -c %s "$STAGE/iam-key-exporter.dwp")"
+say "binary: $(stat -c %s "$IKE_STATIC_BIN") bytes with debuginfo, $(stat -c %s "$STAGE/iam-key-exporter") stripped, symbols $(stat -c %s "$STAGE/iam-key-exporter.debug")"
 
 # --- 3. image ----------------------------------------------------------------------------
 dangling_before="$(buildah images -q --filter dangling=true | sort)"
