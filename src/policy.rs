@@ -37,7 +37,7 @@ pub enum Miss {
 impl fmt::Display for Miss {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Miss::Account => f.write_str("another account"),
+            Miss::Account => f.write_str("the rule is for another account"),
             Miss::User => f.write_str("the user name does not match"),
             Miss::Path => f.write_str("the user's IAM path does not start with the rule's path"),
             Miss::AccountLabel(l) => write!(f, "the account's label {l} differs or is missing"),

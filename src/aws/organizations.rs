@@ -224,19 +224,16 @@ impl OrgReader {
         let mut child = ou.to_string();
         // An OU tree is at most five levels below the root.
         while !child.starts_with("r-") && chain.len() <= 6 {
-            let id = child.clone();
-            let parents = pages(|token| {
-                let id = id.clone();
-                async move {
-                    let page = self
-                        .client
-                        .list_parents()
-                        .child_id(id)
-                        .set_next_token(token)
-                        .send()
-                        .await?;
-                    Ok((page.parents.unwrap_or_default(), page.next_token))
-                }
+            let id = child.as_str();
+            let parents = pages(|token| async move {
+                let page = self
+                    .client
+                    .list_parents()
+                    .child_id(id)
+                    .set_next_token(token)
+                    .send()
+                    .await?;
+                Ok((page.parents.unwrap_or_default(), page.next_token))
             })
             .await?;
             let Some(parent) = parents.into_iter().find_map(|p| p.id) else {
