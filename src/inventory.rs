@@ -11,7 +11,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::accounts::Account;
-use crate::config::{Config, Exemptions, Policy};
+use crate::config::{Config, Policy};
+use crate::exemptions::Rules;
 
 /// Seconds since the Unix epoch.
 pub type Timestamp = f64;
@@ -252,7 +253,7 @@ impl AccountState {
 #[derive(Debug, Default)]
 pub struct Standards {
     pub policy: Policy,
-    pub exemptions: Exemptions,
+    pub exemptions: Rules,
 }
 
 /// The shared store: account id → current state. The lock is held only to read or swap
@@ -276,7 +277,7 @@ impl Inventory {
     pub fn set_standards(&self, cfg: &Config) {
         *self.standards.write().unwrap() = Arc::new(Standards {
             policy: cfg.policy.clone(),
-            exemptions: cfg.exemptions.clone(),
+            exemptions: Rules::new(&cfg.exemptions),
         });
     }
 

@@ -338,6 +338,34 @@ fn a_costly_but_working_setting_is_a_warning() {
 }
 
 #[test]
+fn many_user_patterns_in_exemptions_are_a_warning() {
+    use iam_key_exporter::exemptions::PATTERNS_WARN;
+    let rules = |patterns: usize, names: usize| {
+        let mut yaml = "exemptions:\n  rules:\n".to_string();
+        for i in 0..patterns {
+            yaml += &format!("    - {{user: ci-{i}-*, reason: r, until: 2027-03-31}}\n");
+        }
+        for i in 0..names {
+            yaml += &format!("    - {{user: ci-{i}, reason: r, until: 2027-03-31}}\n");
+        }
+        format!("{yaml}{GOOD_ACCOUNT}")
+    };
+    // Plain user names cost nothing per rule, however many.
+    let (code, stderr, _) = check(&rules(PATTERNS_WARN, 3 * PATTERNS_WARN));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let (code, stderr, path) = check(&rules(PATTERNS_WARN + 1, 0));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: {path}:3:5: exemptions.rules: {} rules have a user pattern",
+            PATTERNS_WARN + 1
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn discovery_settings() {
     let (code, stderr, _) = check(
         "discovery:\n  organizations:\n    role_arn: arn:aws:iam::123456789012:role/OrgReader\n    include_ous: [ou-ab12-prod0001]\n    tags_as_labels: [team, cost-center]\naccounts: []\n",

@@ -158,8 +158,8 @@ pub(super) fn config(root: Value, p: &mut Problems) -> Option<Config> {
         .and_then(|v| v.parse(p, values::external_id));
     defaults.finish(p);
     let user_tags = user_tags(&mut top, p).unwrap_or_default();
-    let exemptions = exemptions(section(&mut top, "exemptions", p), p);
     let mut warnings = Problems::default();
+    let exemptions = exemptions(section(&mut top, "exemptions", p), p, &mut warnings);
     let policy = super::policy::policy(top.get("policy"), p, &mut warnings);
     let accounts_at = top.get("accounts").map(|v| (v.pos(), v.list(p)));
     let discovery = top.get("discovery").and_then(|v| discovery(&v, p));
@@ -704,13 +704,15 @@ fn user_tags(m: &mut Map, p: &mut Problems) -> Option<Vec<TagLabel>> {
 }
 
 /// `exemptions:`: the user tag that exempts (on by default) and the configured rules.
-fn exemptions(mut m: Map, p: &mut Problems) -> Exemptions {
+fn exemptions(mut m: Map, p: &mut Problems, warnings: &mut Problems) -> Exemptions {
     let tag = match m.get("tag") {
         None => Some(DEFAULT_EXEMPTION_TAG.to_string()),
         Some(v) => v.string(p).filter(|t| !t.is_empty()),
     };
     let mut rules = Vec::new();
-    for item in m.get("rules").and_then(|v| v.list(p)).unwrap_or_default() {
+    let list = m.get("rules");
+    let at = list.as_ref().map(|v| v.pos());
+    for item in list.and_then(|v| v.list(p)).unwrap_or_default() {
         let Some(mut r) = item.map(p) else { continue };
         let account = r.get("account").and_then(|v| v.parse(p, any_account));
         let user = r
@@ -748,6 +750,23 @@ fn exemptions(mut m: Map, p: &mut Problems) -> Exemptions {
         }
     }
     m.finish(p);
+    let patterns = rules
+        .iter()
+        .filter(|r| crate::exemptions::is_pattern(&r.user))
+        .count();
+    if let (Some(at), true) = (at, patterns > crate::exemptions::PATTERNS_WARN) {
+        warnings.add(
+            at,
+            "exemptions.rules",
+            format!(
+                "{patterns} rules have a user pattern (* or ?): each is tried against every \
+                 user on every scrape, about 1 s per 1,000 patterns and 100,000 keys, and \
+                 Prometheus gives up on a scrape after 10 s by default. Past {} patterns, \
+                 name the users instead (a plain user name costs nothing per rule)",
+                crate::exemptions::PATTERNS_WARN
+            ),
+        );
+    }
     Exemptions { tag, rules }
 }
 
