@@ -54,7 +54,7 @@ impl Exemption {
 /// every user on every scrape took 2.7 s per render with 10k rules naming users and 100k
 /// keys (71 ms indexed, `benches/render.rs`). A plain user name is one hash lookup; only rules
 /// with `*` or `?` are tried one by one, which is why `check-config` warns past
-/// [`PATTERNS_WARN`] of them.
+/// [`EXEMPTION_PATTERNS_WARN`](crate::config::EXEMPTION_PATTERNS_WARN) of them.
 #[derive(Debug, Default)]
 pub struct Rules {
     tag: Option<String>,
@@ -65,22 +65,12 @@ pub struct Rules {
     patterns: Vec<usize>,
 }
 
-/// The most user patterns whose cost per scrape stays small: 1,000 patterns add about
-/// 1 s to a 100k-key scrape (`cargo bench --bench render`), far below Prometheus' 10 s
-/// default scrape timeout.
-pub const PATTERNS_WARN: usize = 1_000;
-
-/// Whether a rule's user is a pattern rather than one name.
-pub fn is_pattern(user: &str) -> bool {
-    user.contains(['*', '?'])
-}
-
 impl Rules {
     pub fn new(exemptions: &Exemptions) -> Rules {
         let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
         let mut patterns = Vec::new();
         for (i, r) in exemptions.rules.iter().enumerate() {
-            if is_pattern(&r.user) {
+            if r.is_pattern() {
                 patterns.push(i);
             } else {
                 by_name.entry(r.user.clone()).or_default().push(i);

@@ -339,7 +339,7 @@ fn a_costly_but_working_setting_is_a_warning() {
 
 #[test]
 fn many_user_patterns_in_exemptions_are_a_warning() {
-    use iam_key_exporter::exemptions::PATTERNS_WARN;
+    use iam_key_exporter::config::EXEMPTION_PATTERNS_WARN as PATTERNS_WARN;
     let rules = |patterns: usize, names: usize| {
         let mut yaml = "exemptions:\n  rules:\n".to_string();
         for i in 0..patterns {

@@ -750,20 +750,17 @@ fn exemptions(mut m: Map, p: &mut Problems, warnings: &mut Problems) -> Exemptio
         }
     }
     m.finish(p);
-    let patterns = rules
-        .iter()
-        .filter(|r| crate::exemptions::is_pattern(&r.user))
-        .count();
-    if let (Some(at), true) = (at, patterns > crate::exemptions::PATTERNS_WARN) {
+    let patterns = rules.iter().filter(|r| r.is_pattern()).count();
+    if let (Some(at), true) = (at, patterns > EXEMPTION_PATTERNS_WARN) {
         warnings.add(
             at,
             "exemptions.rules",
             format!(
                 "{patterns} rules have a user pattern (* or ?): each is tried against every \
                  user on every scrape, about 1 s per 1,000 patterns and 100,000 keys, and \
-                 Prometheus gives up on a scrape after 10 s by default. Past {} patterns, \
-                 name the users instead (a plain user name costs nothing per rule)",
-                crate::exemptions::PATTERNS_WARN
+                 Prometheus gives up on a scrape after 10 s by default. Past \
+                 {EXEMPTION_PATTERNS_WARN} patterns, name the users instead (a plain user name \
+                 costs nothing per rule)"
             ),
         );
     }
