@@ -48,6 +48,21 @@ pub struct Cli {
     #[arg(long = "web.max-connections", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub max_connections: u32,
 
+    /// Longest a client may take to read one response (e.g. 60s); a client that reads slower
+    /// is disconnected and its response freed.
+    #[arg(
+        long = "web.write-timeout",
+        default_value = "60s",
+        value_parser = parse_write_timeout,
+        value_name = "DURATION"
+    )]
+    pub write_timeout: std::time::Duration,
+
+    /// Maximum number of /metrics, /keys and /keys.json responses being sent at once; beyond
+    /// it the answer is 503 with Retry-After.
+    #[arg(long = "web.max-inflight-responses", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_inflight_responses: u32,
+
     /// Allow reloading the configuration with a POST or PUT to /-/reload (SIGHUP always works).
     #[arg(long = "web.enable-lifecycle")]
     pub enable_lifecycle: bool,
@@ -196,6 +211,17 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     if !d.is_zero() && d < std::time::Duration::from_secs(1) {
         return Err(format!(
             "{s:?} is shorter than 1s; use 1s or more, or 0s for never"
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_write_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|_| format!("{s:?} is not a duration like 30s or 1m"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!(
+            "{s:?} is shorter than 1s; a large scrape could not be read in time"
         ));
     }
     Ok(d)

@@ -137,3 +137,98 @@ fn unknown_methods_are_refused_with_the_allowed_ones() {
         }
     }
 }
+
+/// Opens a connection with a 4 KiB receive buffer, asks for `path` and never reads.
+fn stalled_reader(address: &str, path: &str) -> TcpStream {
+    let address: std::net::SocketAddr = address.parse().unwrap();
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&address.into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    s
+}
+
+#[test]
+fn readers_that_never_read_are_capped_and_disconnected() {
+    let moto = Moto::start();
+    moto.seed(A, users("u", 1000, 1));
+    let exporter = Exporter::start_with(
+        &moto,
+        &format!("accounts:\n  - id: \"{A}\"\n"),
+        &[
+            "--web.write-timeout",
+            "5s",
+            "--web.max-inflight-responses",
+            "4",
+        ],
+    );
+    exporter.wait_ready(Duration::from_secs(60));
+    let size = exporter.get("/metrics").1.len();
+    eprintln!("exposition: {size} bytes");
+    assert!(
+        size > 256 << 10,
+        "the exposition ({size} bytes) must outgrow socket buffers"
+    );
+
+    // Ten clients ask and never read: four hold the in-flight responses, the rest are told
+    // to come back later instead of each holding a response of its own.
+    let stalled: Vec<TcpStream> = (0..10)
+        .map(|i| {
+            let path = if i % 2 == 0 {
+                "/metrics"
+            } else {
+                "/keys.json?limit=5000"
+            };
+            stalled_reader(exporter.address(), path)
+        })
+        .collect();
+    let refused = wait_for(
+        "a 503 beyond the in-flight cap",
+        Duration::from_secs(20),
+        || {
+            let status = raw(
+                exporter.address(),
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            );
+            status.contains(" 503 ").then_some(status)
+        },
+    );
+    assert!(refused.contains(" 503 "), "{refused}");
+    let (status, _) = exporter.get("/-/healthy");
+    assert_eq!(status, 200, "the cap covers only inventory views");
+
+    // Past the write timeout the stalled connections are closed by the exporter, and a
+    // well-behaved scrape gets the whole inventory again.
+    for mut s in stalled {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut sink = [0u8; 65536];
+        let closed = loop {
+            match s.read(&mut sink) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(
+            closed,
+            "a stalled reader must be disconnected after --web.write-timeout"
+        );
+    }
+    let m = wait_for(
+        "a full scrape after the stalled readers",
+        Duration::from_secs(20),
+        || {
+            let (status, body) = exporter.try_get("/metrics")?;
+            (status == 200).then(|| Metrics::parse(&body))
+        },
+    );
+    assert_eq!(m.find("aws_iam_access_key_age_seconds", &[]).len(), 1000);
+}
