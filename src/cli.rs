@@ -269,4 +269,23 @@ mod tests {
         );
         assert!(parse_listen_address(":http").is_err());
     }
+
+    #[test]
+    fn a_write_timeout_under_a_second_is_refused_with_the_flag_named() {
+        let cli = Cli::try_parse_from(["iam-key-exporter"]).unwrap();
+        assert_eq!(cli.write_timeout, std::time::Duration::from_secs(60));
+        let e = Cli::try_parse_from(["iam-key-exporter", "--web.write-timeout", "500ms"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("--web.write-timeout") && e.contains("shorter than 1s"),
+            "{e}"
+        );
+        let e = Cli::try_parse_from(["iam-key-exporter", "--web.max-inflight-responses", "0"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--web.max-inflight-responses"), "{e}");
+    }
 }

@@ -294,14 +294,7 @@ where
             connections.set_idle(id, true);
             deadline.send_replace(Some(tokio::time::Instant::now() + write_timeout));
             let sending = Sending(deadline);
-            // The deadline ends when hyper drops the body: sent, or the connection gone.
-            Ok::<_, Infallible>(resp.map(|body| {
-                body.map_frame(move |frame| {
-                    let _ = &sending;
-                    frame
-                })
-                .boxed()
-            }))
+            Ok::<_, Infallible>(resp.map(|body| held_by(body, sending)))
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -458,13 +451,16 @@ fn inventory_view(web: &Web, route: Route, req: &Request<Incoming>) -> Response<
         _ => key_view(web, req, route == Route::KeysJson),
     };
     // The permit lives as long as the body: until sent, or its connection is dropped.
-    resp.map(|body| {
-        body.map_frame(move |frame| {
-            let _ = &permit;
-            frame
-        })
-        .boxed()
+    resp.map(|body| held_by(body, permit))
+}
+
+/// The body, keeping `guard` alive until hyper drops it (sent, or the connection gone).
+fn held_by<G: Send + Sync + 'static>(body: Body, guard: G) -> Body {
+    body.map_frame(move |frame| {
+        let _guard = &guard;
+        frame
     })
+    .boxed()
 }
 
 fn metrics(web: &Web, req: &Request<Incoming>) -> Response<Body> {
