@@ -8,6 +8,12 @@ memory [KEYS]    Seeds one account with KEYS/2 users of two keys each, serves it
                  credential_report source, and reports the exporter's RSS while it holds them,
                  and the time and size of /metrics scrapes (plain and gzip).
 
+slowreaders [KEYS] [CLIENTS]
+                 Serves KEYS keys (default 100,000), then CLIENTS clients (default 500) with a
+                 4 KiB receive buffer ask for /metrics or /keys.json?limit=5000 and never read:
+                 how many were answered and refused, RSS idle, while they hang and after they
+                 close, and how long a normal scrape was refused (until the write timeout).
+
 sizing [ACCOUNTS] [USERS]
                  A simulated Organization (ACCOUNTS accounts found by discovery, USERS users of
                  one key each): for each source, the wall time of one replica's first full
@@ -359,6 +365,77 @@ def report(source, which, wall, bound, text, totals, proc):
           f"exporter CPU {proc_cpu_seconds(proc.pid):.1f} s so far", flush=True)
 
 
+def slow_readers(keys, clients):
+    launcher, url = start_launcher()
+    exporter = None
+    stalled = []
+    try:
+        users = [{"name": f"service-user-{i:06}", "keys": [{}, {}]} for i in range(keys // 2)]
+        for i in range(0, len(users), 5000):
+            post(url, "/_launcher/seed", {"account": ACCOUNT, "users": users[i:i + 5000]})
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with tempfile.TemporaryDirectory() as tmp:
+            config = os.path.join(tmp, "c.yaml")
+            with open(config, "w") as f:
+                f.write(f'refresh_interval: 30m\nsource: credential_report\naccounts:\n  - id: "{ACCOUNT}"\n')
+            exporter = subprocess.Popen(
+                [BINARY, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
+                 "--web.write-timeout=10s", "--log.level=warn"], env=aws_env(url))
+            base = f"http://127.0.0.1:{port}"
+            wait_until(exporter, lambda: ready(base))
+
+            def scrape_ms():
+                t = time.monotonic()
+                with urllib.request.urlopen(base + "/metrics") as r:
+                    r.read()
+                return (time.monotonic() - t) * 1000
+
+            alone = sorted(scrape_ms() for _ in range(3))[1]
+            idle = rss_mib(exporter.pid)
+            answers = {}
+            for i in range(clients):
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.connect(("127.0.0.1", port))
+                path = "/metrics" if i % 2 == 0 else "/keys.json?limit=5000"
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                stalled.append(s)
+            for s in stalled:
+                status = s.recv(12).decode(errors="replace")[9:12]
+                answers[status] = answers.get(status, 0) + 1
+            during = rss_mib(exporter.pid)
+            # Refused while the cap is taken; the write timeout frees it.
+            t = time.monotonic()
+            while True:
+                try:
+                    took = scrape_ms()
+                    break
+                except urllib.error.HTTPError as e:
+                    if e.code != 503:
+                        raise
+                    time.sleep(0.2)
+            waited = time.monotonic() - t
+            for s in stalled:
+                s.close()
+            stalled = []
+            time.sleep(2)
+            after = rss_mib(exporter.pid)
+            print(f"{clients} readers that never read, {keys} keys: answers {answers}; RSS {idle:.1f} MiB idle, "
+                  f"{during:.1f} MiB while they hang (+{during - idle:.1f}), {after:.1f} MiB after they close; "
+                  f"a scrape alone {alone:.0f} ms, meanwhile refused for {waited:.1f} s (write timeout 10 s), "
+                  f"then {took:.0f} ms")
+    finally:
+        for s in stalled:
+            s.close()
+        if exporter:
+            exporter.terminate()
+            exporter.wait()
+        launcher.terminate()
+        launcher.wait()
+
+
 def main():
     if not os.path.exists(BINARY):
         sys.exit("build first: cargo build --release")
@@ -367,6 +444,9 @@ def main():
         cpu(int(sys.argv[2]) if len(sys.argv) > 2 else 1500)
     elif mode == "memory":
         memory(int(sys.argv[2]) if len(sys.argv) > 2 else 100_000)
+    elif mode == "slowreaders":
+        slow_readers(int(sys.argv[2]) if len(sys.argv) > 2 else 100_000,
+                     int(sys.argv[3]) if len(sys.argv) > 3 else 500)
     elif mode == "throttled":
         args = [int(a) for a in sys.argv[2:5]]
         throttled(*(args + [20, 1000, 5000][len(args):]))

@@ -48,6 +48,21 @@ pub struct Cli {
     #[arg(long = "web.max-connections", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub max_connections: u32,
 
+    /// Longest a client may take to read one response (e.g. 60s); a client that reads slower
+    /// is disconnected and its response freed.
+    #[arg(
+        long = "web.write-timeout",
+        default_value = "60s",
+        value_parser = parse_write_timeout,
+        value_name = "DURATION"
+    )]
+    pub write_timeout: std::time::Duration,
+
+    /// Maximum number of /metrics, /keys and /keys.json responses being sent at once; beyond
+    /// it the answer is 503 with Retry-After.
+    #[arg(long = "web.max-inflight-responses", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_inflight_responses: u32,
+
     /// Allow reloading the configuration with a POST or PUT to /-/reload (SIGHUP always works).
     #[arg(long = "web.enable-lifecycle")]
     pub enable_lifecycle: bool,
@@ -201,6 +216,17 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+fn parse_write_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|_| format!("{s:?} is not a duration like 30s or 1m"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!(
+            "{s:?} is shorter than 1s; a large scrape could not be read in time"
+        ));
+    }
+    Ok(d)
+}
+
 /// The paths the exporter serves itself; metrics cannot live there.
 pub const RESERVED_PATHS: &[&str] = &[
     "/",
@@ -242,5 +268,24 @@ mod tests {
             Ok(ListenAddress::Exact("0.0.0.0:9871".parse().unwrap()))
         );
         assert!(parse_listen_address(":http").is_err());
+    }
+
+    #[test]
+    fn a_write_timeout_under_a_second_is_refused_with_the_flag_named() {
+        let cli = Cli::try_parse_from(["iam-key-exporter"]).unwrap();
+        assert_eq!(cli.write_timeout, std::time::Duration::from_secs(60));
+        let e = Cli::try_parse_from(["iam-key-exporter", "--web.write-timeout", "500ms"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("--web.write-timeout") && e.contains("shorter than 1s"),
+            "{e}"
+        );
+        let e = Cli::try_parse_from(["iam-key-exporter", "--web.max-inflight-responses", "0"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--web.max-inflight-responses"), "{e}");
     }
 }

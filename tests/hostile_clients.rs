@@ -137,3 +137,97 @@ fn unknown_methods_are_refused_with_the_allowed_ones() {
         }
     }
 }
+
+/// Opens a connection with a 4 KiB receive buffer, asks for `path` and never reads.
+fn stalled_reader(address: &str, path: &str) -> TcpStream {
+    let address: std::net::SocketAddr = address.parse().unwrap();
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&address.into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    s
+}
+
+#[test]
+fn readers_that_never_read_are_capped_and_disconnected() {
+    let moto = Moto::start();
+    moto.seed(A, users("u", 2000, 1));
+    let exporter = Exporter::start_with(
+        &moto,
+        &format!("source: credential_report\naccounts:\n  - id: \"{A}\"\n"),
+        &[
+            "--web.write-timeout",
+            "5s",
+            "--web.max-inflight-responses",
+            "4",
+        ],
+    );
+    exporter.wait_ready(Duration::from_secs(60));
+    let size = exporter.get("/metrics").1.len();
+    eprintln!("exposition: {size} bytes");
+    assert!(
+        size > 256 << 10,
+        "the exposition ({size} bytes) must outgrow socket buffers"
+    );
+
+    // Ten clients ask and, past the status line, never read: four hold the in-flight
+    // responses, the rest are told to come back later instead of each holding one.
+    let mut stalled = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let mut s = stalled_reader(exporter.address(), "/metrics");
+        let mut status = [0u8; 12];
+        s.read_exact(&mut status).unwrap();
+        match &status {
+            b"HTTP/1.1 200" => stalled.push(s),
+            b"HTTP/1.1 503" => refused += 1,
+            other => panic!("unexpected answer {:?}", String::from_utf8_lossy(other)),
+        }
+    }
+    assert_eq!((stalled.len(), refused), (4, 6));
+    let status = raw(
+        exporter.address(),
+        b"GET /keys.json?limit=5000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(status.contains(" 503 "), "{status}");
+    let (status, _) = exporter.get("/-/healthy");
+    assert_eq!(status, 200, "the cap covers only inventory views");
+
+    // Only the write timeout frees the cap: until then a scrape is refused too. Then a
+    // well-behaved scrape gets the whole inventory again, and each stalled reader finds its
+    // connection closed with its response cut short.
+    let m = wait_for(
+        "a full scrape after the write timeout",
+        Duration::from_secs(30),
+        || {
+            let (status, body) = exporter.try_get("/metrics")?;
+            (status == 200).then(|| Metrics::parse(&body))
+        },
+    );
+    assert_eq!(m.find("aws_iam_access_key_age_seconds", &[]).len(), 2000);
+    for mut s in stalled {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut sink = [0u8; 65536];
+        let mut received = 0;
+        let closed = loop {
+            match s.read(&mut sink) {
+                Ok(0) => break true,
+                Ok(n) => received += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "a stalled reader must be disconnected");
+        assert!(
+            received < size,
+            "the response ({received} of {size} bytes) must be cut at the write timeout"
+        );
+    }
+}
