@@ -104,23 +104,28 @@ pub fn of_user(exemptions: &Rules, account: &Account, user: &User) -> Vec<Exempt
     matched.sort_unstable();
     let mut list: Vec<Exemption> = tag.into_iter().collect();
     for r in matched.into_iter().map(|i| &all[i]) {
-        // Rules that overlap with one reason for one key are one exemption, ending with the
-        // last of them: two would be two series with the same labels, of which Prometheus
-        // keeps either one, so alerts and `/keys` could disagree about the end.
-        let same = list.iter_mut().find(|e| {
-            e.origin == Origin::Config && e.access_key_id == r.access_key_id && e.reason == r.reason
-        });
-        match same {
-            Some(e) => e.until = e.until.max(r.until),
-            None => list.push(Exemption {
-                access_key_id: r.access_key_id.clone(),
-                reason: r.reason.clone(),
-                until: r.until,
-                origin: Origin::Config,
-            }),
-        }
+        add_rule(&mut list, r);
     }
     list
+}
+
+/// Adds a matching configured rule to a user's exemptions. Rules that overlap with one
+/// reason for one key are one exemption, ending with the last of them: two would be two
+/// series with the same labels, of which Prometheus keeps either one, so alerts and `/keys`
+/// could disagree about the end.
+fn add_rule(list: &mut Vec<Exemption>, r: &ExemptionRule) {
+    let same = list.iter_mut().find(|e| {
+        e.origin == Origin::Config && e.access_key_id == r.access_key_id && e.reason == r.reason
+    });
+    match same {
+        Some(e) => e.until = e.until.max(r.until),
+        None => list.push(Exemption {
+            access_key_id: r.access_key_id.clone(),
+            reason: r.reason.clone(),
+            until: r.until,
+            origin: Origin::Config,
+        }),
+    }
 }
 
 /// The active exemption that covers key `key_id`, if any.
@@ -213,17 +218,7 @@ mod tests {
                 rule("break-glass-1", None, "audit", "2027-01-31"),
             ],
         };
-        let account = Account {
-            id: "111111111111".into(),
-            name: "prod".into(),
-            source: Default::default(),
-            role: None,
-            labels: Default::default(),
-            origin: crate::accounts::Origin::Static,
-            user_tags: Vec::new(),
-            reads_user_tags: true,
-            ous: Vec::new(),
-        };
+        let account = account("111111111111");
         let user = User {
             name: "break-glass-1".into(),
             created: 0.0,
@@ -272,20 +267,7 @@ mod tests {
         for r in exemptions.rules.iter().filter(|r| {
             r.account.as_deref().is_none_or(|a| a == account.id) && glob(&r.user, &user.name)
         }) {
-            let same = list.iter_mut().find(|e| {
-                e.origin == Origin::Config
-                    && e.access_key_id == r.access_key_id
-                    && e.reason == r.reason
-            });
-            match same {
-                Some(e) => e.until = e.until.max(r.until),
-                None => list.push(Exemption {
-                    access_key_id: r.access_key_id.clone(),
-                    reason: r.reason.clone(),
-                    until: r.until,
-                    origin: Origin::Config,
-                }),
-            }
+            add_rule(&mut list, r);
         }
         list
     }
