@@ -458,7 +458,10 @@ fn write_policy_families(out: &mut Vec<u8>, accounts: &[Arc<AccountState>], stan
     }
     let name = "iam_key_exporter_policy_undecided_users";
     write_header(out, name, "gauge", "Users whose policy rule needs their tags, which could not be read: the default limits apply to them instead.");
-    for s in accounts.iter().filter(|_| policy.needs_user_tags()) {
+    if !policy.needs_user_tags() {
+        return;
+    }
+    for s in accounts {
         let Some(snapshot) = &s.snapshot else {
             continue;
         };

@@ -25,7 +25,7 @@ use crate::collector::{self, Scope};
 use crate::exposition::CONTENT_TYPE;
 use crate::health::{BuildInfo, Health, IdentityStatus};
 use crate::inventory::unix_now;
-use crate::inventory::{AccountState, Inventory, Kind};
+use crate::inventory::{AccountState, Coverage, Inventory};
 use crate::keys::{self, html_escape as html};
 use crate::policy;
 use crate::web_config::{Auth, WebConfig};
@@ -303,18 +303,25 @@ where
         .header_read_timeout(HANDSHAKE_TIMEOUT)
         .max_header_size(MAX_HEADER_BYTES)
         .max_buf_size(MAX_BUFFER);
-    tokio::select! {
-        served = builder.serve_connection(TokioIo::new(io), service) => {
-            if let Err(e) = served {
+    let cut_short = tokio::select! {
+        served = builder.serve_connection(TokioIo::new(io), service) => match served {
+            Ok(()) => false,
+            Err(e) => {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
+                true
             }
-        }
+        },
         _ = expired(deadline.subscribe()) => {
             tracing::debug!(%peer, "response not read within --web.write-timeout; connection closed");
+            true
         }
+    };
+    // A response dropped half-sent frees its snapshot and chunks at once, many of them when
+    // stalled clients are cut off together: hand the pages back. A connection that ended
+    // normally freed its chunks one by one as they were sent, and needs no trim.
+    if cut_short {
+        crate::process::release_freed_memory();
     }
-    // Dropping a stalled response frees its snapshot and chunks; hand the pages back.
-    crate::process::release_freed_memory();
 }
 
 /// A response being sent; ends its connection's write deadline when dropped.
@@ -725,7 +732,7 @@ fn not_covered(s: &AccountState) -> String {
         .into_iter()
         .filter(|(_, covered)| !covered)
         .map(|(kind, _)| kind)
-        .partition(|kind| *kind == Kind::UserTags);
+        .partition(|kind| *kind == Coverage::UserTags);
     let mut parts = Vec::new();
     if !source.is_empty() {
         let kinds: Vec<_> = source.iter().map(|k| k.describe()).collect();
@@ -738,7 +745,7 @@ fn not_covered(s: &AccountState) -> String {
     if !tags.is_empty() {
         parts.push(format!(
             "{}: reading them failed",
-            Kind::UserTags.describe()
+            Coverage::UserTags.describe()
         ));
     }
     parts.join("; ")

@@ -42,6 +42,7 @@ impl Refresher {
         health: Arc<Health>,
     ) -> Self {
         let (found_tx, found_rx) = mpsc::channel(1);
+        inventory.set_standards(&cfg);
         let mut supervisor = Supervisor {
             base: aws::base(&cfg).await,
             permits: Arc::new(Semaphore::new(cfg.concurrency)),
@@ -180,6 +181,9 @@ impl Supervisor {
             self.held = None;
             self.health.record_shrink_guard(None);
         }
+        // The policy and exemptions depend on the file alone: set here, not at every
+        // discovery (the exemption index is rebuilt each time).
+        self.inventory.set_standards(&cfg);
         self.cfg = cfg;
         if !same_discovery {
             if self.cfg.discovery.is_none() {
@@ -203,7 +207,6 @@ impl Supervisor {
         self.stop_where(|a| wanted.get(a.id.as_str()) != Some(&a))
             .await;
         self.inventory.retain_only(&accounts);
-        self.inventory.set_standards(&self.cfg);
         let owner = self.cfg.discovery.as_ref().map(OrgReader::owner_id);
         self.health.track_accounts(&accounts, owner.as_deref());
         for account in &accounts {
