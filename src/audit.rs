@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::config::Limits;
 use crate::findings::{self, Finding, Kind};
 use crate::inventory::{self, date, AccountState, Standards, Timestamp};
+use crate::policy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -117,29 +118,24 @@ fn rule(f: &Finding) -> &str {
 }
 
 /// A finding's columns in the table (and the header's, in the same widths).
-fn columns(kind: &str, user: &str, key: &str, days: &str, deadline: &str, rule: &str) -> String {
+fn columns([kind, user, key, days, deadline, rule]: [&str; 6]) -> String {
     format!("  {kind:<20} {user:<24} {key:<22} {days:>5}  {deadline:<10}  {rule}")
 }
 
-fn finding_columns(f: &Finding) -> String {
-    columns(
-        f.kind.name(),
-        &f.user,
-        key(f),
-        &days(f),
-        &deadline(f),
-        rule(f),
-    )
+/// What the table and the CSV both show of a finding: kind, user, key, days, deadline, rule.
+fn cells(f: &Finding) -> [String; 6] {
+    [
+        f.kind.name().to_string(),
+        f.user.clone(),
+        key(f).to_string(),
+        days(f),
+        deadline(f),
+        rule(f).to_string(),
+    ]
 }
 
-fn limits_text(l: &Limits) -> String {
-    format!(
-        "keys rotated within {} days and disabled after {} days unused, passwords unused for at most {} days, {} days' notice",
-        whole_days(l.key_max_age),
-        whole_days(l.key_max_idle),
-        whole_days(l.password_max_idle),
-        whole_days(l.notice)
-    )
+fn finding_columns(f: &Finding) -> String {
+    columns(cells(f).each_ref().map(String::as_str))
 }
 
 fn table(
@@ -148,11 +144,8 @@ fn table(
     standards: &Standards,
     discovery_error: Option<&str>,
 ) -> io::Result<()> {
-    let policy = &standards.policy;
-    writeln!(out, "Policy: {} (default)", limits_text(&policy.defaults))?;
-    for r in &policy.rules {
-        writeln!(out, "  rule {}: {}", r.name, limits_text(&r.limits))?;
-    }
+    // The policy as `check-config` prints it.
+    write!(out, "{}", policy::summary(&standards.policy))?;
     writeln!(
         out,
         "Also: users with two active keys, root keys, missing MFA."
@@ -174,7 +167,7 @@ fn table(
             n => writeln!(out, "{n} findings")?,
         }
         if of(Part::Open).next().is_some() {
-            let header = columns("FINDING", "USER", "ACCESS KEY", "DAYS", "DEADLINE", "RULE");
+            let header = columns(["FINDING", "USER", "ACCESS KEY", "DAYS", "DEADLINE", "RULE"]);
             writeln!(out, "{}", header.trim_end())?;
             for f in of(Part::Open) {
                 writeln!(out, "{}", finding_columns(f).trim_end())?;
@@ -370,20 +363,9 @@ fn csv(out: &mut dyn Write, audited: &[Audited]) -> io::Result<()> {
                 .map_or((String::new(), String::new()), |e| {
                     (e.until_date(), e.reason.clone())
                 });
-            w.write_record([
-                &account.id,
-                &account.name,
-                f.kind.name(),
-                &f.user,
-                key(f),
-                &days(f),
-                &deadline(f),
-                rule(f),
-                &f.kind.controls_text(),
-                &until,
-                &reason,
-                "",
-            ])?;
+            let account_cells = [account.id.clone(), account.name.clone()];
+            let rest = [f.kind.controls_text(), until, reason, String::new()];
+            w.write_record(account_cells.iter().chain(&cells(f)).chain(&rest))?;
         }
     }
     w.flush()

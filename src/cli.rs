@@ -205,26 +205,25 @@ fn parse_listen_address(s: &str) -> Result<ListenAddress, String> {
     }
 }
 
-fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+/// A duration flag of at least a second; `why` says what a shorter one would do.
+fn at_least_a_second(s: &str, why: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s)
-        .map_err(|_| format!("{s:?} is not a duration like 30s or 1m (0s turns it off)"))?;
-    if !d.is_zero() && d < std::time::Duration::from_secs(1) {
-        return Err(format!(
-            "{s:?} is shorter than 1s; use 1s or more, or 0s for never"
-        ));
+        .map_err(|_| format!("{s:?} is not a duration like 30s or 1m"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!("{s:?} is shorter than 1s; {why}"));
     }
     Ok(d)
 }
 
-fn parse_write_timeout(s: &str) -> Result<std::time::Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|_| format!("{s:?} is not a duration like 30s or 1m"))?;
-    if d < std::time::Duration::from_secs(1) {
-        return Err(format!(
-            "{s:?} is shorter than 1s; a large scrape could not be read in time"
-        ));
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Ok(d),
+        _ => at_least_a_second(s, "use 1s or more, or 0s for never"),
     }
-    Ok(d)
+}
+
+fn parse_write_timeout(s: &str) -> Result<std::time::Duration, String> {
+    at_least_a_second(s, "a large scrape could not be read in time")
 }
 
 /// The paths the exporter serves itself; metrics cannot live there.

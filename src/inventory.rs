@@ -319,30 +319,30 @@ impl Inventory {
 /// A kind of credential data that a source may not see: the `kind` label of
 /// `iam_key_exporter_account_coverage`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum Coverage {
     Root,
     UserMfa,
     ConsolePassword,
     UserTags,
 }
 
-impl Kind {
+impl Coverage {
     pub fn label(self) -> &'static str {
         match self {
-            Kind::Root => "root",
-            Kind::UserMfa => "user_mfa",
-            Kind::ConsolePassword => "console_password",
-            Kind::UserTags => "user_tags",
+            Coverage::Root => "root",
+            Coverage::UserMfa => "user_mfa",
+            Coverage::ConsolePassword => "console_password",
+            Coverage::UserTags => "user_tags",
         }
     }
 
     /// For people: `/` lists the kinds an account's data lacks.
     pub fn describe(self) -> &'static str {
         match self {
-            Kind::Root => "the root user",
-            Kind::UserMfa => "users' MFA",
-            Kind::ConsolePassword => "console passwords",
-            Kind::UserTags => "users' tags",
+            Coverage::Root => "the root user",
+            Coverage::UserMfa => "users' MFA",
+            Coverage::ConsolePassword => "console passwords",
+            Coverage::UserTags => "users' tags",
         }
     }
 }
@@ -353,19 +353,19 @@ impl AccountState {
     /// root user nor MFA nor whether a console password exists (only its last use); the
     /// users' tags count once a snapshot is there and only where they are needed (labels,
     /// exemptions by tag).
-    pub fn coverage(&self) -> Vec<(Kind, bool)> {
+    pub fn coverage(&self) -> Vec<(Coverage, bool)> {
         let report = self.account.source != crate::config::Source::Api;
         let mut out = vec![
-            (Kind::Root, report),
-            (Kind::UserMfa, report),
-            (Kind::ConsolePassword, report),
+            (Coverage::Root, report),
+            (Coverage::UserMfa, report),
+            (Coverage::ConsolePassword, report),
         ];
         if let Some(snapshot) = self
             .snapshot
             .as_ref()
             .filter(|_| self.account.reads_user_tags)
         {
-            out.push((Kind::UserTags, snapshot.user_tags_read));
+            out.push((Coverage::UserTags, snapshot.user_tags_read));
         }
         out
     }
