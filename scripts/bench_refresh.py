@@ -82,26 +82,34 @@ def rss_mib(pid):
     return 0.0
 
 
+def seed_keys(url, keys):
+    """`keys` keys in ACCOUNT, two per user, seeded 5,000 users a request."""
+    users = [{"name": f"service-user-{i:06}", "keys": [{}, {}]} for i in range(keys // 2)]
+    for i in range(0, len(users), 5000):
+        post(url, "/_launcher/seed", {"account": ACCOUNT, "users": users[i:i + 5000]})
+
+
+def one_account_exporter(url, tmp, *flags):
+    """The exporter reading ACCOUNT through the credential report: (process, base URL, port)."""
+    port = free_port()
+    config = os.path.join(tmp, "c.yaml")
+    with open(config, "w") as f:
+        f.write(f'refresh_interval: 30m\nsource: credential_report\naccounts:\n  - id: "{ACCOUNT}"\n')
+    proc = subprocess.Popen(
+        [BINARY, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
+         "--log.level=warn", *flags], env=aws_env(url))
+    return proc, f"http://127.0.0.1:{port}", port
+
+
 def memory(keys):
     launcher, url = start_launcher()
     exporter = None
     try:
         t = time.monotonic()
-        users = [{"name": f"service-user-{i:06}", "keys": [{}, {}]} for i in range(keys // 2)]
-        for i in range(0, len(users), 5000):
-            post(url, "/_launcher/seed", {"account": ACCOUNT, "users": users[i:i + 5000]})
+        seed_keys(url, keys)
         print(f"seeded {keys} keys in {time.monotonic() - t:.1f} s")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         with tempfile.TemporaryDirectory() as tmp:
-            config = os.path.join(tmp, "c.yaml")
-            with open(config, "w") as f:
-                f.write(f'refresh_interval: 30m\nsource: credential_report\naccounts:\n  - id: "{ACCOUNT}"\n')
-            exporter = subprocess.Popen(
-                [BINARY, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
-                 "--log.level=warn"], env=aws_env(url))
-            base = f"http://127.0.0.1:{port}"
+            exporter, base, _ = one_account_exporter(url, tmp)
             t = time.monotonic()
             wait_until(exporter, lambda: ready(base))
             print(f"first refresh done in {time.monotonic() - t:.1f} s; RSS holding {keys} keys: {rss_mib(exporter.pid):.1f} MiB")
@@ -370,20 +378,9 @@ def slow_readers(keys, clients):
     exporter = None
     stalled = []
     try:
-        users = [{"name": f"service-user-{i:06}", "keys": [{}, {}]} for i in range(keys // 2)]
-        for i in range(0, len(users), 5000):
-            post(url, "/_launcher/seed", {"account": ACCOUNT, "users": users[i:i + 5000]})
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        seed_keys(url, keys)
         with tempfile.TemporaryDirectory() as tmp:
-            config = os.path.join(tmp, "c.yaml")
-            with open(config, "w") as f:
-                f.write(f'refresh_interval: 30m\nsource: credential_report\naccounts:\n  - id: "{ACCOUNT}"\n')
-            exporter = subprocess.Popen(
-                [BINARY, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
-                 "--web.write-timeout=10s", "--log.level=warn"], env=aws_env(url))
-            base = f"http://127.0.0.1:{port}"
+            exporter, base, port = one_account_exporter(url, tmp, "--web.write-timeout=10s")
             wait_until(exporter, lambda: ready(base))
 
             def scrape_ms():
