@@ -14,13 +14,19 @@ arn:aws:iam::<id>:role/<any> gives ASIA... credentials that read account <id>'s 
 Unknown AKIA... keys belong to moto's default account 123456789012 (the "base credentials").
 
 On top of moto it adds what moto lacks:
-  * AWS-style pagination of IAM ListUsers, ListAccessKeys, ListUserTags and
-    GetAccountAuthorizationDetails (moto ignores MaxItems/Marker for all four): MaxItems
-    (default 100, capped at 1000), IsTruncated + an opaque Marker holding '+', '/' and '='
-    (an unencoded or foreign marker gets 400 InvalidInput); items sorted by UserName /
-    AccessKeyId / tag Key / (UserName, GroupName, RoleName, PolicyId: the four lists of
-    GetAccountAuthorizationDetails are paged as one sequence, in that order); by default
-    pages 1, 4, 7, ... (counting from 0) hold only max(1, MaxItems // 2) items.
+  * AWS-style pagination of IAM ListUsers, ListAccessKeys, ListUserTags, ListSSHPublicKeys
+    and GetAccountAuthorizationDetails (moto ignores MaxItems/Marker for all five), and of
+    ListServiceSpecificCredentials: MaxItems (default 100, capped at 1000), IsTruncated + an
+    opaque Marker holding '+', '/' and '=' (an unencoded or foreign marker gets 400
+    InvalidInput); items sorted by UserName / AccessKeyId / tag Key / SSHPublicKeyId /
+    (UserName, GroupName, RoleName, PolicyId: the four lists of GetAccountAuthorizationDetails
+    are paged as one sequence, in that order) / (UserName, CreateDate, credential id); by
+    default pages 1, 4, 7, ... (counting from 0) hold only max(1, MaxItems // 2) items.
+    GetAccountAuthorizationDetails' roles carry their trust policy URL-encoded, as AWS and
+    GetRole send it (moto sends raw JSON there).
+  * service-specific credentials (CodeCommit, Keyspaces, Bedrock and CloudWatch Logs API
+    keys), which moto does not emulate (see "Service-specific credentials" below); AWS's
+    limit of 5 SSH public keys per user on UploadSSHPublicKey (409 LimitExceeded);
   * AWS Organizations seeded in one call with fixed account ids and any account State,
     answered as application/x-amz-json-1.1 (moto says text/html), every List* operation
     paged by the launcher with opaque NextTokens (see "Organizations" below);
@@ -30,8 +36,9 @@ On top of moto it adds what moto lacks:
   * the credential report as AWS keeps it: a snapshot with a real GeneratedTime, reused for
     up to 4 hours, with the <root_account> row moto lacks (set through /_launcher/root);
   * per-account, per-operation request, throttle and response-byte counts;
-  * fast seeding and mutation of IAM users (tags, paths) and keys (creation and last-used
-    dates) straight into moto's backends.
+  * fast seeding and mutation of IAM users (tags, paths), keys (creation and last-used
+    dates), service-specific credentials, SSH public keys and roles (creation and last-used
+    dates, inline policies) straight into moto's backends.
 
 Control API (JSON in and out; dates ISO-8601 with a zone, answered as 2024-01-02T03:04:05Z;
 bad input answers 400 {"error": "..."} naming the field; nothing is changed then). GET
@@ -45,7 +52,8 @@ endpoints take no body; every POST setting answers the setting as it now is.
   GET  /_launcher/faults                 {"faults": [rule + "remaining", "hits"]}
   POST /_launcher/faults                 {"faults": [{"kind": "throttle"|"error500"|"access_denied"|"no_such_entity"|
                                            "error"|"stall"|"reset",
-                                           "operation": "ListUsers"|"ListAccounts"|...|"*", "account": "<id>"|null,
+                                           "operation": "ListUsers"|"ListServiceSpecificCredentials"|"ListAccounts"|...|"*",
+                                           "account": "<id>"|null,
                                            "count": n|null, "delay_seconds": 3600,
                                            "status": 400, "code": "...", "message": "..."}]}   appends rules
            Query protocol (IAM, STS) / JSON protocol (Organizations):
@@ -68,19 +76,54 @@ endpoints take no body; every POST setting answers the setting as it now is.
   GET|POST /_launcher/pagination         {"short_pages": true|false}
   POST /_launcher/seed                   {"account", "users": [{"name", "create_date"?, "path"?, "password"?,
                                            "password_last_used"?, "tags"?: {"owner": "alice@example.com", ...},
-                                           "keys": [{"status"?, "create_date"?,
+                                           "keys"?: [{"status"?, "create_date"?,
                                            "last_used"?: {"date", "service", "region"}, "access_key_id"?,
-                                           "secret_access_key"?}]}]}
-                                         -> {"users": [{"name", "keys": [ids], "secret_access_keys": [...]}]}
+                                           "secret_access_key"?}],
+                                           "service_credentials"?: [{"service": "bedrock.amazonaws.com", "status"?,
+                                           "create_date"?, "expiration_date"?: date|null, "id"?: "ACCA..."}],
+                                           "ssh_keys"?: [{"status"?, "upload_date"?, "id"?: "APKA..."}]}]}
+                                         -> {"users": [{"name", "keys": [ids], "secret_access_keys": [...],
+                                                        "service_credentials": [ids], "ssh_keys": [ids]}]}
                                          tags (at most 50; key 1-128 chars, value 0-256) show in GetUser,
                                          ListUserTags and GetAccountAuthorizationDetails, not in ListUsers (as AWS);
-                                         path shows everywhere, in the user's ARN too, and filters PathPrefix
+                                         path shows everywhere, in the user's ARN too, and filters PathPrefix.
+                                         At most 2 keys; service credentials: service one of
+                                         codecommit.amazonaws.com, cassandra.amazonaws.com, bedrock.amazonaws.com,
+                                         logs.amazonaws.com, at most 2 per service, status Active (default) or
+                                         Inactive, expiration_date (after create_date, which defaults to now) only
+                                         for the API keys of bedrock and logs, ids unique (default: ACCA + 17
+                                         random); SSH keys: at most 5, in moto's own model (Get/Update/Delete
+                                         SSHPublicKey work on them), a made-up ssh-rsa body, ids unique in the
+                                         account (default: APKA + 16 random). Statuses default to Active, dates
+                                         to now.
   POST /_launcher/key                    {"account", "user", "access_key_id", "status"?, "create_date"?,
                                           "last_used"?: {...}|null (null = never used)}  -> the key
   POST /_launcher/add_key                {"account", "user", "status"?, "create_date"?}  a new key for an
                                          existing user (at most 2), as CreateAccessKey makes it -> the key
   POST /_launcher/delete_key             {"account", "user", "access_key_id"}
-  POST /_launcher/delete_user            {"account", "user"}   (and its keys)
+  POST /_launcher/delete_user            {"account", "user"}   (and its keys and service credentials)
+                                         -> {"deleted": name, "keys": [ids], "service_credentials": [ids]}
+  POST /_launcher/service_credential     {"account", "user", "service", "status"?, "create_date"?,
+                                          "expiration_date"?: date|null, "id"?}  a service-specific credential
+                                         for an existing user, checked as in seed ->
+                                         {"id", "user", "service", "status" (Expired once past its expiration),
+                                          "create_date", "expiration_date", "service_user_name",
+                                          "service_credential_alias"}  (null where AWS answers none)
+  POST /_launcher/roles                  {"account", "roles": [{"name", "path"?: "/", "create_date"?,
+                                           "last_used"?: {"date", "region"?: "us-east-1"}|null, "policies"?: 0,
+                                           "description"?}]}  -> {"roles": [{"name", "arn"}]}
+                                         roles in moto with a trust policy (the account's root with MFA, or for a
+                                         path /aws-service-role/<service>/ that service, as a service-linked
+                                         role); create_date defaults to now. last_used null or absent = never
+                                         used: GetRole and GetAccountAuthorizationDetails answer an empty
+                                         <RoleLastUsed/>, else LastUsedDate and Region. policies (0-20) attaches
+                                         that many inline policies of about 1.5 KB each (S3, DynamoDB, KMS and
+                                         Logs statements with ARNs and conditions; 2-2.6 KB URL-encoded in an
+                                         answer), the same on every run, for realistic page sizes: a
+                                         GetAccountAuthorizationDetails Filter=Role page of 1000 roles with 2
+                                         each is about 5.5 MB. Every such page makes moto serialize the whole
+                                         account first (about 0.5 s for those 1000 roles), whatever MaxItems.
+                                         Names are unique regardless of case.
   GET  /_launcher/demo                   what --seed-demo made, with the base credentials
 
   Latency and rate limits (AWS requests only, never control requests):
@@ -88,7 +131,8 @@ endpoints take no body; every POST setting answers the setting as it now is.
                                          time in [min, max] before it is handled, on its own thread (concurrent
                                          requests overlap their waits); 0/0 = off (default)
   GET|POST /_launcher/rate_limits        {"default": {"rate": 10, "burst": 10}|null,
-                                          "operations": {"GetAccessKeyLastUsed": {"rate": 20, "burst": 20}|null, ...},
+                                          "operations": {"GetAccessKeyLastUsed": {"rate": 20, "burst": 20}|null,
+                                                         "ListServiceSpecificCredentials": ..., ...},
                                           "accounts": null|["<id>", ...]}   or {"off": true} (default)
                                          a token bucket per (account, operation), full at first, refilled
                                          continuously at rate/s up to burst (burst defaults to max(1, rate));
@@ -126,6 +170,32 @@ endpoints take no body; every POST setting answers the setting as it now is.
            for the password columns of a user without a password. Fields are joined with commas and
            not quoted, as moto does (a user name holding a comma makes a malformed row: a test relies
            on that); csv_quoting true quotes fields that need it (RFC 4180).
+
+  Service-specific credentials (answered by the launcher: moto 5.2.5 raises NotImplementedError).
+  Kept per account and user beside moto's backend; a credential goes with its user (DeleteUser,
+  /_launcher/delete_user, /moto-api/reset, a new user of the same name starts with none).
+           ListServiceSpecificCredentials: UserName, or AllUsers=true (every user of the account),
+           or neither (the caller's user when the signing key is a user's, else an empty list: role
+           credentials); UserName with AllUsers=true -> 400 ValidationError; an unknown UserName ->
+           404 NoSuchEntity "The user with name X cannot be found."; ServiceName filters (an
+           unsupported name finds nothing). Paged as above (MaxItems, Marker, IsTruncated, short
+           pages), sorted by (UserName, CreateDate, id). Members: UserName, Status (Expired once
+           ExpirationDate is past, as AWS reports it), ServiceUserName ("<user>-at-<account>", or
+           "<user>+1-at-<account>" while that one is taken; only codecommit and cassandra),
+           ServiceCredentialAlias ("<user>-at-<account>-v1-<created yyyymmddhhmmss>"; only the
+           bedrock and logs API keys), CreateDate, ExpirationDate (only when set),
+           ServiceSpecificCredentialId, ServiceName.
+           CreateServiceSpecificCredential: UserName, ServiceName, CredentialAgeDays (1-36600: an
+           ExpirationDate that many days from now; only for bedrock.amazonaws.com and
+           logs.amazonaws.com, else 400 ValidationError). Answers the credential with its
+           ServicePassword (codecommit, cassandra) or ServiceCredentialSecret ("ABSK...": bedrock,
+           logs), as AWS does; Create and Reset are the only answers holding it. An unknown user ->
+           404 NoSuchEntity; another service -> 404 NotSupportedService; a third credential for
+           the same user and service -> 409 LimitExceeded. Update (Status Active|Inactive), Delete
+           and Reset (a new password or secret) take ServiceSpecificCredentialId and UserName
+           (default: the caller's user; role credentials -> 400 ValidationError); an unknown id ->
+           404 NoSuchEntity. All five are counted, faulted, limited and delayed like any other
+           operation.
 
   AWS Organizations (JSON protocol, X-Amz-Target AWSOrganizationsV20161128.<Operation>; calls are
   answered for the signer's account, so sign with the management account's credentials):
@@ -165,7 +235,7 @@ endpoints take no body; every POST setting answers the setting as it now is.
            limited and delayed like the others; their operation is the X-Amz-Target's.
 
 moto's own /moto-api/reset still wipes everything moto holds (and the launcher's credential
-reports); launcher settings (faults, latency, limits, ExternalIds, paging) stay. /moto-api
+reports and service-specific credentials); launcher settings (faults, latency, limits, ExternalIds, paging) stay. /moto-api
 requests are not counted.
 
 Speed: one request at a time runs inside moto (it is not thread-safe, and fewer threads
@@ -200,13 +270,14 @@ import zlib
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from typing import Any, Callable, Iterable
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 from xml.sax.saxutils import escape as xml_escape
 
 import moto.backends
 import moto.core.responses
 from moto.iam.models import IAMBackend, get_account_id_from, iam_backends
-from moto.iam.models import AccessKeyLastUsed
+from moto.iam.models import AccessKeyLastUsed, Role
+from moto.iam.utils import random_role_id
 from moto.moto_server.werkzeug_app import MotoRequestHandler
 from moto.organizations import utils as org_utils
 from moto.organizations.models import (
@@ -244,6 +315,11 @@ ROLE_ARN_RE = re.compile(r"^arn:[a-z0-9-]+:iam::\d{12}:role/[\w+=,.@/-]{1,512}$"
 CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/")
 USER_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
 ACCESS_KEY_ID_RE = re.compile(r"^(AKIA|ASIA)[A-Z0-9]{12,124}$")
+SERVICE_CREDENTIAL_ID_RE = re.compile(r"^ACCA[A-Z0-9]{16,124}$")
+SSH_KEY_ID_RE = re.compile(r"^APKA[A-Z0-9]{16,124}$")
+ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
+ROLE_PATH_RE = re.compile(r"^/(?:[\x21-\x7e]{1,510}/)?$")  # AWS: "/" or "/.../", at most 512 characters
+SERVICE_LINKED_PATH_RE = re.compile(r"^/aws-service-role/([a-z0-9.-]+\.amazonaws\.com)/$")
 
 FAULT_KINDS = ("throttle", "error500", "access_denied", "no_such_entity", "error", "stall", "reset")
 DEFAULT_MAX_ITEMS = 100
@@ -251,6 +327,15 @@ MAX_MAX_ITEMS = 1000
 DEFAULT_ACCOUNT = "123456789012"  # moto's default account: unknown AKIA keys belong to it
 JSON_CT = "application/x-amz-json-1.1"
 REPORT_MAX_AGE = 4 * 3600  # AWS reuses a credential report for four hours
+# Service-specific credentials: user name + password services, and API-key services (the only
+# ones with an expiration, an alias and a secret instead of a password).
+PASSWORD_SERVICES = ("codecommit.amazonaws.com", "cassandra.amazonaws.com")
+API_KEY_SERVICES = ("bedrock.amazonaws.com", "logs.amazonaws.com")
+CREDENTIAL_SERVICES = PASSWORD_SERVICES + API_KEY_SERVICES
+MAX_SERVICE_CREDENTIALS = 2  # per user and service, as AWS
+MAX_CREDENTIAL_AGE_DAYS = 36600
+MAX_SSH_KEYS = 5  # per user, as AWS
+MAX_ROLE_POLICIES = 20  # inline policies /_launcher/roles attaches to one role
 
 
 # --------------------------------------------------------------------------- moto tweaks
@@ -449,13 +534,15 @@ def derived_id(seed: str, n: int) -> str:
 # returned, not an offset, so deletions between pages skip nothing.
 
 MARKER_MAGIC = b"\xfb\xff\xbf"
-MARKER_TAGS = {"ListUsers": b"U", "ListAccessKeys": b"K", "ListUserTags": b"T", "GetAccountAuthorizationDetails": b"A"}
-# The lists each paged IAM operation answers, with the field they are sorted by. Several
+MARKER_TAGS = {"ListUsers": b"U", "ListAccessKeys": b"K", "ListUserTags": b"T", "GetAccountAuthorizationDetails": b"A",
+               "ListSSHPublicKeys": b"H", "ListServiceSpecificCredentials": b"S"}
+# The lists each paged IAM operation moto answers, with the field they are sorted by. Several
 # lists are paged as one sequence, in this order; their marker's sort key is "<list index>/<key>".
 PAGED_LISTS = {
     "ListUsers": [("Users", "UserName")],
     "ListAccessKeys": [("AccessKeyMetadata", "AccessKeyId")],
     "ListUserTags": [("Tags", "Key")],
+    "ListSSHPublicKeys": [("SSHPublicKeys", "SSHPublicKeyId")],
     "GetAccountAuthorizationDetails": [("UserDetailList", "UserName"), ("GroupDetailList", "GroupName"),
                                        ("RoleDetailList", "RoleName"), ("Policies", "PolicyId")],
 }
@@ -724,6 +811,189 @@ class State:
         released.set()  # stalled requests go on and get their normal answer
 
 
+# --------------------------------------------------------------------------- service-specific credentials
+#
+# moto 5.2.5 answers none of the *ServiceSpecificCredential* operations (NotImplementedError,
+# a 500 HTML page), so the launcher keeps them: per account, per user name, beside moto's
+# backend and guarded by the same lock (the moto lock). A credential remembers the moto user
+# it was made for: once that user is gone (DeleteUser, /_launcher/delete_user, a reset), or
+# replaced by another of the same name, the credential is gone too.
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def random_id(prefix: str, n: int = 17) -> str:
+    return prefix + "".join(random.choices(string.ascii_uppercase + string.digits, k=n))
+
+
+def random_secret(n: int = 30) -> str:
+    return base64.b64encode(random.randbytes(n)).decode("ascii")
+
+
+class ServiceCredential:
+    __slots__ = ("id", "account", "user", "user_id", "service", "status", "create_date", "expiration_date",
+                 "service_user_name", "alias", "secret")
+
+    def __init__(self, account: str, user: Any, service: str, status: str, created: datetime,
+                 expires: datetime | None, cid: str, service_user_name: str | None):
+        self.id = cid
+        self.account = account
+        self.user = user.name
+        self.user_id = user.id
+        self.service = service
+        self.status = status  # Active | Inactive as set; Expired is derived from expiration_date
+        self.create_date = created
+        self.expiration_date = expires
+        self.service_user_name = service_user_name
+        self.alias = None
+        if service in API_KEY_SERVICES:
+            self.alias = f"{user.name}-at-{account}-v1-{created:%Y%m%d%H%M%S}"
+        self.secret = ""
+        self.reset()
+
+    def reset(self) -> str:
+        """A new password (or API key secret), as Create and Reset answer it."""
+        if self.service in API_KEY_SERVICES:
+            self.secret = "ABSK" + base64.b64encode(f"{self.alias}:{random_secret(24)}".encode()).decode("ascii")
+        else:
+            self.secret = random_secret(33)  # 44 characters, as CodeCommit's
+        return self.secret
+
+    def effective_status(self, now: datetime) -> str:
+        if self.expiration_date is not None and self.expiration_date <= now:
+            return "Expired"  # as AWS reports a credential past its expiration
+        return self.status
+
+    def sort_key(self) -> tuple[str, str, str]:
+        return self.user, self.create_date.strftime("%Y%m%d%H%M%S%f"), self.id
+
+    def metadata_xml(self, now: datetime) -> str:
+        """A ServiceSpecificCredentialMetadata member, elements in the API model's order."""
+        out = [f"<UserName>{xml_escape(self.user)}</UserName><Status>{self.effective_status(now)}</Status>"]
+        if self.service_user_name is not None:
+            out.append(f"<ServiceUserName>{xml_escape(self.service_user_name)}</ServiceUserName>")
+        if self.alias is not None:
+            out.append(f"<ServiceCredentialAlias>{xml_escape(self.alias)}</ServiceCredentialAlias>")
+        out.append(f"<CreateDate>{fmt_date(self.create_date)}</CreateDate>")
+        if self.expiration_date is not None:
+            out.append(f"<ExpirationDate>{fmt_date(self.expiration_date)}</ExpirationDate>")
+        out.append(f"<ServiceSpecificCredentialId>{self.id}</ServiceSpecificCredentialId>"
+                   f"<ServiceName>{xml_escape(self.service)}</ServiceName>")
+        return "".join(out)
+
+    def credential_xml(self, now: datetime) -> str:
+        """A ServiceSpecificCredential (Create, Reset): with the password or the API key secret."""
+        out = [f"<CreateDate>{fmt_date(self.create_date)}</CreateDate>"]
+        if self.expiration_date is not None:
+            out.append(f"<ExpirationDate>{fmt_date(self.expiration_date)}</ExpirationDate>")
+        out.append(f"<ServiceName>{xml_escape(self.service)}</ServiceName>")
+        if self.service_user_name is not None:
+            out.append(f"<ServiceUserName>{xml_escape(self.service_user_name)}</ServiceUserName>"
+                       f"<ServicePassword>{xml_escape(self.secret)}</ServicePassword>")
+        if self.alias is not None:
+            out.append(f"<ServiceCredentialAlias>{xml_escape(self.alias)}</ServiceCredentialAlias>"
+                       f"<ServiceCredentialSecret>{xml_escape(self.secret)}</ServiceCredentialSecret>")
+        out.append(f"<ServiceSpecificCredentialId>{self.id}</ServiceSpecificCredentialId>"
+                   f"<UserName>{xml_escape(self.user)}</UserName><Status>{self.effective_status(now)}</Status>")
+        return "".join(out)
+
+    def view(self) -> dict:
+        return {
+            "id": self.id,
+            "user": self.user,
+            "service": self.service,
+            "status": self.effective_status(now_utc()),
+            "create_date": fmt_date(self.create_date),
+            "expiration_date": fmt_date(self.expiration_date),
+            "service_user_name": self.service_user_name,
+            "service_credential_alias": self.alias,
+        }
+
+
+# account -> user name -> that user's credentials, in creation order; and every credential by id
+SERVICE_CREDENTIALS: dict[str, dict[str, list[ServiceCredential]]] = {}
+CREDENTIAL_IDS: dict[str, ServiceCredential] = {}
+
+
+def user_credentials(account: str, user_name: str) -> list[ServiceCredential]:
+    """The live credentials of one user (a list the caller may append to)."""
+    per_account = SERVICE_CREDENTIALS.setdefault(account, {})
+    creds = per_account.get(user_name)
+    user = iam_backend(account).users.get(user_name)
+    if user is None:
+        per_account.pop(user_name, None)
+        return []
+    if creds is None or (creds and creds[0].user_id != user.id):  # none yet, or a former user's
+        creds = per_account[user_name] = []
+    return creds
+
+
+def account_credentials(account: str) -> list[ServiceCredential]:
+    return [c for name in list(SERVICE_CREDENTIALS.get(account, {})) for c in user_credentials(account, name)]
+
+
+def credential_id_taken(cid: str) -> bool:
+    cred = CREDENTIAL_IDS.get(cid)
+    return cred is not None and any(c is cred for c in user_credentials(cred.account, cred.user))
+
+
+def forget_credentials() -> None:
+    SERVICE_CREDENTIALS.clear()
+    CREDENTIAL_IDS.clear()
+
+
+def add_service_credential(account: str, user: Any, service: str, status: str, created: datetime | None,
+                           expires: datetime | None, cid: str | None) -> ServiceCredential:
+    """A new credential (checked by the caller: service, the limit of 2, a free id)."""
+    creds = user_credentials(account, user.name)
+    while cid is None or credential_id_taken(cid):
+        cid = random_id("ACCA")
+    service_user_name = None
+    if service in PASSWORD_SERVICES:  # jane-at-123456789012, then jane+1-at-123456789012
+        taken = {c.service_user_name for c in creds if c.service == service}
+        service_user_name = f"{user.name}-at-{account}"
+        if service_user_name in taken:
+            service_user_name = f"{user.name}+1-at-{account}"
+    cred = ServiceCredential(account, user, service, status, created or now_utc().replace(microsecond=0),
+                             expires, cid, service_user_name)
+    creds.append(cred)
+    CREDENTIAL_IDS[cid] = cred
+    return cred
+
+
+def field_name(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def parse_service_credential(spec: Any, where: str) -> dict:
+    """One service credential of /_launcher/seed or /_launcher/service_credential, checked."""
+    if not isinstance(spec, dict):
+        raise BadInput(f"{where}: expected an object")
+    check_fields(spec, {"service", "status", "create_date", "expiration_date", "id"}, where)
+    service = spec.get("service")
+    if service not in CREDENTIAL_SERVICES:
+        raise BadInput(f"{field_name(where, 'service')}: expected one of {list(CREDENTIAL_SERVICES)}, got {service!r}")
+    status = want_status(spec.get("status", "Active"), field_name(where, "status"))
+    created = None
+    if spec.get("create_date") is not None:
+        created = parse_date(spec["create_date"], field_name(where, "create_date"))
+    expires = None
+    if spec.get("expiration_date") is not None:
+        expires = parse_date(spec["expiration_date"], field_name(where, "expiration_date"))
+        if service not in API_KEY_SERVICES:
+            raise BadInput(f"{field_name(where, 'expiration_date')}: only API keys expire "
+                           f"({', '.join(API_KEY_SERVICES)}), not {service}")
+        if expires <= (created or now_utc()):
+            raise BadInput(f"{field_name(where, 'expiration_date')}: must be after the creation date")
+    cid = spec.get("id")
+    if cid is not None and (not isinstance(cid, str) or not SERVICE_CREDENTIAL_ID_RE.match(cid)):
+        raise BadInput(f"{field_name(where, 'id')}: expected ACCA followed by 16+ of [A-Z0-9], got {cid!r}")
+    if cid is not None and credential_id_taken(cid):
+        raise BadInput(f"{field_name(where, 'id')}: {cid} already exists")
+    return {"service": service, "status": status, "created": created, "expires": expires, "id": cid}
+
+
 # --------------------------------------------------------------------------- seeding
 
 def seed(account: str, users: Any) -> list[dict]:
@@ -733,11 +1003,14 @@ def seed(account: str, users: Any) -> list[dict]:
     plans = []
     seen: set[str] = set()
     wanted_ids: set[str] = set()
+    wanted_credentials: set[str] = set()
+    wanted_ssh: set[str] = set()
     for i, u in enumerate(users):
         where = f"users[{i}]"
         if not isinstance(u, dict):
             raise BadInput(f"{where}: expected an object")
-        unknown = set(u) - {"name", "create_date", "path", "password", "password_last_used", "tags", "keys"}
+        unknown = set(u) - {"name", "create_date", "path", "password", "password_last_used", "tags", "keys",
+                            "service_credentials", "ssh_keys"}
         if unknown:
             raise BadInput(f"{where}: unknown field(s) {sorted(unknown)}")
         name = u.get("name")
@@ -784,10 +1057,12 @@ def seed(account: str, users: Any) -> list[dict]:
             if secret is not None and (not isinstance(secret, str) or not secret):
                 raise BadInput(f"{kw}.secret_access_key: expected a non-empty string")
             key_plans.append((status, kc, lu, akid, secret))
-        plans.append((name, created, path, tags, password, pw_used, key_plans))
+        cred_plans = parse_seed_credentials(u.get("service_credentials", []), where, wanted_credentials)
+        ssh_plans = parse_seed_ssh_keys(u.get("ssh_keys", []), where, backend, wanted_ssh)
+        plans.append((name, created, path, tags, password, pw_used, key_plans, cred_plans, ssh_plans))
 
     out = []
-    for name, created, path, tags, password, pw_used, key_plans in plans:
+    for name, created, path, tags, password, pw_used, key_plans, cred_plans, ssh_plans in plans:
         user = backend.create_user(region_name="us-east-1", user_name=name, path=path,
                                    tags=[{"Key": k, "Value": v} for k, v in tags.items()])
         if created is not None:
@@ -809,8 +1084,67 @@ def seed(account: str, users: Any) -> list[dict]:
             key.last_used = lu
             ids.append(key.access_key_id)
             secrets.append(key.secret_access_key)
-        out.append({"name": name, "keys": ids, "secret_access_keys": secrets})
+        creds = [add_service_credential(account, user, c["service"], c["status"], c["created"], c["expires"], c["id"]).id
+                 for c in cred_plans]
+        ssh_ids = [add_ssh_key(user, *plan).ssh_public_key_id for plan in ssh_plans]
+        out.append({"name": name, "keys": ids, "secret_access_keys": secrets, "service_credentials": creds,
+                    "ssh_keys": ssh_ids})
     return out
+
+
+def parse_seed_credentials(specs: Any, where: str, wanted: set[str]) -> list[dict]:
+    if not isinstance(specs, list):
+        raise BadInput(f"{where}.service_credentials: expected a list")
+    plans, per_service = [], {}
+    for j, spec in enumerate(specs):
+        plan = parse_service_credential(spec, f"{where}.service_credentials[{j}]")
+        per_service[plan["service"]] = per_service.get(plan["service"], 0) + 1
+        if per_service[plan["service"]] > MAX_SERVICE_CREDENTIALS:
+            raise BadInput(f"{where}.service_credentials: IAM allows at most {MAX_SERVICE_CREDENTIALS} "
+                           f"credentials per user for {plan['service']}")
+        if plan["id"] is not None:
+            if plan["id"] in wanted:
+                raise BadInput(f"{where}.service_credentials[{j}].id: {plan['id']} given twice")
+            wanted.add(plan["id"])
+        plans.append(plan)
+    return plans
+
+
+def parse_seed_ssh_keys(specs: Any, where: str, backend: IAMBackend, wanted: set[str]) -> list[tuple]:
+    if not isinstance(specs, list):
+        raise BadInput(f"{where}.ssh_keys: expected a list")
+    if len(specs) > MAX_SSH_KEYS:
+        raise BadInput(f"{where}.ssh_keys: IAM allows at most {MAX_SSH_KEYS} SSH public keys per user, got {len(specs)}")
+    plans = []
+    for j, spec in enumerate(specs):
+        kw = f"{where}.ssh_keys[{j}]"
+        if not isinstance(spec, dict):
+            raise BadInput(f"{kw}: expected an object")
+        check_fields(spec, {"status", "upload_date", "id"}, kw)
+        status = want_status(spec.get("status", "Active"), f"{kw}.status")
+        uploaded = parse_date(spec["upload_date"], f"{kw}.upload_date") if spec.get("upload_date") is not None else None
+        kid = spec.get("id")
+        if kid is not None:
+            if not isinstance(kid, str) or not SSH_KEY_ID_RE.match(kid):
+                raise BadInput(f"{kw}.id: expected APKA followed by 16+ of [A-Z0-9], got {kid!r}")
+            if kid in wanted or any(k.ssh_public_key_id == kid for u in list(backend.users.values())
+                                    for k in u.ssh_public_keys):
+                raise BadInput(f"{kw}.id: {kid} already exists")
+            wanted.add(kid)
+        plans.append((status, uploaded, kid))
+    return plans
+
+
+def add_ssh_key(user: Any, status: str, uploaded: datetime | None, kid: str | None) -> Any:
+    """An SSH public key in moto's own model, as UploadSSHPublicKey makes one."""
+    body = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ" + random_secret(270).replace("=", "") + f" {user.name}@example.com"
+    key = user.upload_ssh_public_key(body)
+    if kid is not None:
+        key.ssh_public_key_id = kid
+    key.status = status
+    if uploaded is not None:
+        key.upload_date = uploaded
+    return key
 
 
 def find_user(body: dict) -> tuple[IAMBackend, Any]:
@@ -876,12 +1210,166 @@ def delete_user(body: dict) -> dict:
     backend, user = find_user(body)
     name = user.name
     keys = [k.access_key_id for k in user.access_keys]
+    creds = [c.id for c in user_credentials(body["account"], name)]
+    SERVICE_CREDENTIALS.get(body["account"], {}).pop(name, None)
+    for cid in creds:
+        CREDENTIAL_IDS.pop(cid, None)
     for akid in keys:
         backend.access_keys.pop(akid, None)
     user.access_keys = []
     backend.tagger.delete_all_tags_for_resource(user.arn)
     del backend.users[name]
-    return {"deleted": name, "keys": keys}
+    return {"deleted": name, "keys": keys, "service_credentials": creds}
+
+
+def add_credential(body: dict) -> dict:
+    """A service-specific credential for an existing user."""
+    check_fields(body, {"account", "user", "service", "status", "create_date", "expiration_date", "id"})
+    _, user = find_user(body)
+    plan = parse_service_credential({k: v for k, v in body.items() if k not in ("account", "user")}, "")
+    account = body["account"]
+    if sum(1 for c in user_credentials(account, user.name) if c.service == plan["service"]) >= MAX_SERVICE_CREDENTIALS:
+        raise BadInput(f"user: {user.name!r} already has {MAX_SERVICE_CREDENTIALS} credentials for "
+                       f"{plan['service']}, the most IAM allows")
+    cred = add_service_credential(account, user, plan["service"], plan["status"], plan["created"], plan["expires"],
+                                  plan["id"])
+    return cred.view()
+
+
+# --------------------------------------------------------------------------- roles
+
+def trust_policy(account: str, service: str | None) -> str:
+    if service is not None:  # a service-linked role: only its service assumes it
+        statement = {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
+    else:
+        statement = {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+                     "Action": "sts:AssumeRole", "Condition": {"Bool": {"aws:MultiFactorAuthPresent": "true"}}}
+    return json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+
+
+def inline_policy(account: str, role: str, n: int) -> tuple[str, str]:
+    """The n-th inline policy of a seeded role: a realistic document of about 1.5 KB (S3,
+    DynamoDB or KMS statements with ARNs and conditions), the same on every run."""
+    tag = derived_id(f"policy:{account}:{role}:{n}", 6)
+    region = ("us-east-1", "eu-west-1", "ap-southeast-2")[n % 3]
+    kind = n % 3
+    if kind == 0:
+        bucket = f"{role.lower()[:30]}-{tag}-data"
+        statements = [
+            {"Sid": "ListTheBucket", "Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
+             "Resource": f"arn:aws:s3:::{bucket}",
+             "Condition": {"StringLike": {"s3:prefix": ["incoming/*", "processed/*", "reports/${aws:username}/*"]}}},
+            {"Sid": "ReadWriteObjects", "Effect": "Allow",
+             "Action": ["s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:PutObjectTagging", "s3:DeleteObject"],
+             "Resource": [f"arn:aws:s3:::{bucket}/incoming/*", f"arn:aws:s3:::{bucket}/processed/*"],
+             "Condition": {"StringEquals": {"s3:x-amz-server-side-encryption": "aws:kms", "aws:RequestedRegion": region}}},
+            {"Sid": "DenyInsecureTransport", "Effect": "Deny", "Action": "s3:*",
+             "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+             "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
+        ]
+    elif kind == 1:
+        table = f"arn:aws:dynamodb:{region}:{account}:table/{role[:40]}-{tag}"
+        statements = [
+            {"Sid": "ReadWriteOwnItems", "Effect": "Allow",
+             "Action": ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:PutItem",
+                        "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem"],
+             "Resource": [table, f"{table}/index/by-customer", f"{table}/index/by-created-date"],
+             "Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["${aws:PrincipalTag/tenant}"]},
+                           "StringEqualsIfExists": {"dynamodb:ReturnConsumedCapacity": "TOTAL"}}},
+            {"Sid": "DescribeAndStreams", "Effect": "Allow",
+             "Action": ["dynamodb:DescribeTable", "dynamodb:DescribeStream", "dynamodb:GetRecords",
+                        "dynamodb:GetShardIterator", "dynamodb:ListStreams"],
+             "Resource": [table, f"{table}/stream/*"]},
+            {"Sid": "NoTableAdministration", "Effect": "Deny",
+             "Action": ["dynamodb:DeleteTable", "dynamodb:UpdateTable", "dynamodb:RestoreTableFromBackup"],
+             "Resource": f"arn:aws:dynamodb:*:{account}:table/*"},
+        ]
+    else:
+        key = f"arn:aws:kms:{region}:{account}:key/{uuid.UUID(hashlib.md5(tag.encode()).hexdigest())}"
+        statements = [
+            {"Sid": "UseTheDataKey", "Effect": "Allow",
+             "Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext",
+                        "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:DescribeKey"],
+             "Resource": key,
+             "Condition": {"StringEquals": {"kms:ViaService": [f"s3.{region}.amazonaws.com",
+                                                               f"dynamodb.{region}.amazonaws.com"],
+                                            "kms:EncryptionContext:aws:s3:arn": f"arn:aws:s3:::{role.lower()[:30]}-{tag}"}}},
+            {"Sid": "GrantsForAwsServices", "Effect": "Allow", "Action": ["kms:CreateGrant", "kms:ListGrants"],
+             "Resource": key, "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}}},
+            {"Sid": "NoKeyAdministration", "Effect": "Deny",
+             "Action": ["kms:ScheduleKeyDeletion", "kms:DisableKey", "kms:PutKeyPolicy"],
+             "Resource": f"arn:aws:kms:*:{account}:key/*"},
+        ]
+    statements.append(
+        {"Sid": "WriteTheJobLogs", "Effect": "Allow",
+         "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+         "Resource": f"arn:aws:logs:{region}:{account}:log-group:/aws/jobs/{role[:40]}:*",
+         "Condition": {"StringEquals": {"aws:ResourceAccount": account}, "ArnLike": {
+             "aws:SourceArn": f"arn:aws:states:{region}:{account}:stateMachine:{role[:40]}-*"}}})
+    name = ("s3-data-access", "dynamodb-table-access", "kms-data-key")[kind] + f"-{n}"
+    return name, json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+def seed_roles(body: dict) -> dict:
+    check_fields(body, {"account", "roles"})
+    account = want_account(body)
+    specs = body.get("roles")
+    if not isinstance(specs, list):
+        raise BadInput("roles: expected a list")
+    backend = iam_backend(account)
+    existing = {r.name.lower() for r in list(backend.roles.values())}  # role names are case-insensitive
+    plans, seen = [], set()
+    for i, r in enumerate(specs):
+        where = f"roles[{i}]"
+        if not isinstance(r, dict):
+            raise BadInput(f"{where}: expected an object")
+        check_fields(r, {"name", "path", "create_date", "last_used", "policies", "description"}, where)
+        name = r.get("name")
+        if not isinstance(name, str) or not ROLE_NAME_RE.match(name):
+            raise BadInput(f"{where}.name: expected an IAM role name ([\\w+=,.@-], 1-64 chars), got {name!r}")
+        if name.lower() in existing or name.lower() in seen:
+            raise BadInput(f"{where}.name: role {name!r} already exists in account {account}")
+        seen.add(name.lower())
+        path = r.get("path", "/")
+        if not isinstance(path, str) or len(path) > 512 or not ROLE_PATH_RE.match(path):
+            raise BadInput(f"{where}.path: expected a path like '/' or '/service-role/', got {path!r}")
+        created = parse_date(r["create_date"], f"{where}.create_date") if r.get("create_date") is not None else None
+        last_used = r.get("last_used")
+        used = None
+        if last_used is not None:
+            if not isinstance(last_used, dict):
+                raise BadInput(f"{where}.last_used: expected an object {{date, region}} or null (never used)")
+            check_fields(last_used, {"date", "region"}, f"{where}.last_used")
+            region = last_used.get("region", "us-east-1")
+            if not isinstance(region, str) or not region:
+                raise BadInput(f"{where}.last_used.region: expected a region name like 'us-east-1', got {region!r}")
+            used = (parse_date(last_used.get("date"), f"{where}.last_used.date"), region)
+        policies = r.get("policies", 0)
+        if isinstance(policies, bool) or not isinstance(policies, int) or not 0 <= policies <= MAX_ROLE_POLICIES:
+            raise BadInput(f"{where}.policies: expected a number of inline policies 0-{MAX_ROLE_POLICIES}, got {policies!r}")
+        description = r.get("description", "")
+        if not isinstance(description, str) or len(description) > 1000:
+            raise BadInput(f"{where}.description: expected a string of at most 1000 characters")
+        plans.append((name, path, created, used, policies, description))
+
+    out = []
+    for name, path, created, used, policies, description in plans:
+        m = SERVICE_LINKED_PATH_RE.match(path)
+        service = m.group(1) if m else None
+        # moto's create_role looks for the name among every role (one scan per role): built here instead
+        role = Role(account_id=account, partition="aws", role_id=random_role_id(account), name=name,
+                    assume_role_policy_document=trust_policy(account, service), path=path,
+                    permissions_boundary=None, description=description or None, tags=[], max_session_duration="3600",
+                    linked_service=service)
+        if created is not None:
+            role.create_date = created
+        if used is not None:
+            role.last_used, role.last_used_region = used
+        for n in range(policies):
+            role.put_policy(*inline_policy(account, name, n))
+        backend.roles[role.id] = role
+        out.append({"name": name, "arn": role.arn})
+    return {"roles": out}
 
 
 # --------------------------------------------------------------------------- organizations
@@ -1330,9 +1818,11 @@ def json_error(status: int, code: str, message: str, **extra: str) -> Answer:
                                  ("x-amzn-RequestId", request_id)], body
 
 
-def iam_result(op: str, inner: str) -> Answer:
+def iam_result(op: str, inner: str | None) -> Answer:
+    """A Query-protocol answer; inner None for operations with no output (no <...Result>)."""
     request_id = str(uuid.uuid4())
-    body = (f'<{op}Response xmlns="{IAM_NS}"><{op}Result>{inner}</{op}Result>'
+    result = "" if inner is None else f"<{op}Result>{inner}</{op}Result>"
+    body = (f'<{op}Response xmlns="{IAM_NS}">{result}'
             f"<ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata></{op}Response>").encode("utf-8")
     return "200 OK", [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)], body
 
@@ -1350,6 +1840,15 @@ FAULT_ANSWERS = {
     # What IAM answers for a user or key deleted since it was listed.
     "no_such_entity": ((404, "NoSuchEntity", "The entity was deleted while it was being read."),
                        (400, "AccountNotFoundException", "You specified an account that doesn't exist.")),
+}
+
+# The service-specific credential operations the launcher answers (moto raises NotImplementedError).
+CREDENTIAL_OPERATIONS = {
+    "ListServiceSpecificCredentials": "list_service_credentials",
+    "CreateServiceSpecificCredential": "create_service_credential",
+    "UpdateServiceSpecificCredential": "update_service_credential",
+    "DeleteServiceSpecificCredential": "delete_service_credential",
+    "ResetServiceSpecificCredential": "reset_service_credential",
 }
 
 # Organizations List* operations moto pages itself, with its default page size; the
@@ -1438,6 +1937,8 @@ class Launcher:
                 with self.state.lock:  # the reports are moto's data seen through the launcher
                     self.state.reports.clear()
                     self.state.report_started.clear()
+                with self.moto_lock:  # so are the service-specific credentials
+                    forget_credentials()
             return self.respond(start_response, *self.call_app(environ))  # under the moto lock
 
         req = Req(environ)
@@ -1474,6 +1975,13 @@ class Launcher:
         if req.service == "iam":
             if req.operation in PAGED_LISTS:
                 return self.paginated(req)
+            if req.operation in CREDENTIAL_OPERATIONS:
+                with self.moto_lock:  # the credentials live beside moto's backend, under its lock
+                    return getattr(self, CREDENTIAL_OPERATIONS[req.operation])(req)
+            if req.operation == "UploadSSHPublicKey":
+                refused = self.ssh_key_limit(req)
+                if refused is not None:
+                    return refused
             if req.operation == "GenerateCredentialReport":
                 return self.generate_report(req)
             if req.operation == "GetCredentialReport":
@@ -1557,21 +2065,35 @@ class Launcher:
                 return role.arn
         return f"arn:aws:iam::{account}:root"
 
-    # -- pagination of ListUsers / ListAccessKeys / ListUserTags / GetAccountAuthorizationDetails
+    # -- pagination of ListUsers / ListAccessKeys / ListUserTags / ListSSHPublicKeys /
+    #    GetAccountAuthorizationDetails (and the page sizes of ListServiceSpecificCredentials)
+    @staticmethod
+    def max_items(req: Req) -> int | Answer:
+        """MaxItems as AWS takes it (default 100; above 1000 is capped here), or the error."""
+        raw_max = req.params.get("MaxItems")
+        if raw_max in (None, ""):
+            return DEFAULT_MAX_ITEMS
+        try:
+            max_items = int(raw_max)
+        except ValueError:
+            return req.error(400, "ValidationError",
+                             f"1 validation error detected: Value '{raw_max}' at 'maxItems' failed to satisfy constraint: Member must be a number")
+        if max_items < 1:
+            return req.error(400, "ValidationError",
+                             f"1 validation error detected: Value '{max_items}' at 'maxItems' failed to satisfy constraint: Member must have value greater than or equal to 1")
+        return min(max_items, MAX_MAX_ITEMS)
+
+    def page_size(self, max_items: int, page: int) -> int:
+        """By default pages 1, 4, 7, ... are short: what AWS's "IAM might return fewer than
+        MaxItems" means, and what a client that stops at a short page gets wrong."""
+        short = self.state.short_pages and page % 3 == 1
+        return max(1, max_items // 2) if short else max_items
+
     def paginated(self, req: Req) -> Answer:
         op, params = req.operation, req.params
-        raw_max = params.get("MaxItems")
-        max_items = DEFAULT_MAX_ITEMS
-        if raw_max not in (None, ""):
-            try:
-                max_items = int(raw_max)
-            except ValueError:
-                return req.error(400, "ValidationError",
-                                 f"1 validation error detected: Value '{raw_max}' at 'maxItems' failed to satisfy constraint: Member must be a number")
-            if max_items < 1:
-                return req.error(400, "ValidationError",
-                                 f"1 validation error detected: Value '{max_items}' at 'maxItems' failed to satisfy constraint: Member must have value greater than or equal to 1")
-            max_items = min(max_items, MAX_MAX_ITEMS)
+        max_items = self.max_items(req)
+        if not isinstance(max_items, int):
+            return max_items
         page, after = 0, None
         marker = params.get("Marker")
         if marker is not None:
@@ -1583,8 +2105,7 @@ class Launcher:
 
         status, headers, body = self.call_app(req.environ)
         if status.startswith("200"):
-            short = self.state.short_pages and page % 3 == 1
-            size = max(1, max_items // 2) if short else max_items
+            size = self.page_size(max_items, page)
             whole = self.whole_page(body, op, size) if after is None else None
             body = whole if whole is not None else self.slice_page(body, op, size, page, after)
         return status, headers, body
@@ -1646,6 +2167,11 @@ class Launcher:
         chosen, more = items[:size], len(items) > size
         for (i, _), m in chosen:
             containers[i].append(m)
+            if lists[i][0] == "RoleDetailList":
+                # moto sends the trust policy as raw JSON here (URL-encoded in GetRole); AWS encodes both
+                doc = m.find(q("AssumeRolePolicyDocument"))
+                if doc is not None and doc.text and doc.text.lstrip().startswith("{"):
+                    doc.text = quote(doc.text)
         for name in ("IsTruncated", "Marker"):
             for el in result.findall(q(name)):
                 result.remove(el)
@@ -1655,6 +2181,153 @@ class Launcher:
             i, key = chosen[-1][0]
             ET.SubElement(result, q("Marker")).text = encode_marker(op, page + 1, key if len(lists) == 1 else f"{i}/{key}")
         return ET.tostring(root, encoding="utf-8", xml_declaration=False)
+
+    # -- service-specific credentials (moto has none) and the SSH key limit (moto has none)
+    @staticmethod
+    def caller_user(req: Req) -> str | None:
+        """The IAM user owning the signing key; None for role credentials and unknown keys."""
+        backend = iam_backend(req.signer)
+        key = backend.access_keys.get(req.akid)
+        if key is not None and key.user_name and key.user_name in backend.users:
+            return key.user_name
+        return None
+
+    def credential_owner(self, req: Req) -> str | Answer:
+        """The user an Update/Delete/Reset names, or the caller's user, which must exist."""
+        name = req.params.get("UserName") or self.caller_user(req)
+        if name is None:
+            return req.error(400, "ValidationError", "Must specify userName when calling with non-User credentials")
+        if name not in iam_backend(req.account).users:
+            return req.error(404, "NoSuchEntity", f"The user with name {name} cannot be found.")
+        return name
+
+    def find_credential(self, req: Req) -> ServiceCredential | Answer:
+        name = self.credential_owner(req)
+        if not isinstance(name, str):
+            return name
+        cid = req.params.get("ServiceSpecificCredentialId")
+        if not cid:
+            return req.error(400, "ValidationError", "1 validation error detected: Value null at "
+                             "'serviceSpecificCredentialId' failed to satisfy constraint: Member must not be null")
+        for cred in user_credentials(req.account, name):
+            if cred.id == cid:
+                return cred
+        return req.error(404, "NoSuchEntity", f"The Service Specific Credential with id {cid} cannot be found.")
+
+    def list_service_credentials(self, req: Req) -> Answer:
+        params = req.params
+        max_items = self.max_items(req)
+        if not isinstance(max_items, int):
+            return max_items
+        all_users = params.get("AllUsers", "").lower()
+        if all_users not in ("", "true", "false"):
+            return req.error(400, "ValidationError", f"1 validation error detected: Value '{params['AllUsers']}' at "
+                             "'allUsers' failed to satisfy constraint: Member must be a boolean")
+        name = params.get("UserName") or None
+        if name is not None and all_users == "true":
+            return req.error(400, "ValidationError", "UserName and AllUsers cannot be specified together.")
+        page, after = 0, None
+        if params.get("Marker") is not None:
+            try:
+                page, last = decode_marker(req.operation, params["Marker"])
+                after = tuple(last.split("/"))
+                if len(after) != 3:
+                    raise ValueError("bad marker")
+            except (ValueError, UnicodeDecodeError):
+                return req.error(400, "InvalidInput", "Invalid Marker.")
+        if all_users == "true":
+            creds = account_credentials(req.account)
+        else:
+            name = name or self.caller_user(req)
+            if name is not None and name not in iam_backend(req.account).users:
+                return req.error(404, "NoSuchEntity", f"The user with name {name} cannot be found.")
+            creds = list(user_credentials(req.account, name)) if name is not None else []
+        service = params.get("ServiceName")
+        if service:
+            creds = [c for c in creds if c.service == service]
+        items = sorted(creds, key=ServiceCredential.sort_key)
+        if after is not None:
+            items = [c for c in items if c.sort_key() > after]
+        size = self.page_size(max_items, page)
+        chosen, more = items[:size], len(items) > size
+        now = now_utc()
+        inner = ["<ServiceSpecificCredentials>"]
+        inner += [f"<member>{c.metadata_xml(now)}</member>" for c in chosen]
+        inner.append(f"</ServiceSpecificCredentials><IsTruncated>{'true' if more else 'false'}</IsTruncated>")
+        if more:
+            inner.append(f"<Marker>{encode_marker(req.operation, page + 1, '/'.join(chosen[-1].sort_key()))}</Marker>")
+        return iam_result(req.operation, "".join(inner))
+
+    def create_service_credential(self, req: Req) -> Answer:
+        params = req.params
+        for field in ("UserName", "ServiceName"):
+            if not params.get(field):
+                return req.error(400, "ValidationError", f"1 validation error detected: Value null at "
+                                 f"'{field[0].lower() + field[1:]}' failed to satisfy constraint: Member must not be null")
+        name, service = params["UserName"], params["ServiceName"]
+        expires = None
+        raw_days = params.get("CredentialAgeDays")
+        if raw_days not in (None, ""):
+            try:
+                days = int(raw_days)
+            except ValueError:
+                days = 0
+            if not 1 <= days <= MAX_CREDENTIAL_AGE_DAYS:
+                return req.error(400, "ValidationError", f"1 validation error detected: Value '{raw_days}' at "
+                                 f"'credentialAgeDays' failed to satisfy constraint: Member must have value between "
+                                 f"1 and {MAX_CREDENTIAL_AGE_DAYS}")
+            if service not in API_KEY_SERVICES:
+                return req.error(400, "ValidationError", f"CredentialAgeDays is not supported for {service}: only "
+                                 f"API keys expire ({', '.join(API_KEY_SERVICES)}).")
+            expires = now_utc().replace(microsecond=0) + timedelta(days=days)
+        user = iam_backend(req.account).users.get(name)
+        if user is None:
+            return req.error(404, "NoSuchEntity", f"The user with name {name} cannot be found.")
+        if service not in CREDENTIAL_SERVICES:
+            return req.error(404, "NotSupportedService", f"Service {service} is not supported for service specific "
+                             "credentials.")
+        if sum(1 for c in user_credentials(req.account, name) if c.service == service) >= MAX_SERVICE_CREDENTIALS:
+            return req.error(409, "LimitExceeded", "Cannot exceed quota for ServiceSpecificCredentialsPerUserPerService: "
+                             f"{MAX_SERVICE_CREDENTIALS}")
+        created = now_utc().replace(microsecond=0)
+        cred = add_service_credential(req.account, user, service, "Active", created, expires, None)
+        return iam_result(req.operation, f"<ServiceSpecificCredential>{cred.credential_xml(created)}"
+                                         "</ServiceSpecificCredential>")
+
+    def update_service_credential(self, req: Req) -> Answer:
+        status = req.params.get("Status")
+        if status not in ("Active", "Inactive"):
+            return req.error(400, "ValidationError", f"1 validation error detected: Value '{status}' at 'status' "
+                             "failed to satisfy constraint: Member must satisfy enum value set: [Active, Inactive]")
+        cred = self.find_credential(req)
+        if not isinstance(cred, ServiceCredential):
+            return cred
+        cred.status = status
+        return iam_result(req.operation, None)
+
+    def delete_service_credential(self, req: Req) -> Answer:
+        cred = self.find_credential(req)
+        if not isinstance(cred, ServiceCredential):
+            return cred
+        user_credentials(req.account, cred.user).remove(cred)
+        CREDENTIAL_IDS.pop(cred.id, None)
+        return iam_result(req.operation, None)
+
+    def reset_service_credential(self, req: Req) -> Answer:
+        cred = self.find_credential(req)
+        if not isinstance(cred, ServiceCredential):
+            return cred
+        cred.reset()
+        return iam_result(req.operation, f"<ServiceSpecificCredential>{cred.credential_xml(now_utc())}"
+                                         "</ServiceSpecificCredential>")
+
+    def ssh_key_limit(self, req: Req) -> Answer | None:
+        """AWS allows 5 SSH public keys per user; moto takes any number."""
+        with self.moto_lock:
+            user = iam_backend(req.account).users.get(req.params.get("UserName", ""))
+            if user is None or len(user.ssh_public_keys) < MAX_SSH_KEYS:
+                return None  # moto answers, NoSuchEntity too
+        return req.error(409, "LimitExceeded", f"Cannot exceed quota for SSHPublicKeysPerUser: {MAX_SSH_KEYS}")
 
     # -- the credential report
     def report_expired(self, report: CredentialReport) -> bool:
@@ -1821,6 +2494,8 @@ class Launcher:
             ("POST", "/_launcher/add_key"): add_key,
             ("POST", "/_launcher/delete_key"): delete_key,
             ("POST", "/_launcher/delete_user"): delete_user,
+            ("POST", "/_launcher/service_credential"): add_credential,
+            ("POST", "/_launcher/roles"): seed_roles,
             ("POST", "/_launcher/root"): self.set_root,
             ("GET", "/_launcher/demo"): self.get_demo,
             ("GET", "/_launcher/latency"): self.latency,

@@ -44,6 +44,9 @@ EXT = "151515151515"       # ExternalId
 LIMITED = "161616161616"   # rate limits
 BYTES = "171717171717"     # byte counts
 MGMT = "123456789012"      # moto's default account: the base credentials; manages the organization
+CREDS = "181818181818"     # service-specific credentials
+SSH = "191919191919"       # SSH public keys
+ROLES = "202020202020"     # roles and RoleLastUsed
 N_BIG = 2500
 
 NO_RETRY = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
@@ -1049,6 +1052,351 @@ class TestLauncher(unittest.TestCase):
         # a marker of one operation is no marker of another
         self.assertEqual(self.error(lambda: iam.list_user_tags(UserName="bob", Marker=markers[0]))[:2], (400, "InvalidInput"))
 
+    # -- service-specific credentials (the launcher's own), SSH keys, roles
+    def list_all(self, call: Callable[..., dict], key: str, **kw: Any) -> tuple[list[int], list[dict], list[str]]:
+        """Every page of a Marker/IsTruncated list, followed as the exporter does: page sizes,
+        items, markers. Stops on IsTruncated only (a short page is no last page)."""
+        sizes, items, markers = [], [], []
+        while True:
+            r = call(**kw)
+            sizes.append(len(r[key]))
+            items += r[key]
+            if not r["IsTruncated"]:
+                self.assertNotIn("Marker", r)
+                return sizes, items, markers
+            markers.append(r["Marker"])
+            kw["Marker"] = r["Marker"]
+
+    def test_23_service_specific_credentials(self) -> None:
+        now = datetime.now(timezone.utc)
+        seeded = self.L.ok("/_launcher/seed", {"account": CREDS, "users": [
+            {"name": "alice", "keys": [{"access_key_id": "AKIACREDSALICE000001", "secret_access_key": "alice-secret"}],
+             "service_credentials": [
+                 {"service": "bedrock.amazonaws.com", "create_date": "2024-01-01T00:00:00Z",
+                  "expiration_date": "2024-02-01T00:00:00Z", "id": "ACCAALICEBEDROCK00001"},
+                 {"service": "codecommit.amazonaws.com", "create_date": "2023-05-06T07:08:09Z"},
+                 {"service": "codecommit.amazonaws.com", "create_date": "2022-01-01T00:00:00Z"}]},
+            {"name": "bob", "service_credentials": [
+                {"service": "cassandra.amazonaws.com", "status": "Inactive", "create_date": "2021-01-01T00:00:00Z"}]},
+            {"name": "carol", "service_credentials": [
+                {"service": "bedrock.amazonaws.com", "create_date": "2025-01-01T00:00:00Z"},
+                {"service": "logs.amazonaws.com", "create_date": "2025-02-01T00:00:00Z",
+                 "expiration_date": "2999-01-01T00:00:00Z"}]},
+            {"name": "dave"},
+        ]})
+        ids = {u["name"]: u["service_credentials"] for u in seeded["users"]}
+        self.assertEqual(ids["alice"][0], "ACCAALICEBEDROCK00001")
+        self.assertEqual(ids["dave"], [])
+        for cid in sum(ids.values(), []):
+            self.assertRegex(cid, r"^ACCA[A-Z0-9]{17}$")
+        iam = self.iam(CREDS)
+        raw: list[bytes] = []
+        iam.meta.events.register("after-call.iam", lambda http_response, **_: raw.append(http_response.content))
+
+        # one user: sorted by CreateDate, Expired past the expiration, service user names
+        alice = iam.list_service_specific_credentials(UserName="alice")
+        self.assertFalse(alice["IsTruncated"])
+        got = [(c["ServiceName"], c["Status"], c["CreateDate"]) for c in alice["ServiceSpecificCredentials"]]
+        self.assertEqual(got, [("codecommit.amazonaws.com", "Active", utc("2022-01-01T00:00:00Z")),
+                               ("codecommit.amazonaws.com", "Active", utc("2023-05-06T07:08:09Z")),
+                               ("bedrock.amazonaws.com", "Expired", utc("2024-01-01T00:00:00Z"))])
+        cc1, cc2, bedrock = alice["ServiceSpecificCredentials"]
+        self.assertEqual({cc1["ServiceUserName"], cc2["ServiceUserName"]}, {f"alice-at-{CREDS}", f"alice+1-at-{CREDS}"})
+        self.assertEqual(bedrock["ExpirationDate"], utc("2024-02-01T00:00:00Z"))
+        self.assertNotIn("ServiceUserName", bedrock)
+        self.assertTrue(bedrock["ServiceCredentialAlias"].startswith(f"alice-at-{CREDS}"))
+        self.assertNotIn("ExpirationDate", cc1)
+        self.assertNotIn("ServiceCredentialAlias", cc1)
+        self.assertNotIn(b"ServicePassword", raw[-1])  # only Create and Reset answer secrets
+        # ServiceName filters; a user without any; the caller's own user without UserName
+        self.assertEqual([c["ServiceName"] for c in iam.list_service_specific_credentials(
+            UserName="alice", ServiceName="bedrock.amazonaws.com")["ServiceSpecificCredentials"]], ["bedrock.amazonaws.com"])
+        self.assertEqual(iam.list_service_specific_credentials(UserName="dave")["ServiceSpecificCredentials"], [])
+        as_alice = boto3.client("iam", config=NO_RETRY, endpoint_url=self.L.url, region_name="us-east-1",
+                                aws_access_key_id="AKIACREDSALICE000001", aws_secret_access_key="alice-secret")
+        self.assertEqual(len(as_alice.list_service_specific_credentials()["ServiceSpecificCredentials"]), 3)
+        self.assertEqual(iam.list_service_specific_credentials()["ServiceSpecificCredentials"], [], "role credentials")
+        # AllUsers: every user's, by (UserName, CreateDate)
+        every = iam.list_service_specific_credentials(AllUsers=True)["ServiceSpecificCredentials"]
+        self.assertEqual([(c["UserName"], c["ServiceName"]) for c in every], [
+            ("alice", "codecommit.amazonaws.com"), ("alice", "codecommit.amazonaws.com"),
+            ("alice", "bedrock.amazonaws.com"), ("bob", "cassandra.amazonaws.com"),
+            ("carol", "bedrock.amazonaws.com"), ("carol", "logs.amazonaws.com")])
+        self.assertEqual(every[3]["Status"], "Inactive")
+        self.assertEqual(every[5]["Status"], "Active", "expires in 2999")
+        self.assertEqual([c["UserName"] for c in iam.list_service_specific_credentials(
+            AllUsers=True, ServiceName="bedrock.amazonaws.com")["ServiceSpecificCredentials"]], ["alice", "carol"])
+        self.assertEqual(len(iam.list_service_specific_credentials(AllUsers=False, UserName="bob")["ServiceSpecificCredentials"]), 1)
+        # errors
+        status, code, _, _ = self.error(lambda: iam.list_service_specific_credentials(UserName="alice", AllUsers=True))
+        self.assertEqual((status, code), (400, "ValidationError"))
+        self.assertEqual(self.error(lambda: iam.list_service_specific_credentials(UserName="nobody"))[:3],
+                         (404, "NoSuchEntity", "The user with name nobody cannot be found."))
+
+        # paging: 6 + 7 more = 13 credentials; short pages 2, 1, 2, 2, 1, 2, 2, 1: the last one full
+        self.L.ok("/_launcher/seed", {"account": CREDS, "users": [
+            {"name": f"page-{i}", "service_credentials": [{"service": "codecommit.amazonaws.com"}]} for i in range(7)]})
+        sizes, items, markers = self.list_all(iam.list_service_specific_credentials, "ServiceSpecificCredentials",
+                                              AllUsers=True, MaxItems=2)
+        self.assertEqual(sizes, [2, 1, 2, 2, 1, 2, 2, 1])
+        expected = [(c["UserName"], c["ServiceSpecificCredentialId"])
+                    for c in iam.list_service_specific_credentials(AllUsers=True, MaxItems=1000)["ServiceSpecificCredentials"]]
+        self.assertEqual(len(expected), 13)
+        self.assertEqual([(c["UserName"], c["ServiceSpecificCredentialId"]) for c in items], expected)
+        for ch in "+/=":
+            self.assertIn(ch, markers[0])
+        self.L.ok("/_launcher/pagination", {"short_pages": False})
+        sizes, items, _ = self.list_all(iam.list_service_specific_credentials, "ServiceSpecificCredentials",
+                                        AllUsers=True, MaxItems=13)
+        self.assertEqual((sizes, len(items)), ([13], 13), "one full page, not truncated")
+        self.assertEqual(self.list_all(iam.list_service_specific_credentials, "ServiceSpecificCredentials",
+                                       AllUsers=True, MaxItems=5)[0], [5, 5, 3])
+        self.assertEqual(len(iam.list_service_specific_credentials(AllUsers=True)["ServiceSpecificCredentials"]), 13,
+                         "default MaxItems 100")
+        self.L.ok("/_launcher/pagination", {"short_pages": True})
+        # a removed item does not shift the next page; foreign and garbage markers are InvalidInput
+        first = iam.list_service_specific_credentials(AllUsers=True, MaxItems=3)
+        iam.delete_service_specific_credential(UserName=first["ServiceSpecificCredentials"][-1]["UserName"],
+                                               ServiceSpecificCredentialId=first["ServiceSpecificCredentials"][-1]["ServiceSpecificCredentialId"])
+        nxt = iam.list_service_specific_credentials(AllUsers=True, MaxItems=3, Marker=first["Marker"])
+        self.assertEqual(nxt["ServiceSpecificCredentials"][0]["ServiceSpecificCredentialId"], expected[3][1])
+        users_marker = iam.list_users(MaxItems=1)["Marker"]
+        for bad in (users_marker, "garbage"):
+            self.assertEqual(self.error(lambda: iam.list_service_specific_credentials(AllUsers=True, Marker=bad))[:2],
+                             (400, "InvalidInput"))
+
+        # create: Bedrock with an age (secret, alias, expiration), CodeCommit (user name, password)
+        made = iam.create_service_specific_credential(UserName="dave", ServiceName="bedrock.amazonaws.com",
+                                                      CredentialAgeDays=30)["ServiceSpecificCredential"]
+        self.assertTrue(made["ServiceCredentialSecret"].startswith("ABSK"))
+        self.assertNotIn("ServicePassword", made)
+        self.assertNotIn("ServiceUserName", made)
+        self.assertAlmostEqual((made["ExpirationDate"] - made["CreateDate"]).total_seconds(), 30 * 86400, delta=1)
+        self.assertLess(abs((made["CreateDate"] - now).total_seconds()), 60)
+        self.assertEqual((made["Status"], made["UserName"]), ("Active", "dave"))
+        git = iam.create_service_specific_credential(UserName="dave", ServiceName="codecommit.amazonaws.com")[
+            "ServiceSpecificCredential"]
+        self.assertEqual(git["ServiceUserName"], f"dave-at-{CREDS}")
+        self.assertGreaterEqual(len(git["ServicePassword"]), 40)
+        self.assertNotIn("ExpirationDate", git)
+        listed = {c["ServiceSpecificCredentialId"]: c for c in
+                  iam.list_service_specific_credentials(UserName="dave")["ServiceSpecificCredentials"]}
+        self.assertEqual(listed[made["ServiceSpecificCredentialId"]]["ExpirationDate"], made["ExpirationDate"])
+        self.assertEqual(self.error(lambda: iam.create_service_specific_credential(
+            UserName="dave", ServiceName="codecommit.amazonaws.com", CredentialAgeDays=30))[:2], (400, "ValidationError"))
+        self.assertEqual(self.error(lambda: iam.create_service_specific_credential(
+            UserName="dave", ServiceName="bedrock.amazonaws.com", CredentialAgeDays=36601))[:2], (400, "ValidationError"))
+        iam.create_service_specific_credential(UserName="dave", ServiceName="codecommit.amazonaws.com")
+        self.assertEqual(self.error(lambda: iam.create_service_specific_credential(
+            UserName="dave", ServiceName="codecommit.amazonaws.com"))[:2], (409, "LimitExceeded"))
+        self.assertEqual(self.error(lambda: iam.create_service_specific_credential(
+            UserName="dave", ServiceName="s3.amazonaws.com"))[:2], (404, "NotSupportedService"))
+        self.assertEqual(self.error(lambda: iam.create_service_specific_credential(
+            UserName="nobody", ServiceName="codecommit.amazonaws.com"))[:2], (404, "NoSuchEntity"))
+        # update, reset, delete
+        gid = git["ServiceSpecificCredentialId"]
+        iam.update_service_specific_credential(UserName="dave", ServiceSpecificCredentialId=gid, Status="Inactive")
+        self.assertEqual({c["ServiceSpecificCredentialId"]: c["Status"] for c in iam.list_service_specific_credentials(
+            UserName="dave")["ServiceSpecificCredentials"]}[gid], "Inactive")
+        reset = iam.reset_service_specific_credential(UserName="dave", ServiceSpecificCredentialId=gid)["ServiceSpecificCredential"]
+        self.assertNotEqual(reset["ServicePassword"], git["ServicePassword"])
+        iam.delete_service_specific_credential(UserName="dave", ServiceSpecificCredentialId=gid)
+        self.assertNotIn(gid, [c["ServiceSpecificCredentialId"] for c in
+                               iam.list_service_specific_credentials(UserName="dave")["ServiceSpecificCredentials"]])
+        self.assertEqual(self.error(lambda: iam.delete_service_specific_credential(
+            UserName="dave", ServiceSpecificCredentialId=gid))[:2], (404, "NoSuchEntity"))
+        self.assertEqual(self.error(lambda: iam.update_service_specific_credential(
+            ServiceSpecificCredentialId=gid, Status="Active"))[:2], (400, "ValidationError"), "role credentials, no UserName")
+
+        # the control endpoint; a deleted user takes its credentials along
+        view = self.L.ok("/_launcher/service_credential", {"account": CREDS, "user": "bob", "service": "bedrock.amazonaws.com",
+                                                           "create_date": "2024-01-01T00:00:00Z",
+                                                           "expiration_date": "2024-03-01T00:00:00Z"})
+        self.assertEqual((view["status"], view["service_user_name"], view["expiration_date"]),
+                         ("Expired", None, "2024-03-01T00:00:00Z"))
+        self.L.ok("/_launcher/service_credential", {"account": CREDS, "user": "bob", "service": "bedrock.amazonaws.com"})
+        self.bad("/_launcher/service_credential", {"account": CREDS, "user": "bob", "service": "bedrock.amazonaws.com"},
+                 "already has 2")
+        gone = self.L.ok("/_launcher/delete_user", {"account": CREDS, "user": "bob"})
+        self.assertEqual(len(gone["service_credentials"]), 3)
+        self.assertEqual(self.error(lambda: iam.list_service_specific_credentials(UserName="bob"))[:2], (404, "NoSuchEntity"))
+        self.L.ok("/_launcher/seed", {"account": CREDS, "users": [{"name": "bob"}]})
+        self.assertEqual(iam.list_service_specific_credentials(UserName="bob")["ServiceSpecificCredentials"], [])
+        self.assertNotIn("bob", [c["UserName"] for c in
+                                 iam.list_service_specific_credentials(AllUsers=True, MaxItems=1000)["ServiceSpecificCredentials"]])
+
+        # faults, counts and bytes as for any operation
+        self.L.ok("/_launcher/counts/reset", {})
+        self.L.ok("/_launcher/faults", {"faults": [
+            {"kind": "access_denied", "operation": "ListServiceSpecificCredentials", "account": CREDS, "count": 1}]})
+        status, code, message, _ = self.error(lambda: iam.list_service_specific_credentials(UserName="alice"))
+        self.assertEqual((status, code), (403, "AccessDenied"))
+        self.assertIn("iam:ListServiceSpecificCredentials", message)
+        self.assertEqual(len(iam.list_service_specific_credentials(UserName="alice")["ServiceSpecificCredentials"]), 2,
+                         "her Bedrock key was deleted while paging")
+        self.assertEqual(self.counts(CREDS), {"ListServiceSpecificCredentials": 2})
+        self.assertGreater(self.L.ok("/_launcher/bytes")[CREDS]["ListServiceSpecificCredentials"], 0)
+
+    def test_24_seed_errors_of_credentials_ssh_keys_and_roles(self) -> None:
+        acct = CREDS
+        self.L.ok("/_launcher/seed", {"account": acct, "users": [
+            {"name": "erin", "service_credentials": [{"service": "codecommit.amazonaws.com", "id": "ACCAERIN0000000000001"}],
+             "ssh_keys": [{"id": "APKAERIN000000000001"}]}]})
+        self.L.ok("/_launcher/roles", {"account": acct, "roles": [{"name": "Existing"}]})
+
+        def user(**kw: Any) -> dict:
+            return {"account": acct, "users": [{"name": "x", **kw}]}
+
+        sc = "users[0].service_credentials"
+        cases = [
+            ("/_launcher/seed", user(service_credentials=[{"service": "s3.amazonaws.com"}]), f"{sc}[0].service"),
+            ("/_launcher/seed", user(service_credentials=[{}]), f"{sc}[0].service"),
+            ("/_launcher/seed", user(service_credentials=[{"service": "bedrock.amazonaws.com", "status": "Expired"}]), f"{sc}[0].status"),
+            ("/_launcher/seed", user(service_credentials=[{"service": "bedrock.amazonaws.com", "create_date": "soon"}]), f"{sc}[0].create_date"),
+            ("/_launcher/seed", user(service_credentials=[{"service": "codecommit.amazonaws.com",
+                                                           "expiration_date": "2999-01-01T00:00:00Z"}]), f"{sc}[0].expiration_date: only API keys"),
+            ("/_launcher/seed", user(service_credentials=[{"service": "bedrock.amazonaws.com", "create_date": "2024-01-01T00:00:00Z",
+                                                           "expiration_date": "2023-01-01T00:00:00Z"}]), f"{sc}[0].expiration_date: must be after"),
+            ("/_launcher/seed", user(service_credentials=[{"service": "bedrock.amazonaws.com", "id": "AKIA0000000000000000"}]), f"{sc}[0].id"),
+            ("/_launcher/seed", user(service_credentials=[{"service": "bedrock.amazonaws.com", "id": "ACCAERIN0000000000001"}]), "already exists"),
+            ("/_launcher/seed", user(service_credentials=[{"service": "bedrock.amazonaws.com", "id": "ACCAX0000000000000001"},
+                                                          {"service": "logs.amazonaws.com", "id": "ACCAX0000000000000001"}]), f"{sc}[1].id"),
+            ("/_launcher/seed", user(service_credentials=[{"service": "bedrock.amazonaws.com"}] * 3), "at most 2"),
+            ("/_launcher/seed", user(service_credentials=[{"service": "bedrock.amazonaws.com", "kind": "x"}]), f"{sc}[0]: unknown field"),
+            ("/_launcher/seed", user(service_credentials={"service": "bedrock.amazonaws.com"}), f"{sc}: expected a list"),
+            ("/_launcher/seed", user(ssh_keys=[{}] * 6), "at most 5"),
+            ("/_launcher/seed", user(ssh_keys=[{"id": "APKA-bad"}]), "users[0].ssh_keys[0].id"),
+            ("/_launcher/seed", user(ssh_keys=[{"id": "APKAERIN000000000001"}]), "already exists"),
+            ("/_launcher/seed", user(ssh_keys=[{"status": "Enabled"}]), "users[0].ssh_keys[0].status"),
+            ("/_launcher/seed", user(ssh_keys=[{"uploaded": "2024-01-01T00:00:00Z"}]), "users[0].ssh_keys[0]: unknown field"),
+            ("/_launcher/service_credential", {"account": acct, "user": "nobody", "service": "bedrock.amazonaws.com"}, "no user"),
+            ("/_launcher/service_credential", {"account": acct, "user": "erin", "service": "git"}, "service:"),
+            ("/_launcher/service_credential", {"account": acct, "user": "erin", "service": "bedrock.amazonaws.com",
+                                               "expiration_date": "yesterday"}, "expiration_date"),
+            ("/_launcher/service_credential", {"account": acct, "user": "erin", "service": "bedrock.amazonaws.com", "x": 1}, "unknown field"),
+            ("/_launcher/roles", {"account": acct, "roles": [{"name": "bad name"}]}, "roles[0].name"),
+            ("/_launcher/roles", {"account": acct, "roles": [{"name": "existing"}]}, "already exists"),
+            ("/_launcher/roles", {"account": acct, "roles": [{"name": "r"}, {"name": "R"}]}, "roles[1].name"),
+            ("/_launcher/roles", {"account": acct, "roles": [{"name": "r", "path": "team"}]}, "roles[0].path"),
+            ("/_launcher/roles", {"account": acct, "roles": [{"name": "r", "policies": 21}]}, "roles[0].policies"),
+            ("/_launcher/roles", {"account": acct, "roles": [{"name": "r", "policies": True}]}, "roles[0].policies"),
+            ("/_launcher/roles", {"account": acct, "roles": [{"name": "r", "last_used": {"region": "eu-west-1"}}]}, "roles[0].last_used.date"),
+            ("/_launcher/roles", {"account": acct, "roles": [{"name": "r", "last_used": {"date": "2024-01-01T00:00:00Z",
+                                                                                           "service": "s3"}}]}, "roles[0].last_used: unknown field"),
+            ("/_launcher/roles", {"account": acct, "roles": [{"name": "r", "last_used": "yesterday"}]}, "roles[0].last_used"),
+            ("/_launcher/roles", {"account": acct, "roles": [{"name": "r", "create_date": "2024-01-01"}]}, "roles[0].create_date"),
+            ("/_launcher/roles", {"account": acct, "roles": [{"name": "r", "tags": {}}]}, "roles[0]: unknown field"),
+            ("/_launcher/roles", {"account": acct, "roles": {"name": "r"}}, "roles: expected a list"),
+        ]
+        for path, body, words in cases:
+            self.bad(path, body, words)
+        # nothing half-done
+        iam = self.iam(acct)
+        self.assertNotIn("x", [u["UserName"] for u in iam.list_users(MaxItems=1000)["Users"]])
+        self.assertEqual([r["RoleName"] for r in iam.list_roles()["Roles"]], ["Existing"])
+        self.assertEqual(len(iam.list_service_specific_credentials(UserName="erin")["ServiceSpecificCredentials"]), 1)
+
+    def test_25_ssh_public_keys(self) -> None:
+        fixed = [f"APKASSH00000000000{i:02d}" for i in range(3)]
+        seeded = self.L.ok("/_launcher/seed", {"account": SSH, "users": [
+            {"name": "git-user", "ssh_keys": [{"id": fixed[2], "upload_date": "2022-01-02T03:04:05Z"},
+                                              {"id": fixed[0], "status": "Inactive"}, {"id": fixed[1]}, {}, {}]},
+            {"name": "nokeys"}]})
+        ids = seeded["users"][0]["ssh_keys"]
+        self.assertEqual((ids[:3], len(ids), seeded["users"][1]["ssh_keys"]), ([fixed[2], fixed[0], fixed[1]], 5, []))
+        iam = self.iam(SSH)
+        # paged by SSHPublicKeyId; short pages 2, 1, 2: the last page full and not truncated
+        sizes, items, markers = self.list_all(iam.list_ssh_public_keys, "SSHPublicKeys", UserName="git-user", MaxItems=2)
+        self.assertEqual(sizes, [2, 1, 2])
+        self.assertEqual([k["SSHPublicKeyId"] for k in items], sorted(ids))
+        for ch in "+/=":
+            self.assertIn(ch, markers[0])
+        whole = iam.list_ssh_public_keys(UserName="git-user")
+        self.assertEqual((len(whole["SSHPublicKeys"]), whole["IsTruncated"]), (5, False))
+        self.assertEqual(iam.list_ssh_public_keys(UserName="nokeys")["SSHPublicKeys"], [])
+        by_id = {k["SSHPublicKeyId"]: k for k in items}
+        self.assertEqual((by_id[fixed[2]]["UploadDate"], by_id[fixed[2]]["Status"]), (utc("2022-01-02T03:04:05Z"), "Active"))
+        self.assertEqual(by_id[fixed[0]]["Status"], "Inactive")
+        self.assertEqual(set(by_id[fixed[0]]), {"UserName", "SSHPublicKeyId", "Status", "UploadDate"})
+        # moto's own operations work on seeded keys
+        key = iam.get_ssh_public_key(UserName="git-user", SSHPublicKeyId=fixed[2], Encoding="SSH")["SSHPublicKey"]
+        self.assertTrue(key["SSHPublicKeyBody"].startswith("ssh-rsa AAAA"))
+        self.assertEqual(key["UploadDate"], utc("2022-01-02T03:04:05Z"))
+        iam.update_ssh_public_key(UserName="git-user", SSHPublicKeyId=fixed[0], Status="Active")
+        # AWS's limit of 5 per user
+        body = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDtest git-user@example.com"
+        self.assertEqual(self.error(lambda: iam.upload_ssh_public_key(UserName="git-user", SSHPublicKeyBody=body))[:2],
+                         (409, "LimitExceeded"))
+        iam.delete_ssh_public_key(UserName="git-user", SSHPublicKeyId=fixed[1])
+        new = iam.upload_ssh_public_key(UserName="git-user", SSHPublicKeyBody=body)["SSHPublicKey"]["SSHPublicKeyId"]
+        listed = [k["SSHPublicKeyId"] for p in iam.get_paginator("list_ssh_public_keys").paginate(
+            UserName="git-user", PaginationConfig={"PageSize": 1}) for k in p["SSHPublicKeys"]]
+        self.assertEqual(listed, sorted(set(ids) - {fixed[1]} | {new}))
+
+    def test_26_roles_last_used_in_authorization_details(self) -> None:
+        self.L.ok("/_launcher/seed", {"account": ROLES, "users": [{"name": f"u{i}"} for i in range(3)]})
+        made = self.L.ok("/_launcher/roles", {"account": ROLES, "roles": [
+            {"name": "used-yesterday", "create_date": "2023-01-01T00:00:00Z", "policies": 2,
+             "last_used": {"date": "2025-06-01T12:00:00Z", "region": "eu-west-1"}},
+            {"name": "unused-200-days", "last_used": {"date": "2024-01-01T00:00:00Z"}},
+            {"name": "never-used", "create_date": "2022-01-01T00:00:00Z", "last_used": None, "policies": 1,
+             "description": "created long ago"},
+            {"name": "AWSServiceRoleForSupport", "path": "/aws-service-role/support.amazonaws.com/"},
+            {"name": "deployer", "path": "/ci/"},
+        ]})["roles"]
+        arns = {r["name"]: r["arn"] for r in made}
+        self.assertEqual(arns["AWSServiceRoleForSupport"],
+                         f"arn:aws:iam::{ROLES}:role/aws-service-role/support.amazonaws.com/AWSServiceRoleForSupport")
+        self.assertEqual(arns["deployer"], f"arn:aws:iam::{ROLES}:role/ci/deployer")
+        used = {"used-yesterday": {"LastUsedDate": utc("2025-06-01T12:00:00Z"), "Region": "eu-west-1"},
+                "unused-200-days": {"LastUsedDate": utc("2024-01-01T00:00:00Z"), "Region": "us-east-1"}}
+        iam = self.iam(ROLES)
+        raw: list[bytes] = []
+        iam.meta.events.register("after-call.iam", lambda http_response, **_: raw.append(http_response.content))
+
+        def check_roles(roles: list[dict]) -> None:
+            for r in roles:
+                self.assertEqual(r.get("RoleLastUsed", {}), used.get(r["RoleName"], {}), r["RoleName"])
+
+        r = iam.get_account_authorization_details(Filter=["Role"])
+        self.assertEqual((r["UserDetailList"], r["IsTruncated"]), ([], False))
+        check_roles(r["RoleDetailList"])
+        details = {x["RoleName"]: x for x in r["RoleDetailList"]}
+        self.assertEqual(sorted(details), sorted(arns))
+        self.assertEqual(details["used-yesterday"]["CreateDate"], utc("2023-01-01T00:00:00Z"))
+        self.assertEqual([p["PolicyName"] for p in details["used-yesterday"]["RolePolicyList"]],
+                         ["s3-data-access-0", "dynamodb-table-access-1"])
+        doc = details["never-used"]["RolePolicyList"][0]["PolicyDocument"]  # boto3 decodes it
+        self.assertEqual(doc["Version"], "2012-10-17")
+        self.assertGreater(len(json.dumps(doc)), 1000)
+        self.assertEqual(details["AWSServiceRoleForSupport"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"],
+                         {"Service": "support.amazonaws.com"})
+        self.assertIn(b"<AssumeRolePolicyDocument>%7B%22Version%22", raw[-1], "URL-encoded, as AWS")
+        self.assertEqual(raw[-1].count(b"<RoleLastUsed />") + raw[-1].count(b"<RoleLastUsed/>"), 3)
+        got = iam.get_role(RoleName="used-yesterday")["Role"]
+        self.assertEqual(got["RoleLastUsed"], used["used-yesterday"])
+        self.assertEqual(iam.get_role(RoleName="never-used")["Role"]["RoleLastUsed"], {})
+        self.assertEqual(iam.get_role(RoleName="never-used")["Role"]["Description"], "created long ago")
+
+        # users and roles paged as one sequence, with short pages: 3 users + 5 roles
+        sizes, pages, markers = [], [], []
+        kw: dict = {"Filter": ["User", "Role"], "MaxItems": 3}
+        while True:
+            r = iam.get_account_authorization_details(**kw)
+            page = [u["UserName"] for u in r["UserDetailList"]] + [x["RoleName"] for x in r["RoleDetailList"]]
+            check_roles(r["RoleDetailList"])
+            sizes.append(len(page))
+            pages += page
+            if not r["IsTruncated"]:
+                break
+            markers.append(r["Marker"])
+            kw["Marker"] = r["Marker"]
+        self.assertEqual(sizes, [3, 1, 3, 1])
+        self.assertEqual(pages, ["u0", "u1", "u2"] + sorted(arns))
+        roles_only = self.list_all(iam.get_account_authorization_details, "RoleDetailList", Filter=["Role"], MaxItems=2)
+        self.assertEqual(roles_only[0], [2, 1, 2])
+        self.assertEqual([x["RoleName"] for x in roles_only[1]], sorted(arns))
+
 class TestLauncherProcess(unittest.TestCase):
     def test_demo_and_sigint(self) -> None:
         t0 = time.monotonic()
@@ -1084,6 +1432,7 @@ class TestLauncherProcess(unittest.TestCase):
             self.assertTrue(any(age < 90 and used == 1 for _, _, age, used in prod))
             self.assertEqual(sum(1 for u, s, *_ in prod if u == "ci-deploy" and s == "Active"), 2)
             self.assertGreaterEqual(len(summary["222222222222"]), 3)
+
         finally:
             rc = L.stop(signal.SIGINT)
         self.assertEqual(rc, 0, "".join(L.stderr_lines[-20:]))
