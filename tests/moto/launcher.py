@@ -124,7 +124,13 @@ endpoints take no body; every POST setting answers the setting as it now is.
                                          each is about 5.5 MB. Every such page makes moto serialize the whole
                                          account first (about 0.5 s for those 1000 roles), whatever MaxItems.
                                          Names are unique regardless of case.
-  GET  /_launcher/demo                   what --seed-demo made, with the base credentials
+  GET  /_launcher/demo                   what --seed-demo made, with the base credentials:
+                                         {"accounts": {"<id>": {"name", "users": [names], "service_credentials":
+                                          [as /_launcher/service_credential answers], "ssh_keys": [{"user", "id",
+                                          "status", "upload_date"}], "roles": [{"name", "arn", "path",
+                                          "create_date", "last_used": {"date", "region"}|null}], "root"?}},
+                                          "base_credentials": {"account", "user", "access_key_id",
+                                          "secret_access_key"}}
 
   Latency and rate limits (AWS requests only, never control requests):
   GET|POST /_launcher/latency            {"min_ms": 30, "max_ms": 80}  each request waits a uniform random
@@ -1310,6 +1316,14 @@ def inline_policy(account: str, role: str, n: int) -> tuple[str, str]:
     return name, json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
+def role_view(role: Role) -> dict:
+    last_used = None
+    if role.last_used is not None:
+        last_used = {"date": fmt_date(role.last_used), "region": role.last_used_region}
+    return {"name": role.name, "arn": role.arn, "path": role.path, "create_date": fmt_date(role.create_date),
+            "last_used": last_used}
+
+
 def seed_roles(body: dict) -> dict:
     check_fields(body, {"account", "roles"})
     account = want_account(body)
@@ -1697,14 +1711,19 @@ def seed_demo(state: State) -> dict:
     production = [
         {"name": "alice", "create_date": ago(days=900), "password": True, "password_last_used": ago(hours=5),
          "tags": {"owner": "alice@example.com", "team": "payments"},
-         "keys": [{"create_date": ago(days=400), "last_used": used("s3", "us-east-1", days=2)}]},
+         "keys": [{"create_date": ago(days=400), "last_used": used("s3", "us-east-1", days=2)}],
+         # an old Bedrock API key that never expires
+         "service_credentials": [{"service": "bedrock.amazonaws.com", "create_date": ago(days=200)}]},
         {"name": "bob", "create_date": ago(days=700), "password": True, "password_last_used": ago(days=40),
          "tags": {"owner": "bob@example.com", "team": "search"},
-         "keys": [{"create_date": ago(days=120), "last_used": used("ec2", "eu-west-1", days=30)}]},
+         "keys": [{"create_date": ago(days=120), "last_used": used("ec2", "eu-west-1", days=30)}],
+         "service_credentials": [{"service": "codecommit.amazonaws.com", "create_date": ago(days=10)}]},
         {"name": "ci-deploy", "create_date": ago(days=800), "path": "/automation/",
          "tags": {"team": "platform"},
          "keys": [{"create_date": ago(days=310), "last_used": used("ecr", "us-east-1", hours=1)},
-                  {"create_date": ago(days=12), "last_used": used("sts", "us-east-1", hours=3)}]},
+                  {"create_date": ago(days=12), "last_used": used("sts", "us-east-1", hours=3)}],
+         "service_credentials": [{"service": "codecommit.amazonaws.com", "create_date": ago(days=150)}],
+         "ssh_keys": [{"upload_date": ago(days=300)}]},
         {"name": "terraform", "create_date": ago(days=600),
          "keys": [{"create_date": ago(days=5), "last_used": used("iam", "us-east-1", days=1)}]},
         {"name": "legacy-backup", "create_date": ago(days=1000),
@@ -1714,7 +1733,8 @@ def seed_demo(state: State) -> dict:
          "tags": {"iam-key-exporter:exempt-until": fmt_date(now + timedelta(days=60))[:10] + " emergency access, reviewed quarterly"},
          "keys": [{"create_date": ago(days=250), "last_used": used("iam", "us-east-1", days=3)}]},
         {"name": "old-intern", "create_date": ago(days=1200),
-         "keys": [{"status": "Inactive", "create_date": ago(days=500), "last_used": used("s3", "eu-central-1", days=450)}]},
+         "keys": [{"status": "Inactive", "create_date": ago(days=500), "last_used": used("s3", "eu-central-1", days=450)}],
+         "service_credentials": [{"service": "cassandra.amazonaws.com", "status": "Inactive", "create_date": ago(days=400)}]},
         {"name": "grafana-cloudwatch", "create_date": ago(days=365),
          "keys": [{"create_date": ago(days=95), "last_used": used("cloudwatch", "us-east-1", minutes=10)}]},
     ]
@@ -1724,7 +1744,11 @@ def seed_demo(state: State) -> dict:
         {"name": "terraform", "create_date": ago(days=450),
          "keys": [{"create_date": ago(days=95), "last_used": used("iam", "us-east-1", days=3)}]},
         {"name": "carol", "create_date": ago(days=60), "password": True,
-         "keys": [{"create_date": ago(days=20)}]},
+         "keys": [{"create_date": ago(days=20)}],
+         # a Bedrock API key made with a 30-day expiration, 5 days ago
+         "service_credentials": [{"service": "bedrock.amazonaws.com", "create_date": ago(days=5),
+                                  "expiration_date": ago(days=5 - 30)}],
+         "ssh_keys": [{"upload_date": ago(days=5)}]},
         {"name": "load-test", "create_date": ago(days=150),
          "keys": [{"status": "Inactive", "create_date": ago(days=140), "last_used": used("sqs", "us-west-2", days=100)}]},
     ]
@@ -1735,12 +1759,38 @@ def seed_demo(state: State) -> dict:
         {"name": "auditor", "create_date": ago(days=400), "password": True,
          "keys": [{"create_date": ago(days=100), "last_used": used("iam", "us-east-1", days=10)}]},
     ]
+    roles = {
+        "111111111111": [
+            {"name": "data-pipeline-legacy", "create_date": ago(days=600), "policies": 2,
+             "last_used": {"date": ago(days=200), "region": "us-east-1"}},
+            {"name": "payments-api", "create_date": ago(days=500), "policies": 3,
+             "last_used": {"date": ago(days=1), "region": "eu-west-1"}},
+            {"name": "old-migration", "create_date": ago(days=730), "policies": 1},
+            {"name": "AWSServiceRoleForSupport", "path": "/aws-service-role/support.amazonaws.com/",
+             "create_date": ago(days=800), "description": "Enables resource access for AWS to provide billing, "
+             "administrative and support services"},
+        ],
+        "222222222222": [
+            {"name": "analytics-sandbox", "create_date": ago(days=10), "policies": 1},
+        ],
+    }
     summary = {}
     for account, name, users in (("111111111111", "production", production),
                                   ("222222222222", "staging", staging),
                                   ("333333333333", "security-tooling", security)):
         seeded = seed(account, users)
-        summary[account] = {"name": name, "users": [u["name"] for u in seeded]}
+        made = seed_roles({"account": account, "roles": roles.get(account, [])})["roles"]
+        backend = iam_backend(account)
+        by_name = {r.name: r for r in list(backend.roles.values())}
+        summary[account] = {
+            "name": name,
+            "users": [u["name"] for u in seeded],
+            "service_credentials": [c.view() for u in seeded for c in user_credentials(account, u["name"])],
+            "ssh_keys": [{"user": u["name"], "id": k.ssh_public_key_id, "status": k.status,
+                          "upload_date": fmt_date(k.upload_date)}
+                         for u in seeded for k in backend.users[u["name"]].ssh_public_keys],
+            "roles": [role_view(by_name[r["name"]]) for r in made],
+        }
     # security-tooling is read through the credential report (config/demo.yaml): its root
     # user has an active access key and no MFA, which IAMRootAccessKeyPresent pages on.
     root = {"mfa_active": False, "access_key_1_active": True, "access_key_2_active": False}

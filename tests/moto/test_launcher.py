@@ -1433,6 +1433,44 @@ class TestLauncherProcess(unittest.TestCase):
             self.assertEqual(sum(1 for u, s, *_ in prod if u == "ci-deploy" and s == "Active"), 2)
             self.assertGreaterEqual(len(summary["222222222222"]), 3)
 
+            # service-specific credentials, SSH keys and roles, as the demo answer describes them
+            def age(date: str | None) -> int | None:
+                return None if date is None else (now - utc(date)).days
+
+            accounts = demo["accounts"]
+            creds = [(c["user"], c["service"], c["status"], age(c["create_date"]), c["expiration_date"] is not None)
+                     for a in ("111111111111", "222222222222") for c in accounts[a]["service_credentials"]]
+            self.assertIn(("alice", "bedrock.amazonaws.com", "Active", 200, False), creds)
+            self.assertIn(("carol", "bedrock.amazonaws.com", "Active", 5, True), creds)
+            self.assertIn(("ci-deploy", "codecommit.amazonaws.com", "Active", 150, False), creds)
+            self.assertIn(("bob", "codecommit.amazonaws.com", "Active", 10, False), creds)
+            self.assertIn(("old-intern", "cassandra.amazonaws.com", "Inactive", 400, False), creds)
+            carol = next(c for c in accounts["222222222222"]["service_credentials"] if c["user"] == "carol")
+            self.assertEqual((utc(carol["expiration_date"]) - utc(carol["create_date"])).days, 30)
+            ssh = [(k["user"], k["status"], age(k["upload_date"])) for a in accounts.values() for k in a["ssh_keys"]]
+            self.assertEqual(sorted(ssh), [("carol", "Active", 5), ("ci-deploy", "Active", 300)])
+            roles = {r["name"]: (r["path"], age(r["create_date"]), r["last_used"] and age(r["last_used"]["date"]))
+                     for a in accounts.values() for r in a["roles"]}
+            self.assertEqual(roles, {"data-pipeline-legacy": ("/", 600, 200), "payments-api": ("/", 500, 1),
+                                     "old-migration": ("/", 730, None),
+                                     "AWSServiceRoleForSupport": ("/aws-service-role/support.amazonaws.com/", 800, None),
+                                     "analytics-sandbox": ("/", 10, None)})
+            self.assertEqual(accounts["333333333333"]["roles"], [])
+            # ... and as the API answers them
+            creds = sts.assume_role(RoleArn="arn:aws:iam::111111111111:role/IAMKeyExporterReadOnly",
+                                    RoleSessionName="demo")["Credentials"]
+            prod_iam = boto3.client("iam", config=NO_RETRY, endpoint_url=L.url, region_name="us-east-1",
+                                    aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                                    aws_session_token=creds["SessionToken"])
+            listed = prod_iam.list_service_specific_credentials(AllUsers=True)["ServiceSpecificCredentials"]
+            self.assertEqual(sorted(c["ServiceSpecificCredentialId"] for c in listed),
+                             sorted(c["id"] for c in accounts["111111111111"]["service_credentials"]))
+            self.assertEqual(len(prod_iam.list_ssh_public_keys(UserName="ci-deploy")["SSHPublicKeys"]), 1)
+            details = {r["RoleName"]: r.get("RoleLastUsed", {}) for r in
+                       prod_iam.get_account_authorization_details(Filter=["Role"])["RoleDetailList"]}
+            self.assertEqual({n: "LastUsedDate" in lu for n, lu in details.items()},
+                             {"data-pipeline-legacy": True, "payments-api": True, "old-migration": False,
+                              "AWSServiceRoleForSupport": False})
         finally:
             rc = L.stop(signal.SIGINT)
         self.assertEqual(rc, 0, "".join(L.stderr_lines[-20:]))
