@@ -123,7 +123,9 @@ endpoints take no body; every POST setting answers the setting as it now is.
                                          GetAccountAuthorizationDetails Filter=Role page of 1000 roles with 2
                                          each is about 5.5 MB. Every such page makes moto serialize the whole
                                          account first (about 0.5 s for those 1000 roles), whatever MaxItems.
-                                         Names are unique regardless of case.
+                                         Names are unique regardless of case. moto itself marks a role used (now,
+                                         with no Region) at every request signed with credentials assumed into
+                                         it: seed no role under the name the exporter assumes.
   GET  /_launcher/demo                   what --seed-demo made, with the base credentials:
                                          {"accounts": {"<id>": {"name", "users": [names], "service_credentials":
                                           [as /_launcher/service_credential answers], "ssh_keys": [{"user", "id",
