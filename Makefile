@@ -22,6 +22,7 @@ bench: ## render time, memory, config validation at scale, CPU per AWS request, 
 	.venv/bin/python scripts/bench_refresh.py cpu 1500
 	.venv/bin/python scripts/bench_refresh.py memory 100000
 	.venv/bin/python scripts/bench_refresh.py slowreaders 100000 500
+	.venv/bin/python scripts/bench_refresh.py credentials 2500 1000
 	.venv/bin/python scripts/bench_refresh.py sizing 200 200
 	.venv/bin/python scripts/bench_refresh.py throttled 20 1000 5000
 

@@ -39,6 +39,7 @@ fn inventory(keys: usize) -> Vec<Arc<AccountState>> {
                 origin: Origin::Static,
                 user_tags: Vec::new(),
                 reads_user_tags: false,
+                read: Default::default(),
                 ous: Vec::new(),
             });
             let per_account = keys / accounts;

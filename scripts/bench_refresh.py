@@ -29,6 +29,15 @@ throttled [ACCOUNTS USERS BIG_USERS [SOURCES]]
                  failed refreshes. Then a second refresh of each (steady state). SOURCES:
                  comma-separated, default credential_report,hybrid,api.
 
+credentials [USERS] [ROLES]
+                 One account of USERS users (default 2,500; one key each, tagged, every fifth
+                 with a Bedrock API key and a CodeCommit password) and ROLES roles (default
+                 1,000, two inline policies of ~1.5 KB each, as real roles carry), read once
+                 with the hybrid source and user tags as labels: AWS calls per operation, the
+                 bytes of the GetAccountAuthorizationDetails pages, wall and CPU time and peak
+                 RSS, with roles and service-specific credentials read, then without, then
+                 with SSH keys too (one ListSSHPublicKeys per user).
+
 Run after `cargo build --release` (`make bench` runs them all), e.g.
      .venv/bin/python scripts/bench_refresh.py cpu 1500
 """
@@ -134,6 +143,23 @@ def memory(keys):
         launcher.wait()
 
 
+def run_once(url, config_text):
+    """`once` with this configuration: (wall seconds, the process's rusage)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = os.path.join(tmp, "c.yaml")
+        with open(config, "w") as f:
+            f.write(config_text)
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            [BINARY, "once", f"--config.file={config}",
+             f"--output={os.path.join(tmp, 'out.prom')}", "--log.level=warn"],
+            env=aws_env(url))
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0:
+            sys.exit(f"the exporter failed: {status}")
+        return time.monotonic() - start, usage
+
+
 def cpu(users):
     launcher, url = start_launcher()
     try:
@@ -145,19 +171,7 @@ def cpu(users):
         # own work costs, and what waiting for its turn adds (sleeping and waking threads).
         for pace, line in (("default pace", ""), ("unpaced", "aws: {requests_per_second: 1000}\n")):
             post(url, "/_launcher/counts/reset", {})
-            with tempfile.TemporaryDirectory() as tmp:
-                config = os.path.join(tmp, "c.yaml")
-                with open(config, "w") as f:
-                    f.write(f'{line}accounts:\n  - id: "{ACCOUNT}"\n')
-                start = time.monotonic()
-                proc = subprocess.Popen(
-                    [BINARY, "once", f"--config.file={config}",
-                     f"--output={os.path.join(tmp, 'out.prom')}", "--log.level=warn"],
-                    env=aws_env(url))
-                _, status, usage = os.wait4(proc.pid, 0)
-                if status != 0:
-                    sys.exit(f"the exporter failed: {status}")
-                wall = time.monotonic() - start
+            wall, usage = run_once(url, f'{line}accounts:\n  - id: "{ACCOUNT}"\n')
             with urllib.request.urlopen(url + "/_launcher/counts") as resp:
                 counts = json.load(resp).get(ACCOUNT, {})
             requests = sum(counts.values())
@@ -165,6 +179,46 @@ def cpu(users):
             print(f"{pace}: users={users} requests={requests} ({json.dumps(counts, sort_keys=True)})")
             print(f"{pace}: wall {wall:.2f} s, exporter CPU {cpu:.3f} s, "
                   f"{cpu / requests * 1000:.3f} ms CPU per AWS request, peak RSS {usage.ru_maxrss / 1024:.1f} MiB")
+    finally:
+        launcher.terminate()
+        launcher.wait()
+
+
+def credentials(users, roles):
+    launcher, url = start_launcher()
+    try:
+        seeded = []
+        for i in range(users):
+            u = {"name": f"user-{i:05}", "keys": [{}], "tags": {"owner": f"team-{i % 40}"}}
+            if i % 5 == 0:
+                u["service_credentials"] = [{"service": "bedrock.amazonaws.com"},
+                                            {"service": "codecommit.amazonaws.com"}]
+            seeded.append(u)
+        for i in range(0, users, 5000):
+            post(url, "/_launcher/seed", {"account": ACCOUNT, "users": seeded[i:i + 5000]})
+        post(url, "/_launcher/roles", {"account": ACCOUNT, "roles": [
+            {"name": f"role-{i:05}", "policies": 2} for i in range(roles)]})
+        print(f"one account: {users} users, {users // 5 * 2} service-specific credentials, {roles} roles")
+        for what, read in (("keys, tags, service-specific credentials, roles", ""),
+                           ("keys and tags only", "read: {roles: false, service_specific_credentials: false}\n"),
+                           ("all of those and SSH keys", "read: {ssh_public_keys: true}\n")):
+            post(url, "/_launcher/counts/reset", {})
+            wall, usage = run_once(url, f'{read}source: hybrid\nuser_tags_as_labels: [owner]\n'
+                                        f'aws: {{requests_per_second: 1000}}\naccounts:\n  - id: "{ACCOUNT}"\n')
+            tables = {}
+            for table in ("counts", "bytes"):
+                with urllib.request.urlopen(f"{url}/_launcher/{table}") as resp:
+                    tables[table] = json.load(resp).get(ACCOUNT, {})
+            calls, sent = tables["counts"], tables["bytes"]
+            gaad = "GetAccountAuthorizationDetails"
+            pages = calls.get(gaad, 0)
+            print(f"{what}: {sum(calls.values())} calls {json.dumps(calls, sort_keys=True)}")
+            print(f"  {gaad}: {pages} pages, {sent.get(gaad, 0) / 1048576:.1f} MiB "
+                  f"({sent.get(gaad, 0) / max(pages, 1) / 1048576:.2f} MiB a page); "
+                  f"ListServiceSpecificCredentials {calls.get('ListServiceSpecificCredentials', 0)} calls, "
+                  f"ListSSHPublicKeys {calls.get('ListSSHPublicKeys', 0)} calls")
+            print(f"  wall {wall:.2f} s, CPU {usage.ru_utime + usage.ru_stime:.2f} s, "
+                  f"peak RSS {usage.ru_maxrss / 1024:.1f} MiB")
     finally:
         launcher.terminate()
         launcher.wait()
@@ -447,6 +501,9 @@ def main():
     elif mode == "throttled":
         args = [int(a) for a in sys.argv[2:5]]
         throttled(*(args + [20, 1000, 5000][len(args):]))
+    elif mode == "credentials":
+        credentials(int(sys.argv[2]) if len(sys.argv) > 2 else 2500,
+                    int(sys.argv[3]) if len(sys.argv) > 3 else 1000)
     elif mode == "sizing":
         sizing(int(sys.argv[2]) if len(sys.argv) > 2 else 200,
                int(sys.argv[3]) if len(sys.argv) > 3 else 200)

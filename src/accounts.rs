@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{AccountEntry, Config, RoleChoice, Source, TagLabel};
+use crate::config::{AccountEntry, Config, Read, RoleChoice, Source, TagLabel};
 
 /// One account to read, with its role resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +26,8 @@ pub struct Account {
     pub user_tags: Vec<TagLabel>,
     /// Whether the users' tags must be read: for labels, exemptions by tag or policy rules.
     pub reads_user_tags: bool,
+    /// What else is read: service-specific credentials, roles.
+    pub read: Read,
     /// The OUs and root above the account, nearest first, where discovery walked the
     /// organization's tree (for policy rules by OU); empty otherwise.
     pub ous: Vec<String>,
@@ -284,6 +286,7 @@ fn resolve(cfg: &Config, id: &str, entry: Option<&AccountEntry>) -> Account {
         reads_user_tags: !user_tags.is_empty()
             || cfg.exemptions.tag.is_some()
             || cfg.policy.needs_user_tags(),
+        read: cfg.read.with(entry.map(|e| e.read).unwrap_or_default()),
         ous: Vec::new(),
     }
 }

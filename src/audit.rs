@@ -89,7 +89,7 @@ pub fn write(
 }
 
 fn key(f: &Finding) -> &str {
-    f.access_key_id.as_deref().unwrap_or("")
+    f.credential_id.as_deref().unwrap_or("")
 }
 
 fn days(f: &Finding) -> String {
@@ -119,7 +119,7 @@ fn rule(f: &Finding) -> &str {
 
 /// A finding's columns in the table (and the header's, in the same widths).
 fn columns([kind, user, key, days, deadline, rule]: [&str; 6]) -> String {
-    format!("  {kind:<20} {user:<24} {key:<22} {days:>5}  {deadline:<10}  {rule}")
+    format!("  {kind:<26} {user:<24} {key:<22} {days:>5}  {deadline:<10}  {rule}")
 }
 
 /// What the table and the CSV both show of a finding: kind, user, key, days, deadline, rule.
@@ -148,7 +148,9 @@ fn table(
     write!(out, "{}", policy::summary(&standards.policy))?;
     writeln!(
         out,
-        "Also: users with two active keys, root keys, missing MFA."
+        "Also: users with two active keys, root keys, missing MFA; service-specific credentials \
+         and SSH keys by key_max_age, Bedrock API keys that never expire or outlive it; roles \
+         by role_max_idle."
     )?;
     if let Some(e) = discovery_error {
         writeln!(out, "\nDiscovery FAILED: {e}")?;
@@ -167,7 +169,14 @@ fn table(
             n => writeln!(out, "{n} findings")?,
         }
         if of(Part::Open).next().is_some() {
-            let header = columns(["FINDING", "USER", "ACCESS KEY", "DAYS", "DEADLINE", "RULE"]);
+            let header = columns([
+                "FINDING",
+                "USER OR ROLE",
+                "KEY OR CREDENTIAL",
+                "DAYS",
+                "DEADLINE",
+                "RULE",
+            ]);
             writeln!(out, "{}", header.trim_end())?;
             for f in of(Part::Open) {
                 writeln!(out, "{}", finding_columns(f).trim_end())?;
@@ -211,7 +220,11 @@ fn table(
     if !kinds.is_empty() {
         writeln!(out, "\nControls:")?;
         for k in kinds {
-            writeln!(out, "  {:<20} {}", k.name(), k.controls_text())?;
+            let controls = match k.controls_text() {
+                t if t.is_empty() => "none named by a benchmark yet".to_string(),
+                t => t,
+            };
+            writeln!(out, "  {:<26} {controls}", k.name())?;
         }
     }
     Ok(())
@@ -222,11 +235,22 @@ fn finding_json(a: &Audited, f: &Finding) -> serde_json::Value {
         "account_id": a.state.account.id,
         "account_name": a.state.account.name,
         "kind": f.kind.name(),
-        "user": f.user,
-        "access_key_id": f.access_key_id,
         "days": f.days,
         "controls": f.kind.controls().iter().map(|c| json!({"framework": c.framework, "id": c.id})).collect::<Vec<_>>(),
     });
+    // Role findings name the role; credential findings the access key's or credential's id
+    // under its own name.
+    if f.kind.is_role() {
+        v["role"] = json!(f.user);
+    } else {
+        v["user"] = json!(f.user);
+        let id = if f.kind.is_other_credential() {
+            "credential_id"
+        } else {
+            "access_key_id"
+        };
+        v[id] = json!(f.credential_id);
+    }
     if let Some((t, rule)) = &f.deadline {
         v["deadline"] = json!(date(*t));
         v["rule"] = json!(rule);
@@ -327,7 +351,7 @@ fn csv(out: &mut dyn Write, audited: &[Audited]) -> io::Result<()> {
         "account_name",
         "kind",
         "user",
-        "access_key_id",
+        "credential_id",
         "days",
         "deadline",
         "rule",

@@ -14,7 +14,10 @@ use crate::config::{Limits, DEFAULT_RULE};
 use crate::exemptions;
 use crate::exposition::{write_header, write_line, write_sample, Labels};
 use crate::health::Health;
-use crate::inventory::{AccessKey, AccountState, Certificate, Snapshot, Standards, User};
+use crate::inventory::{
+    AccessKey, AccountState, Certificate, Role, ServiceCredential, Snapshot, SshKey, Standards,
+    User,
+};
 use crate::{policy, process};
 
 const CHUNK: usize = 64 * 1024;
@@ -142,6 +145,64 @@ const SNAPSHOT_FAMILIES: &[Family] = &[
         }),
     },
     Family {
+        name: "aws_iam_service_credential_created_timestamp_seconds",
+        help: "When the IAM user's service-specific credential was created (a Bedrock API key, a CodeCommit, Keyspaces or CloudWatch Logs password: label service as AWS names it), in Unix seconds. IAM records no last use of these credentials.",
+        rows: Rows::Credential(|c, _| Some(c.created)),
+    },
+    Family {
+        name: "aws_iam_service_credential_age_seconds",
+        help: "Seconds since the service-specific credential was created, at scrape time.",
+        rows: Rows::Credential(|c, now| Some((now - c.created).max(0.0))),
+    },
+    Family {
+        name: "aws_iam_service_credential_expiration_timestamp_seconds",
+        help: "When the service-specific credential expires, in Unix seconds; absent when it never does (only Bedrock API keys and CloudWatch Logs credentials can have an expiration).",
+        rows: Rows::Credential(|c, _| c.expires),
+    },
+    Family {
+        name: "aws_iam_ssh_public_key_uploaded_timestamp_seconds",
+        help: "When the IAM user's SSH public key (for CodeCommit) was uploaded, in Unix seconds. IAM records no last use of SSH keys.",
+        rows: Rows::Ssh(|k, _| k.uploaded),
+    },
+    Family {
+        name: "aws_iam_ssh_public_key_age_seconds",
+        help: "Seconds since the SSH public key was uploaded, at scrape time.",
+        rows: Rows::Ssh(|k, now| (now - k.uploaded).max(0.0)),
+    },
+    Family {
+        name: "aws_iam_role_info",
+        help: "An IAM role, with its path, the policy rule that sets its role_max_idle (iam_key_exporter_policy_role_max_idle_seconds), and managed_by=\"aws\" for a service-linked role or \"iam-key-exporter\" for a role the exporter itself assumes: the unused-role alert leaves both out (always 1).",
+        rows: Rows::Role(|r, a, _, emit| {
+            let rule = policy::decide_role(&a.standards.policy, a.account, r).rule;
+            let mut labels: Vec<Label> = vec![("path", &r.path), ("policy_rule", rule)];
+            if r.service_linked() {
+                labels.push(("managed_by", "aws"));
+            } else if r.exporter {
+                labels.push(("managed_by", "iam-key-exporter"));
+            }
+            emit(&labels, 1.0)
+        }),
+    },
+    Family {
+        name: "aws_iam_role_created_timestamp_seconds",
+        help: "When the IAM role was created, in Unix seconds.",
+        rows: Rows::Role(|r, _, _, emit| emit(&[], r.created)),
+    },
+    Family {
+        name: "aws_iam_role_last_used_timestamp_seconds",
+        help: "When the IAM role was last used (RoleLastUsed), with the region, in Unix seconds; absent when IAM has no date: never used, or not within the 400 days IAM tracks.",
+        rows: Rows::Role(|r, _, _, emit| {
+            if let Some(u) = &r.last_used {
+                emit(&[("region", u.region.as_deref().unwrap_or(""))], u.at)
+            }
+        }),
+    },
+    Family {
+        name: "aws_iam_role_idle_seconds",
+        help: "Seconds since the IAM role was last used or, without a date from IAM, since it was created, at scrape time.",
+        rows: Rows::Role(|r, _, now, emit| emit(&[], (now - r.idle_since()).max(0.0))),
+    },
+    Family {
         name: "aws_iam_root_access_key_active",
         help: "1 if the root user's access key 1 or 2 (label key) is active (credential_report source).",
         rows: Rows::Account(|s| {
@@ -191,8 +252,8 @@ fn certificates(u: &User) -> impl Iterator<Item = (&'static str, &Certificate)> 
 /// Writes one sample of a user: the labels besides account and user, and the value.
 type Emit<'e> = dyn FnMut(&[Label], f64) + 'e;
 
-/// What a user's samples may draw on besides the user.
-struct UserContext<'a> {
+/// What a user's or role's samples may draw on besides it.
+struct Context<'a> {
     account: &'a Account,
     standards: &'a Standards,
     /// Whether the account's users' tags were read.
@@ -204,7 +265,13 @@ enum Rows {
     /// At most one sample per key: its value and, for the info metric, service and region.
     Key(fn(&AccessKey, f64) -> Option<KeySample<'_>>),
     /// Any samples per user, each with labels of its own.
-    User(fn(&User, &UserContext, &mut Emit)),
+    User(fn(&User, &Context, &mut Emit)),
+    /// At most one sample per service-specific credential.
+    Credential(fn(&ServiceCredential, f64) -> Option<f64>),
+    /// One sample per SSH public key.
+    Ssh(fn(&SshKey, f64) -> f64),
+    /// Any samples per role, each with labels of its own, at the scrape's time.
+    Role(fn(&Role, &Context, f64, &mut Emit)),
     /// A few samples per account, each with at most one extra label.
     Account(fn(&Snapshot) -> AccountSamples),
 }
@@ -248,7 +315,7 @@ impl Family {
                 }
             }
             Rows::User(samples) => {
-                let context = UserContext {
+                let context = Context {
                     account: &a.state.account,
                     standards,
                     tags_known: s.user_tags_read,
@@ -264,6 +331,57 @@ impl Family {
                         labels.extend_from_slice(extra);
                         write_line(out, self.name, a.account.as_str(), &labels, v);
                     });
+                }
+            }
+            Rows::Credential(value) => {
+                let all = s.service_credentials.as_deref().unwrap_or_default();
+                for (i, c) in all.iter().enumerate().skip(start) {
+                    if i > start && out.len() >= CHUNK {
+                        return Some(i);
+                    }
+                    if let Some(v) = value(c, now) {
+                        let labels = [
+                            ("user", c.user.as_str()),
+                            ("credential_id", &c.id),
+                            ("service", &c.service),
+                            ("status", c.status.as_str()),
+                        ];
+                        write_line(out, self.name, a.account.as_str(), &labels, v);
+                    }
+                }
+            }
+            Rows::Ssh(value) => {
+                let all = s.ssh_keys.as_deref().unwrap_or_default();
+                for (i, k) in all.iter().enumerate().skip(start) {
+                    if i > start && out.len() >= CHUNK {
+                        return Some(i);
+                    }
+                    let labels = [
+                        ("user", k.user.as_str()),
+                        ("ssh_key_id", &k.id),
+                        ("status", k.status.as_str()),
+                    ];
+                    write_line(out, self.name, a.account.as_str(), &labels, value(k, now));
+                }
+            }
+            Rows::Role(samples) => {
+                let context = Context {
+                    account: &a.state.account,
+                    standards,
+                    tags_known: s.user_tags_read,
+                };
+                let roles = s.roles.as_deref().unwrap_or_default();
+                for (i, r) in roles.iter().enumerate().skip(start) {
+                    if i > start && out.len() >= CHUNK {
+                        return Some(i);
+                    }
+                    let mut emit = |extra: &[Label], v| {
+                        let mut labels: Vec<Label> = Vec::with_capacity(extra.len() + 1);
+                        labels.push(("role", &r.name));
+                        labels.extend_from_slice(extra);
+                        write_line(out, self.name, a.account.as_str(), &labels, v);
+                    };
+                    samples(r, &context, now, &mut emit);
                 }
             }
             Rows::Account(samples) => {
@@ -391,7 +509,7 @@ fn write_account_families(out: &mut Vec<u8>, accounts: &[Arc<AccountState>]) {
         .collect();
 
     let coverage = "iam_key_exporter_account_coverage";
-    write_header(out, coverage, "gauge", "1 if the account's data covers this kind of credential data (label kind: root, user_mfa, console_password, and user_tags where tags are needed), 0 if its source cannot see it or reading it failed: alerts about it cannot fire for the account.");
+    write_header(out, coverage, "gauge", "1 if the account's data covers this kind of credential data (label kind: root, user_mfa, console_password, and where they are read user_tags, service_credentials, roles, ssh_public_keys), 0 if its source cannot see it or reading it failed: alerts about it cannot fire for the account.");
     for (s, l) in accounts.iter().zip(&labels) {
         for (kind, covered) in s.coverage() {
             let mut l = l.clone();
@@ -423,7 +541,7 @@ fn write_account_families(out: &mut Vec<u8>, accounts: &[Arc<AccountState>]) {
 /// `policy_rule`, and per account the users whose rule could not be decided.
 fn write_policy_families(out: &mut Vec<u8>, accounts: &[Arc<AccountState>], standards: &Standards) {
     type Limit = fn(&Limits) -> std::time::Duration;
-    let limits: [(&str, &str, Limit); 4] = [
+    let limits: [(&str, &str, Limit); 5] = [
         (
             "iam_key_exporter_policy_key_max_age_seconds",
             "The policy's longest life of an active access key, by rule (policy.key_max_age): older keys must be rotated.",
@@ -438,6 +556,11 @@ fn write_policy_families(out: &mut Vec<u8>, accounts: &[Arc<AccountState>], stan
             "iam_key_exporter_policy_password_max_idle_seconds",
             "The policy's longest time a console password may go unused, by rule (policy.password_max_idle).",
             |l| l.password_max_idle,
+        ),
+        (
+            "iam_key_exporter_policy_role_max_idle_seconds",
+            "The policy's longest time an IAM role may go unused (no date from IAM: since creation), by rule (policy.role_max_idle).",
+            |l| l.role_max_idle,
         ),
         (
             "iam_key_exporter_policy_notice_seconds",
@@ -517,8 +640,24 @@ mod tests {
     use crate::inventory::{KeyStatus, User};
 
     fn state(users: usize, name_pad: usize) -> Arc<AccountState> {
-        let mut snapshot = Snapshot::default();
+        let mut snapshot = Snapshot {
+            service_credentials: Some(Vec::new()),
+            roles: Some(Vec::new()),
+            ..Snapshot::default()
+        };
         for i in 0..users {
+            let pad = "r".repeat(name_pad);
+            snapshot
+                .roles
+                .as_mut()
+                .unwrap()
+                .push(crate::inventory::Role {
+                    name: format!("{pad}{i}"),
+                    path: "/".into(),
+                    created: 1e9,
+                    last_used: None,
+                    exporter: false,
+                });
             let name = format!("{}{i}", "u".repeat(name_pad));
             snapshot.users.push(User {
                 name: name.clone(),
@@ -528,6 +667,16 @@ mod tests {
                 tags: Default::default(),
                 console: None,
             });
+            snapshot.service_credentials.as_mut().unwrap().push(
+                crate::inventory::ServiceCredential {
+                    user: name.clone(),
+                    id: format!("ACCA{i:017}"),
+                    service: crate::inventory::BEDROCK.into(),
+                    status: KeyStatus::Active,
+                    created: 1e9,
+                    expires: Some(2e9),
+                },
+            );
             snapshot.keys.push(AccessKey {
                 user: name,
                 id: format!("AKIA{i:016}"),
@@ -545,6 +694,7 @@ mod tests {
             origin: Origin::Static,
             user_tags: Vec::new(),
             reads_user_tags: false,
+            read: Default::default(),
             ous: Vec::new(),
         };
         let mut s = AccountState::new(Arc::new(account));
@@ -582,7 +732,13 @@ mod tests {
                     assert_eq!(name, current, "pad {pad}: {name} outside its family");
                 }
             }
-            assert_eq!(text.matches("aws_iam_access_key_age_seconds{").count(), 300);
+            for family in [
+                "aws_iam_access_key_age_seconds{",
+                "aws_iam_service_credential_age_seconds{",
+                "aws_iam_role_idle_seconds{",
+            ] {
+                assert_eq!(text.matches(family).count(), 300, "pad {pad}: {family}");
+            }
         }
     }
 }

@@ -282,6 +282,7 @@ mod tests {
             origin: crate::accounts::Origin::Static,
             user_tags: Vec::new(),
             reads_user_tags: true,
+            read: Default::default(),
             ous: Vec::new(),
         }
     }

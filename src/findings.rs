@@ -24,6 +24,14 @@ pub enum Kind {
     KeyTooOldSoon,
     /// Within the notice before an unused key must be disabled.
     KeyUnusedSoon,
+    /// An active service-specific credential older than `key_max_age`.
+    ServiceCredentialTooOld,
+    /// An active Bedrock API key that never expires, or lives longer than `key_max_age`.
+    BedrockKeyLongLived,
+    /// An active SSH public key older than `key_max_age`.
+    SshKeyTooOld,
+    /// A role unused longer than `role_max_idle` (not service-linked, not the exporter's).
+    RoleUnused,
 }
 
 /// A control of a compliance framework that a finding fails.
@@ -74,6 +82,10 @@ impl Kind {
             Kind::ConsoleWithoutMfa => "console_without_mfa",
             Kind::KeyTooOldSoon => "key_too_old_soon",
             Kind::KeyUnusedSoon => "key_unused_soon",
+            Kind::ServiceCredentialTooOld => "service_credential_too_old",
+            Kind::BedrockKeyLongLived => "bedrock_key_long_lived",
+            Kind::SshKeyTooOld => "ssh_key_too_old",
+            Kind::RoleUnused => "role_unused",
         }
     }
 
@@ -93,6 +105,11 @@ impl Kind {
             Kind::RootAccessKey => ROOT_KEY,
             Kind::RootWithoutMfa => ROOT_MFA,
             Kind::ConsoleWithoutMfa => USER_MFA,
+            // No benchmark names these credentials yet.
+            Kind::ServiceCredentialTooOld
+            | Kind::BedrockKeyLongLived
+            | Kind::SshKeyTooOld
+            | Kind::RoleUnused => &[],
         }
     }
 
@@ -116,17 +133,36 @@ impl Kind {
                 | Kind::TwoActiveKeys
                 | Kind::KeyTooOldSoon
                 | Kind::KeyUnusedSoon
+                | Kind::ServiceCredentialTooOld
+                | Kind::BedrockKeyLongLived
+                | Kind::SshKeyTooOld
         )
+    }
+
+    /// A finding about a service-specific credential or an SSH key: its id is not an access
+    /// key's.
+    pub fn is_other_credential(self) -> bool {
+        matches!(
+            self,
+            Kind::ServiceCredentialTooOld | Kind::BedrockKeyLongLived | Kind::SshKeyTooOld
+        )
+    }
+
+    /// A finding about a role: its `user` is the role's name.
+    pub fn is_role(self) -> bool {
+        self == Kind::RoleUnused
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
     pub kind: Kind,
-    /// The IAM user, or `<root>`.
+    /// The IAM user, `<root>`, or for a role finding the role.
     pub user: String,
-    pub access_key_id: Option<String>,
-    /// Whole days: the key's age, its idle time, or the password's idle time.
+    /// The access key, service-specific credential or SSH key.
+    pub credential_id: Option<String>,
+    /// Whole days: the key's or credential's age, its idle time, or the password's or role's
+    /// idle time.
     pub days: Option<u64>,
     /// The policy's deadline that passed (or, for a notice, is coming), and the rule that
     /// set it; for findings that have one.
@@ -150,7 +186,7 @@ pub fn of_account(state: &AccountState, standards: &Standards, now: Timestamp) -
         out.push(Finding {
             kind,
             user: user.to_string(),
-            access_key_id: key.map(str::to_string),
+            credential_id: key.map(str::to_string),
             days: days.map(whole_days),
             deadline: deadline.map(|(t, rule)| (t, rule.to_string())),
             exemption: None,
@@ -166,12 +202,16 @@ pub fn of_account(state: &AccountState, standards: &Standards, now: Timestamp) -
     }
     let users: HashMap<&str, &User> = s.users.iter().map(|u| (u.name.as_str(), u)).collect();
     let decide = |u: &User| policy::decide(&standards.policy, &state.account, u, s.user_tags_read);
+    // A credential's user, by name: the defaults if the user is gone from the listing.
+    let decide_for = |name: &str| {
+        users
+            .get(name)
+            .map_or_else(|| policy::defaults(&standards.policy), |u| decide(u))
+    };
     let mut active: HashMap<&str, usize> = HashMap::new();
     for k in s.keys.iter().filter(|k| k.status == KeyStatus::Active) {
         *active.entry(&k.user).or_default() += 1;
-        let d = users
-            .get(k.user.as_str())
-            .map_or_else(|| policy::defaults(&standards.policy), |u| decide(u));
+        let d = decide_for(&k.user);
         let due = policy::key_deadlines(k, d.limits);
         let key = Some(k.id.as_str());
         let unused = if k.last_used.is_some() {
@@ -224,12 +264,65 @@ pub fn of_account(state: &AccountState, standards: &Standards, now: Timestamp) -
             add(Kind::ConsoleWithoutMfa, &u.name, None, None, None);
         }
     }
+    for c in s.service_credentials.iter().flatten() {
+        if c.status != KeyStatus::Active {
+            continue;
+        }
+        let d = decide_for(&c.user);
+        let id = Some(c.id.as_str());
+        let deadline = policy::credential_deadline(c, d.limits);
+        if now > deadline {
+            let age = Some(now - c.created);
+            add(
+                Kind::ServiceCredentialTooOld,
+                &c.user,
+                id,
+                age,
+                Some((deadline, d.rule)),
+            );
+        }
+        if policy::bedrock_too_long_lived(c, d.limits) == Some(true) {
+            add(Kind::BedrockKeyLongLived, &c.user, id, None, None);
+        }
+    }
+    for k in s.ssh_keys.iter().flatten() {
+        if k.status != KeyStatus::Active {
+            continue;
+        }
+        let d = decide_for(&k.user);
+        let deadline = policy::ssh_key_deadline(k, d.limits);
+        if now > deadline {
+            let age = Some(now - k.uploaded);
+            let id = Some(k.id.as_str());
+            add(
+                Kind::SshKeyTooOld,
+                &k.user,
+                id,
+                age,
+                Some((deadline, d.rule)),
+            );
+        }
+    }
+    for r in s.roles.iter().flatten().filter(|r| r.judged()) {
+        let d = policy::decide_role(&standards.policy, &state.account, r);
+        let deadline = policy::role_deadline(r, d.limits);
+        if now > deadline {
+            let idle = Some(now - r.idle_since());
+            add(
+                Kind::RoleUnused,
+                &r.name,
+                None,
+                idle,
+                Some((deadline, d.rule)),
+            );
+        }
+    }
     for f in out.iter_mut().filter(|f| f.kind.exemptible()) {
         let Some(user) = users.get(f.user.as_str()) else {
             continue;
         };
         let all = exemptions::of_user(&standards.exemptions, &state.account, user);
-        f.exemption = match &f.access_key_id {
+        f.exemption = match &f.credential_id {
             Some(id) => exemptions::covering(&all, id, now).cloned(),
             None => all
                 .iter()
@@ -238,7 +331,7 @@ pub fn of_account(state: &AccountState, standards: &Standards, now: Timestamp) -
         };
     }
     out.sort_by(|a, b| {
-        (a.kind, &a.user, &a.access_key_id).cmp(&(b.kind, &b.user, &b.access_key_id))
+        (a.kind, &a.user, &a.credential_id).cmp(&(b.kind, &b.user, &b.credential_id))
     });
     out
 }

@@ -25,7 +25,7 @@ use crate::collector::{self, Scope};
 use crate::exposition::CONTENT_TYPE;
 use crate::health::{BuildInfo, Health, IdentityStatus};
 use crate::inventory::unix_now;
-use crate::inventory::{AccountState, Coverage, Inventory};
+use crate::inventory::{AccountState, Inventory};
 use crate::keys::{self, html_escape as html};
 use crate::policy;
 use crate::web_config::{Auth, WebConfig};
@@ -727,12 +727,12 @@ fn landing_page(web: &Web) -> Response<Body> {
 
 /// What an account's data does not cover, in words: the alerts about it cannot fire there.
 fn not_covered(s: &AccountState) -> String {
-    let (tags, source): (Vec<_>, Vec<_>) = s
+    let (source, failed): (Vec<_>, Vec<_>) = s
         .coverage()
         .into_iter()
         .filter(|(_, covered)| !covered)
         .map(|(kind, _)| kind)
-        .partition(|kind| *kind == Coverage::UserTags);
+        .partition(|kind| kind.set_by_source());
     let mut parts = Vec::new();
     if !source.is_empty() {
         let kinds: Vec<_> = source.iter().map(|k| k.describe()).collect();
@@ -742,11 +742,9 @@ fn not_covered(s: &AccountState) -> String {
             s.account.source.name()
         ));
     }
-    if !tags.is_empty() {
-        parts.push(format!(
-            "{}: reading them failed",
-            Coverage::UserTags.describe()
-        ));
+    if !failed.is_empty() {
+        let kinds: Vec<_> = failed.iter().map(|k| k.describe()).collect();
+        parts.push(format!("{}: reading them failed", kinds.join(", ")));
     }
     parts.join("; ")
 }

@@ -51,6 +51,14 @@ pub struct Snapshot {
     /// Whether the users' tags were read (they are only when needed, and the call may be
     /// denied): without them, no rule or exemption by tag can be decided.
     pub user_tags_read: bool,
+    /// The users' service-specific credentials (Bedrock API keys, CodeCommit and Keyspaces
+    /// passwords, ...); None when they were not read (not configured, or the call failed):
+    /// absent, never "none".
+    pub service_credentials: Option<Vec<ServiceCredential>>,
+    /// The account's IAM roles, None when they were not read.
+    pub roles: Option<Vec<Role>>,
+    /// The users' SSH public keys (CodeCommit), None when they were not read.
+    pub ssh_keys: Option<Vec<SshKey>>,
 }
 
 impl Snapshot {
@@ -60,6 +68,15 @@ impl Snapshot {
         self.users.sort_by(|a, b| a.name.cmp(&b.name));
         self.keys
             .sort_by(|a, b| (&a.user, &a.id).cmp(&(&b.user, &b.id)));
+        if let Some(c) = &mut self.service_credentials {
+            c.sort_by(|a, b| (&a.user, &a.id).cmp(&(&b.user, &b.id)));
+        }
+        if let Some(r) = &mut self.roles {
+            r.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        if let Some(k) = &mut self.ssh_keys {
+            k.sort_by(|a, b| (&a.user, &a.id).cmp(&(&b.user, &b.id)));
+        }
         self
     }
 }
@@ -148,6 +165,75 @@ impl KeyStatus {
     }
 }
 
+/// A service-specific credential: a password or API key an IAM user has for one AWS service
+/// (`bedrock.amazonaws.com`, `codecommit.amazonaws.com`, ...). IAM records no last use of
+/// these, so none is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceCredential {
+    pub user: String,
+    /// `ACCA…`, the ServiceSpecificCredentialId.
+    pub id: String,
+    /// As AWS names it: `bedrock.amazonaws.com`.
+    pub service: String,
+    /// Active, Inactive or Expired, as IAM reports it.
+    pub status: KeyStatus,
+    pub created: Timestamp,
+    /// When it stops working, where AWS sets one (Bedrock API keys and CloudWatch Logs
+    /// credentials may have one; CodeCommit and Keyspaces passwords never do).
+    pub expires: Option<Timestamp>,
+}
+
+/// An SSH public key a user uploaded for CodeCommit. IAM records no use of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SshKey {
+    pub user: String,
+    /// `APKA…`, the SSHPublicKeyId.
+    pub id: String,
+    pub status: KeyStatus,
+    pub uploaded: Timestamp,
+}
+
+/// Bedrock's long-term API keys are service-specific credentials of this service.
+pub const BEDROCK: &str = "bedrock.amazonaws.com";
+
+/// An IAM role and its last use as IAM tracks it (`RoleLastUsed`: the last 400 days only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Role {
+    pub name: String,
+    pub path: String,
+    pub created: Timestamp,
+    /// None: not used within IAM's 400-day window, or never.
+    pub last_used: Option<RoleUse>,
+    /// A role the exporter itself assumes (its member or discovery role): it is in use by
+    /// definition, so no alert judges it.
+    pub exporter: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleUse {
+    pub at: Timestamp,
+    pub region: Option<String>,
+}
+
+impl Role {
+    /// Since when the role has been idle: its last use or, without one, its creation (a role
+    /// older than IAM's window and without a date has not been used for at least that long).
+    pub fn idle_since(&self) -> Timestamp {
+        self.last_used.as_ref().map_or(self.created, |u| u.at)
+    }
+
+    /// Roles AWS services create and own (`/aws-service-role/`): deleting one is the
+    /// service's business, so no alert judges them.
+    pub fn service_linked(&self) -> bool {
+        self.path.starts_with("/aws-service-role/")
+    }
+
+    /// Whether an idle alert may judge this role.
+    pub fn judged(&self) -> bool {
+        !self.service_linked() && !self.exporter
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LastUse {
     pub at: Timestamp,
@@ -191,8 +277,10 @@ pub enum Stage {
     GenerateCredentialReport,
     GetCredentialReport,
     ParseCredentialReport,
-    /// GetAccountAuthorizationDetails, for the users' tags.
-    UserTags,
+    /// GetAccountAuthorizationDetails, for the users' tags and the roles.
+    AuthorizationDetails,
+    ListServiceSpecificCredentials,
+    ListSshPublicKeys,
     /// Listing the organization's accounts or their tags.
     Discovery,
 }
@@ -208,8 +296,23 @@ impl Stage {
             Stage::GenerateCredentialReport => "generate_credential_report",
             Stage::GetCredentialReport => "get_credential_report",
             Stage::ParseCredentialReport => "parse_credential_report",
-            Stage::UserTags => "get_account_authorization_details",
+            Stage::AuthorizationDetails => "get_account_authorization_details",
+            Stage::ListServiceSpecificCredentials => "list_service_specific_credentials",
+            Stage::ListSshPublicKeys => "list_ssh_public_keys",
             Stage::Discovery => "discovery",
+        }
+    }
+
+    /// What an account's data lacks when this stage alone fails (keys are still read).
+    pub fn left_out(self) -> &'static str {
+        match self {
+            Stage::AuthorizationDetails => {
+                "no users' tags (owners unknown, no user exempt by tag), and no roles if they \
+                 were due"
+            }
+            Stage::ListServiceSpecificCredentials => "no service-specific credentials",
+            Stage::ListSshPublicKeys => "no SSH public keys",
+            _ => "nothing more",
         }
     }
 }
@@ -324,6 +427,9 @@ pub enum Coverage {
     UserMfa,
     ConsolePassword,
     UserTags,
+    ServiceCredentials,
+    Roles,
+    SshPublicKeys,
 }
 
 impl Coverage {
@@ -333,7 +439,19 @@ impl Coverage {
             Coverage::UserMfa => "user_mfa",
             Coverage::ConsolePassword => "console_password",
             Coverage::UserTags => "user_tags",
+            Coverage::ServiceCredentials => "service_credentials",
+            Coverage::Roles => "roles",
+            Coverage::SshPublicKeys => "ssh_public_keys",
         }
+    }
+
+    /// Whether the source decides it (the `api` source never sees it), rather than a read
+    /// that may fail.
+    pub fn set_by_source(self) -> bool {
+        matches!(
+            self,
+            Coverage::Root | Coverage::UserMfa | Coverage::ConsolePassword
+        )
     }
 
     /// For people: `/` lists the kinds an account's data lacks.
@@ -343,6 +461,9 @@ impl Coverage {
             Coverage::UserMfa => "users' MFA",
             Coverage::ConsolePassword => "console passwords",
             Coverage::UserTags => "users' tags",
+            Coverage::ServiceCredentials => "service-specific credentials",
+            Coverage::Roles => "roles",
+            Coverage::SshPublicKeys => "SSH public keys",
         }
     }
 }
@@ -352,7 +473,8 @@ impl AccountState {
     /// stays silent is told from one that cannot fire. The `api` source sees neither the
     /// root user nor MFA nor whether a console password exists (only its last use); the
     /// users' tags count once a snapshot is there and only where they are needed (labels,
-    /// exemptions by tag).
+    /// exemptions by tag), and so do service-specific credentials and roles where the
+    /// account reads them.
     pub fn coverage(&self) -> Vec<(Coverage, bool)> {
         let report = self.account.source != crate::config::Source::Api;
         let mut out = vec![
@@ -366,6 +488,19 @@ impl AccountState {
             .filter(|_| self.account.reads_user_tags)
         {
             out.push((Coverage::UserTags, snapshot.user_tags_read));
+        }
+        if let Some(snapshot) = &self.snapshot {
+            let read = &self.account.read;
+            if read.service_credentials {
+                let covered = snapshot.service_credentials.is_some();
+                out.push((Coverage::ServiceCredentials, covered));
+            }
+            if read.roles {
+                out.push((Coverage::Roles, snapshot.roles.is_some()));
+            }
+            if read.ssh_public_keys {
+                out.push((Coverage::SshPublicKeys, snapshot.ssh_keys.is_some()));
+            }
         }
         out
     }

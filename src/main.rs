@@ -139,6 +139,12 @@ fn check_config(cli: &Cli, cfg: &Config, shard: Shard) {
         summary.push_str(", more from AWS Organizations when running");
     }
     println!("{summary}");
+    println!("{}", cfg.read.describe());
+    let own = cfg.accounts.iter().filter(|a| a.read != Default::default());
+    match own.count() {
+        0 => {}
+        n => println!("  ({n} account entries set read: of their own)"),
+    }
     print!("{}", policy::summary(&cfg.policy));
     if let Some(web) = &cli.web_config_file {
         println!("{}: valid", web.display());

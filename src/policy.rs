@@ -8,7 +8,9 @@ use std::fmt;
 use crate::accounts::Account;
 use crate::config::{duration_text, Limits, Policy, PolicyRule, DEFAULT_RULE};
 use crate::exemptions::glob;
-use crate::inventory::{AccessKey, Snapshot, Timestamp, User};
+use crate::inventory::{
+    AccessKey, Role, ServiceCredential, Snapshot, SshKey, Timestamp, User, BEDROCK,
+};
 
 /// The rule that applies to a user, and its limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -119,6 +121,30 @@ pub fn decide<'p>(
     defaults(policy)
 }
 
+/// The rule that applies to a role: the first whose account matchers (`account`,
+/// `account_labels`, `ous`) match and whose `path`, if any, prefixes the role's path. Rules
+/// that name users (`user`, `user_tags`) are about users and never apply to a role.
+pub fn decide_role<'p>(policy: &'p Policy, account: &Account, role: &Role) -> Decision<'p> {
+    let applies = |r: &&PolicyRule| {
+        r.user.is_none()
+            && r.user_tags.is_empty()
+            && r.account.as_deref().is_none_or(|a| a == account.id)
+            && r.path.as_deref().is_none_or(|p| role.path.starts_with(p))
+            && r.account_labels
+                .iter()
+                .all(|(label, want)| account.labels.get(label) == Some(want))
+            && (r.ous.is_empty() || account.ous.iter().any(|ou| r.ous.contains(ou)))
+    };
+    policy.rules.iter().find(applies).map_or_else(
+        || defaults(policy),
+        |r| Decision {
+            rule: &r.name,
+            limits: &r.limits,
+            undecided: false,
+        },
+    )
+}
+
 /// The users of an account whose rule needs their tags, which were not read: the defaults
 /// apply to them instead.
 pub fn undecided_users(policy: &Policy, account: &Account, snapshot: &Snapshot) -> usize {
@@ -141,14 +167,15 @@ pub fn defaults(policy: &Policy) -> Decision<'_> {
     }
 }
 
-/// `key_max_age 90d, key_max_idle 45d, password_max_idle 45d, notice 14d`.
+/// `key_max_age 90d, key_max_idle 45d, password_max_idle 45d, role_max_idle 90d, notice 14d`.
 pub fn limits_text(l: &Limits) -> String {
     let d = duration_text;
     format!(
-        "key_max_age {}, key_max_idle {}, password_max_idle {}, notice {}",
+        "key_max_age {}, key_max_idle {}, password_max_idle {}, role_max_idle {}, notice {}",
         d(l.key_max_age),
         d(l.key_max_idle),
         d(l.password_max_idle),
+        d(l.role_max_idle),
         d(l.notice)
     )
 }
@@ -216,6 +243,32 @@ pub fn key_deadlines(key: &AccessKey, limits: &Limits) -> KeyDeadlines {
     }
 }
 
+/// When an active service-specific credential must be rotated: like an access key, at
+/// `key_max_age`.
+pub fn credential_deadline(c: &ServiceCredential, limits: &Limits) -> Timestamp {
+    c.created + limits.key_max_age.as_secs_f64()
+}
+
+/// Whether a Bedrock API key lives longer than the policy lets a key live: it has no
+/// expiration, or one further from its creation than `key_max_age`. None for other
+/// credentials.
+pub fn bedrock_too_long_lived(c: &ServiceCredential, limits: &Limits) -> Option<bool> {
+    (c.service == BEDROCK).then(|| {
+        c.expires
+            .is_none_or(|e| e - c.created > limits.key_max_age.as_secs_f64())
+    })
+}
+
+/// When an active SSH public key must be replaced: like an access key, at `key_max_age`.
+pub fn ssh_key_deadline(k: &SshKey, limits: &Limits) -> Timestamp {
+    k.uploaded + limits.key_max_age.as_secs_f64()
+}
+
+/// When a role counts as unused: `role_max_idle` after its last use, or its creation.
+pub fn role_deadline(role: &Role, limits: &Limits) -> Timestamp {
+    role.idle_since() + limits.role_max_idle.as_secs_f64()
+}
+
 /// When the user's console password counts as unused, if it has one and a date to count from.
 pub fn password_deadline(user: &User, limits: &Limits) -> Option<Timestamp> {
     let console = user.console.as_ref().filter(|c| c.password_enabled)?;
@@ -262,6 +315,7 @@ mod tests {
             origin: crate::accounts::Origin::Static,
             user_tags: Vec::new(),
             reads_user_tags: true,
+            read: Default::default(),
             ous: ous.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -301,6 +355,58 @@ accounts: [{id: "111111111111"}]
         )
         .unwrap()
         .policy
+    }
+
+    fn role(name: &str, path: &str) -> Role {
+        Role {
+            name: name.into(),
+            path: path.into(),
+            created: 0.0,
+            last_used: None,
+            exporter: false,
+        }
+    }
+
+    #[test]
+    fn a_role_gets_the_first_rule_that_is_not_about_users() {
+        let p = example();
+        let plain = account("111111111111", &[], &[]);
+        let sandbox = account("222222222222", &[("tag_environment", "sandbox")], &[]);
+        let rule = |a: &Account, r: &Role| decide_role(&p, a, r).rule.to_string();
+        assert_eq!(rule(&sandbox, &role("deploy", "/")), "sandbox");
+        // `service` (user_tags) and `ci` (user) are about users: skipped.
+        assert_eq!(rule(&plain, &role("ci-1", "/")), "default");
+        assert_eq!(rule(&plain, &role("x", "/breakglass/ops/")), "breakglass");
+        assert_eq!(
+            rule(
+                &account("333333333333", &[], &["ou-ab12-cdef3456"]),
+                &role("x", "/")
+            ),
+            "payments-ou"
+        );
+    }
+
+    #[test]
+    fn bedrock_keys_may_not_outlive_the_key_age_and_others_are_not_judged_so() {
+        let limits = example().defaults;
+        let day = 86400.0;
+        let cred = |service: &str, expires: Option<f64>| ServiceCredential {
+            user: "u".into(),
+            id: "ACCAEXAMPLE0000000001".into(),
+            service: service.into(),
+            status: crate::inventory::KeyStatus::Active,
+            created: 1000.0 * day,
+            expires,
+        };
+        let long = |c: &ServiceCredential| bedrock_too_long_lived(c, &limits);
+        assert_eq!(long(&cred(BEDROCK, None)), Some(true), "never expires");
+        assert_eq!(long(&cred(BEDROCK, Some(1090.0 * day))), Some(false));
+        assert_eq!(long(&cred(BEDROCK, Some(1091.0 * day))), Some(true));
+        assert_eq!(long(&cred("codecommit.amazonaws.com", None)), None);
+        assert_eq!(
+            credential_deadline(&cred(BEDROCK, None), &limits),
+            1090.0 * day
+        );
     }
 
     #[test]

@@ -435,17 +435,18 @@ impl AccountTask {
 
         let (id, name) = (&self.account.id, &self.account.name);
         match result {
-            Ok((snapshot, tags_error)) => {
+            Ok((snapshot, partial)) => {
                 tracing::info!(
                     account_id = %id, account_name = %name, duration_seconds = duration,
                     users = snapshot.users.len(), keys = snapshot.keys.len(),
                     "refreshed account"
                 );
-                if let Some(e) = tags_error {
+                for e in partial {
                     self.health.count_refresh_error([id, name], &e);
                     tracing::warn!(
-                        account_id = %id, account_name = %name, code = %e.code, error = %e.message,
-                        "cannot read the users' tags: owners unknown, no user exempt by tag"
+                        account_id = %id, account_name = %name, stage = e.stage.as_str(),
+                        code = %e.code, error = %e.message,
+                        "part of the account could not be read: {}", e.stage.left_out()
                     );
                     state.last_error = Some(e);
                 }

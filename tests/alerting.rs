@@ -46,6 +46,9 @@ const PASSWORD_UNUSED: &str = "IAMUserPasswordUnused";
 const NO_MFA: &str = "IAMUserWithoutMFA";
 const ROOT_NO_MFA: &str = "IAMRootWithoutMFA";
 const COVERAGE: &str = "IAMKeyExporterCoverageMissing";
+const CREDENTIAL_TOO_OLD: &str = "IAMServiceCredentialTooOld";
+const BEDROCK_LONG_LIVED: &str = "IAMBedrockAPIKeyLongLived";
+const ROLE_UNUSED: &str = "IAMRoleUnused";
 
 /// The tag that exempts a user's keys until a date (the exporter's default).
 const EXEMPT_TAG: &str = "iam-key-exporter:exempt-until";
@@ -71,9 +74,15 @@ fn shipped_rules_page_the_right_keys_and_every_dashboard_panel_has_data() {
     let prod = moto.seed(
         PRODUCTION,
         json!([
-            // 120 days old, used 2 days ago: too old, not unused.
+            // 120 days old, used 2 days ago: too old, not unused. A Bedrock API key as old
+            // that never expires (too old and too long-lived), and a young one that expires
+            // within 30 days (nothing).
             {"name": "ci-deployer", "keys": [
-                {"status": "Active", "create_date": d120, "last_used": used(&d2, "s3")}]},
+                {"status": "Active", "create_date": d120, "last_used": used(&d2, "s3")}],
+             "service_credentials": [
+                {"service": "bedrock.amazonaws.com", "create_date": d120},
+                {"service": "bedrock.amazonaws.com", "create_date": d5,
+                 "expiration_date": days_ago(-25.0).1}]},
             // 60 days old, never used: unused (idle counts from creation), not too old.
             {"name": "reporting", "keys": [{"status": "Active", "create_date": d60}]},
             // 400 days old and idle, but Inactive: neither.
@@ -114,6 +123,14 @@ fn shipped_rules_page_the_right_keys_and_every_dashboard_panel_has_data() {
             {"name": "rotation-due", "keys": [
                 {"status": "Active", "create_date": d80, "last_used": used(&d1, "s3")}]},
         ]),
+    );
+    // A role last used 100 days ago (IAMRoleUnused) and one used yesterday (nothing).
+    moto.post(
+        "/_launcher/roles",
+        json!({"account": PRODUCTION, "roles": [
+            {"name": "legacy-etl", "create_date": d400, "last_used": {"date": d100, "region": "eu-west-1"}},
+            {"name": "web", "create_date": d400, "last_used": {"date": d1, "region": "eu-west-1"}},
+        ]}),
     );
     let (old_key, unused_key, inactive_key, fresh_key) =
         (&prod[0][0], &prod[1][0], &prod[2][0], &prod[3][0]);
@@ -250,6 +267,9 @@ accounts:
     expected_firing.insert(id(ROOT_NO_MFA, "legacy-root", "", ""));
     expected_firing.insert(console_unused.clone());
     expected_firing.insert(console_no_mfa.clone());
+    expected_firing.insert(id(CREDENTIAL_TOO_OLD, "production", "ci-deployer", ""));
+    expected_firing.insert(id(BEDROCK_LONG_LIVED, "production", "ci-deployer", ""));
+    expected_firing.insert(id(ROLE_UNUSED, "production", "", ""));
     // The api source cannot see root, MFA or console passwords: said for each such account,
     // the one that cannot be read too (its source is known without reading it).
     let not_covered: Vec<AlertId> = ["production", "staging", "sandbox"]

@@ -589,7 +589,7 @@ fn check_config_prints_the_policy_in_force() {
     let path = dir.path().join("c.yaml");
     std::fs::write(
         &path,
-        format!("policy:\n  notice: 7d\n  rules:\n    - {{name: ci, user: ci-*, key_max_age: 30d}}\n{GOOD_ACCOUNT}"),
+        format!("read: {{roles: false}}\npolicy:\n  notice: 7d\n  rules:\n    - {{name: ci, user: ci-*, key_max_age: 30d}}\n{GOOD_ACCOUNT}"),
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_iam-key-exporter"))
@@ -601,9 +601,14 @@ fn check_config_prints_the_policy_in_force() {
     assert!(out.status.success(), "{stdout}");
     assert!(
         stdout.contains(
-            "policy: default: key_max_age 90d, key_max_idle 45d, password_max_idle 45d, notice 7d"
+            "policy: default: key_max_age 90d, key_max_idle 45d, password_max_idle 45d, \
+             role_max_idle 90d, notice 7d"
         ) && stdout.contains(
-            "policy: rule ci: key_max_age 30d, key_max_idle 45d, password_max_idle 45d, notice 7d"
+            "policy: rule ci: key_max_age 30d, key_max_idle 45d, password_max_idle 45d, \
+             role_max_idle 90d, notice 7d"
+        ) && stdout.contains(
+            "read per account and refresh: service-specific credentials \
+             (ListServiceSpecificCredentials: 1 call per 1000 credentials)\n"
         ),
         "{stdout}"
     );

@@ -719,6 +719,12 @@ fn coverage_says_what_each_account_cannot_see() {
     assert_eq!(coverage(A, "user_tags"), Some(1.0));
     assert_eq!(coverage(B, "user_tags"), Some(0.0), "tags refused");
     assert_eq!(
+        coverage(B, "roles"),
+        Some(0.0),
+        "the same call reads the roles"
+    );
+    assert_eq!(coverage(A, "roles"), Some(1.0));
+    assert_eq!(
         m.get(UP, &[("account_id", B)]),
         Some(1.0),
         "the keys are still read"
@@ -740,7 +746,7 @@ fn coverage_says_what_each_account_cannot_see() {
     );
     assert!(!row(A).contains("tags"), "{}", row(A));
     assert!(
-        row(B).contains("users' tags: reading them failed")
+        row(B).contains("users' tags, roles: reading them failed")
             && !row(B).contains("not covered by this source"),
         "{}",
         row(B)
@@ -949,7 +955,7 @@ fn the_key_view_lists_the_keys_of_the_metrics_oldest_first() {
     let (status, page) = exporter.get("/keys?limit=2");
     assert_eq!(status, 200);
     assert!(
-        page.contains("Showing 1 to 2 of 6 keys, oldest first."),
+        page.contains("Showing 1 to 2 of 6 credentials, oldest first."),
         "{page}"
     );
     assert!(

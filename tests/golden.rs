@@ -25,6 +25,9 @@ const GOLDEN: &str = "tests/fixtures/golden/metrics.prom";
 const VARIES: &[&str] = &[
     "aws_iam_access_key_age_seconds",
     "aws_iam_access_key_idle_seconds",
+    "aws_iam_service_credential_age_seconds",
+    "aws_iam_ssh_public_key_age_seconds",
+    "aws_iam_role_idle_seconds",
     "aws_iam_credential_report_generated_timestamp_seconds",
     "iam_key_exporter_account_last_success_timestamp_seconds",
     "iam_key_exporter_account_refresh_duration_seconds",
@@ -77,9 +80,16 @@ fn the_exposition_of_a_seeded_world_matches_the_golden_file() {
                  "last_used": used("2025-06-01T08:00:00Z", "s3")},
                 {"access_key_id": "AKIAGOLDEN0000000002", "create_date": "2025-02-01T10:00:00Z",
                  "status": "Inactive"},
-            ]},
+            ],
+             "service_credentials": [
+                {"id": "ACCAGOLDEN00000000001", "service": "codecommit.amazonaws.com",
+                 "create_date": "2024-03-03T03:03:03Z"}],
+             "ssh_keys": [{"id": "APKAGOLDEN0000000001", "upload_date": "2024-04-04T04:04:04Z"}]},
             {"name": "alice", "create_date": "2022-05-10T12:00:00Z", "password": true, "tags": {"team": "payments"},
-             "password_last_used": "2025-09-09T09:09:09Z", "keys": []},
+             "password_last_used": "2025-09-09T09:09:09Z", "keys": [],
+             "service_credentials": [
+                {"id": "ACCAGOLDEN00000000002", "service": "bedrock.amazonaws.com",
+                 "create_date": "2025-05-05T05:05:05Z", "expiration_date": "2025-06-04T05:05:05Z"}]},
         ]),
     );
     moto.seed(
@@ -90,6 +100,15 @@ fn the_exposition_of_a_seeded_world_matches_the_golden_file() {
                  "last_used": used("2025-01-02T03:04:05Z", "iam")},
             ]},
         ]),
+    );
+    moto.post(
+        "/_launcher/roles",
+        json!({"account": PAYMENTS, "roles": [
+            {"name": "batch", "path": "/jobs/", "create_date": "2023-02-02T02:02:02Z",
+             "last_used": {"date": "2025-03-03T03:03:03Z", "region": "eu-west-1"}},
+            {"name": "AWSServiceRoleForSupport", "path": "/aws-service-role/support.amazonaws.com/",
+             "create_date": "2022-02-02T02:02:02Z", "last_used": null},
+        ]}),
     );
     moto.post(
         "/_launcher/root",
@@ -112,6 +131,7 @@ fn the_exposition_of_a_seeded_world_matches_the_golden_file() {
         &format!(
             r#"
 refresh_interval: 30m
+read: {{ssh_public_keys: true}}
 user_tags_as_labels: [owner, team]
 policy:
   rules:

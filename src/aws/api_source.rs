@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
+use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use futures_util::stream::{self, StreamExt};
 
@@ -151,15 +152,7 @@ pub(super) async fn list_keys(
                     .send()
             })
             .await
-            .map_err(|e| {
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_no_such_entity_exception())
-                {
-                    Listing::Gone
-                } else {
-                    Listing::Failed(e.into())
-                }
-            })?;
+            .map_err(Listing::from_sdk)?;
         Ok(Page {
             items: out.access_key_metadata,
             truncated: out.is_truncated,
@@ -222,10 +215,25 @@ pub(super) async fn last_used(
 }
 
 /// Why a user's keys could not be listed.
-enum Listing {
+pub(super) enum Listing {
     /// The user was deleted since ListUsers.
     Gone,
     Failed(AwsError),
+}
+
+impl Listing {
+    /// `NoSuchEntity` is a user deleted since it was listed; anything else failed.
+    pub(super) fn from_sdk<E, R>(e: SdkError<E, R>) -> Listing
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + 'static,
+    {
+        if e.code() == Some("NoSuchEntity") {
+            Listing::Gone
+        } else {
+            Listing::Failed(e.into())
+        }
+    }
 }
 
 impl From<AwsError> for Listing {

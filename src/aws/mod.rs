@@ -7,12 +7,14 @@
 //! account's throttling cannot drain the retry budget of the others.
 
 mod api_source;
+mod authorization_details;
 mod credential_report_source;
 mod hybrid_source;
 mod organizations;
 mod pace;
+mod service_credentials;
 mod session;
-mod user_tags;
+mod ssh_keys;
 
 use std::fmt;
 use std::sync::Arc;
@@ -230,6 +232,15 @@ pub struct AccountReader {
     sts_reach: Reach,
     source: Source,
     reads_user_tags: bool,
+    read: crate::config::Read,
+    /// The names of the roles this exporter assumes in the account (its member role, the
+    /// discovery role): in use by definition, never judged idle.
+    own_roles: Vec<String>,
+    /// The roles as last read and when, kept from one refresh to the next: they are read
+    /// again every `read.roles_interval`.
+    roles: std::sync::Mutex<Option<(std::time::Instant, Vec<crate::inventory::Role>)>>,
+    /// The users' SSH keys as last read, kept from one refresh to the next.
+    ssh_keys: std::sync::Mutex<ssh_keys::Known>,
     /// Key ids the `hybrid` source has learned, kept from one refresh to the next.
     known_keys: hybrid_source::KnownKeys,
     requests_per_account: usize,
@@ -259,6 +270,16 @@ impl AccountReader {
                 .identity_cache(IdentityCache::no_cache());
         }
         let rate = health.request_rate([&account.id, &account.name]);
+        let discovery_role = cfg.discovery.as_ref().and_then(|d| d.role_arn.as_deref());
+        let own_roles = account
+            .role
+            .iter()
+            .map(|r| r.arn.as_str())
+            .chain(discovery_role)
+            .filter(|arn| crate::config::values::arn_account(arn) == account.id)
+            .filter_map(|arn| arn.rsplit('/').next())
+            .map(str::to_string)
+            .collect();
         AccountReader {
             iam: Iam {
                 client: aws_sdk_iam::Client::from_conf(iam.build()),
@@ -269,39 +290,96 @@ impl AccountReader {
             sts_reach: Reach::new(base, cfg, "STS", default_endpoint(cfg, "sts")),
             source: account.source,
             reads_user_tags: account.reads_user_tags,
+            read: account.read,
+            own_roles,
+            roles: Default::default(),
+            ssh_keys: Default::default(),
             known_keys: Default::default(),
             requests_per_account: cfg.aws.requests_per_account,
             report_timeout: cfg.aws.credential_report_timeout,
         }
     }
 
-    /// One full read of the account's IAM users and keys. The users' tags are read too when
-    /// needed; if that alone fails, the keys still count and the error comes back beside them:
-    /// without tags, owners are unknown and no user is exempt, so alerts fire rather than hide.
-    pub async fn read(&self) -> Result<(Snapshot, Option<RefreshError>), RefreshError> {
-        let explain = |e: RefreshError| match e.stage {
-            Stage::AssumeRole => self.sts_reach.explain(e),
-            _ => self.iam_reach.explain(e),
-        };
+    /// One full read of the account: its users and access keys, and what else it reads
+    /// (users' tags, service-specific credentials, SSH keys, roles). If one of those others
+    /// fails, the keys still count and the error comes back beside them, that kind left out
+    /// (absent, never empty): without tags, owners are unknown and no user is exempt, so
+    /// alerts fire rather than hide.
+    pub async fn read(&self) -> Result<(Snapshot, Vec<RefreshError>), RefreshError> {
         if let Some(s) = &self.session {
             s.begin_refresh()
                 .await
-                .map_err(|e| explain(stage(Stage::AssumeRole)(e)))?;
+                .map_err(|e| self.explain(stage(Stage::AssumeRole)(e)))?;
         }
-        let mut snapshot = self.read_keys().await.map_err(explain)?;
-        if !self.reads_user_tags {
-            return Ok((snapshot, None));
-        }
-        match user_tags::user_tags(&self.iam).await {
-            Ok(mut tags) => {
-                for u in &mut snapshot.users {
-                    u.tags = tags.remove(&u.name).unwrap_or_default();
-                }
-                snapshot.user_tags_read = true;
-                Ok((snapshot, None))
+        let mut snapshot = self.read_keys().await.map_err(|e| self.explain(e))?;
+        let mut partial = Vec::new();
+        let mut step = |result: Result<(), RefreshError>| {
+            if let Err(e) = result {
+                partial.push(self.explain(e));
             }
-            Err(e) => Ok((snapshot, Some(explain(e)))),
+        };
+        if self.read.service_credentials {
+            let all = service_credentials::all(&self.iam).await;
+            step(all.map(|c| snapshot.service_credentials = Some(c)));
         }
+        if self.read.ssh_public_keys {
+            step(self.read_ssh_keys(&mut snapshot).await);
+        }
+        step(self.read_details(&mut snapshot).await);
+        Ok((snapshot.sorted(), partial))
+    }
+
+    /// Says where and how long for failures that got no answer.
+    fn explain(&self, e: RefreshError) -> RefreshError {
+        match e.stage {
+            Stage::AssumeRole => self.sts_reach.explain(e),
+            _ => self.iam_reach.explain(e),
+        }
+    }
+
+    async fn read_ssh_keys(&self, snapshot: &mut Snapshot) -> Result<(), RefreshError> {
+        let users: Vec<String> = snapshot.users.iter().map(|u| u.name.clone()).collect();
+        let keys = ssh_keys::read(
+            &self.iam,
+            &self.ssh_keys,
+            &users,
+            self.read.ssh_public_keys_interval,
+            self.requests_per_account,
+        );
+        snapshot.ssh_keys = Some(keys.await?);
+        Ok(())
+    }
+
+    /// The users' tags and the roles, from GetAccountAuthorizationDetails in one pass; the
+    /// roles only every `read.roles_interval`, their last read standing in between.
+    async fn read_details(&self, snapshot: &mut Snapshot) -> Result<(), RefreshError> {
+        let fresh_roles = self.roles.lock().unwrap().as_ref().and_then(|(at, roles)| {
+            (at.elapsed() < self.read.roles_interval).then(|| roles.clone())
+        });
+        let wanted = authorization_details::Wanted {
+            user_tags: self.reads_user_tags,
+            roles: self.read.roles && fresh_roles.is_none(),
+        };
+        snapshot.roles = fresh_roles.filter(|_| self.read.roles);
+        if !wanted.user_tags && !wanted.roles {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let details = authorization_details::read(&self.iam, wanted).await?;
+        if let Some(mut tags) = details.user_tags {
+            for u in &mut snapshot.users {
+                u.tags = tags.remove(&u.name).unwrap_or_default();
+            }
+            snapshot.user_tags_read = true;
+        }
+        if let Some(mut roles) = details.roles {
+            for r in &mut roles {
+                r.exporter = self.own_roles.contains(&r.name);
+            }
+            *self.roles.lock().unwrap() = Some((started, roles.clone()));
+            snapshot.roles = Some(roles);
+        }
+        Ok(())
     }
 
     async fn read_keys(&self) -> Result<Snapshot, RefreshError> {

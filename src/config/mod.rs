@@ -49,6 +49,8 @@ pub struct Config {
     pub user_tags: Vec<TagLabel>,
     pub exemptions: Exemptions,
     pub policy: Policy,
+    /// What is read besides users and access keys (`read:`; accounts may say otherwise).
+    pub read: Read,
     /// Settings that work, but probably not as meant: logged at load, shown by check-config.
     pub warnings: Vec<Problem>,
 }
@@ -95,6 +97,94 @@ pub struct AccountEntry {
     pub labels: BTreeMap<String, String>,
     /// `user_tags_as_labels` of this account, instead of the global one.
     pub user_tags: Option<Vec<TagLabel>>,
+    /// `read:` of this account: each field given replaces the global one.
+    pub read: ReadOverride,
+}
+
+/// What an account's refresh reads besides its users and access keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Read {
+    /// ListServiceSpecificCredentials for all users: one call per 1000 credentials.
+    pub service_credentials: bool,
+    /// The roles with their last use, from GetAccountAuthorizationDetails: one call per
+    /// 1000 roles (shared with the users' tags when both are read).
+    pub roles: bool,
+    /// How often the roles are read again; in between, the last read stands. Global only.
+    pub roles_interval: Duration,
+    /// ListSSHPublicKeys: one call per user, so off unless asked for.
+    pub ssh_public_keys: bool,
+    /// How often every user's SSH keys are read again; in between, only new users'. Global
+    /// only: an account's `read:` cannot set it.
+    pub ssh_public_keys_interval: Duration,
+}
+
+/// Both slow reads' default interval: IAM updates a role's last use about daily, and the
+/// policy's limits are days.
+pub const SLOW_READ_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+
+impl Default for Read {
+    fn default() -> Self {
+        Read {
+            service_credentials: true,
+            roles: true,
+            roles_interval: SLOW_READ_INTERVAL,
+            ssh_public_keys: false,
+            ssh_public_keys_interval: SLOW_READ_INTERVAL,
+        }
+    }
+}
+
+/// An account's `read:`, the fields it sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadOverride {
+    pub service_credentials: Option<bool>,
+    pub roles: Option<bool>,
+    pub ssh_public_keys: Option<bool>,
+}
+
+impl Read {
+    /// What a refresh reads besides users and access keys, and at what cost in calls, as
+    /// `check-config` prints it.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.service_credentials {
+            parts.push(
+                "service-specific credentials (ListServiceSpecificCredentials: 1 call per 1000 \
+                 credentials)",
+            );
+        }
+        let roles;
+        if self.roles {
+            roles = format!(
+                "roles (GetAccountAuthorizationDetails: 1 call per 1000 roles every {}, in the \
+                 same pages as the users' tags when those are read too)",
+                duration_text(self.roles_interval)
+            );
+            parts.push(&roles);
+        }
+        let ssh;
+        if self.ssh_public_keys {
+            ssh = format!(
+                "SSH public keys (ListSSHPublicKeys: 1 call per user every {}, and per new \
+                 user at the refresh that finds it)",
+                duration_text(self.ssh_public_keys_interval)
+            );
+            parts.push(&ssh);
+        }
+        match parts.is_empty() {
+            true => "read: access keys and users only".to_string(),
+            false => format!("read per account and refresh: {}", parts.join("; ")),
+        }
+    }
+
+    pub fn with(self, o: ReadOverride) -> Read {
+        Read {
+            service_credentials: o.service_credentials.unwrap_or(self.service_credentials),
+            roles: o.roles.unwrap_or(self.roles),
+            ssh_public_keys: o.ssh_public_keys.unwrap_or(self.ssh_public_keys),
+            ..self
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -219,6 +309,8 @@ pub struct Limits {
     pub key_max_idle: Duration,
     /// A console password unused this long (never used: since it was set).
     pub password_max_idle: Duration,
+    /// A role unused this long (no use within IAM's window: since creation) should go.
+    pub role_max_idle: Duration,
     /// Owners hear of a deadline this long before it passes.
     pub notice: Duration,
 }
@@ -560,6 +652,35 @@ mod tests {
         assert_eq!(rule.account, None, "\"*\" is every account");
         // Exempt through the whole of the `until` day, UTC.
         assert_eq!(rule.until, 1_806_537_600.0);
+    }
+
+    #[test]
+    fn what_is_read_is_global_then_per_account_field_by_field() {
+        let c = parse_ok(
+            "read: {roles: false}\naccounts:\n  - {id: \"111111111111\"}\n  - {id: \"222222222222\", read: {roles: true, service_specific_credentials: false}}\n",
+        );
+        assert_eq!(
+            c.read,
+            Read {
+                roles: false,
+                ..Read::default()
+            }
+        );
+        assert_eq!(c.read.with(c.accounts[0].read), c.read);
+        assert_eq!(
+            c.read.with(c.accounts[1].read),
+            Read {
+                service_credentials: false,
+                ..Read::default()
+            }
+        );
+        let e = err("read: {role: false, service_specific_credentials: maybe}\naccounts: [{id: \"111111111111\"}]\n");
+        assert!(e.contains("test.yaml:1:8: read.role"), "{e}");
+        assert!(e.contains("roles"), "the nearest known name: {e}");
+        assert!(
+            e.contains("test.yaml:1:51: read.service_specific_credentials"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -22,23 +22,31 @@ pub const CIS: Limits = Limits {
     key_max_age: Duration::from_secs(90 * DAY),
     key_max_idle: Duration::from_secs(45 * DAY),
     password_max_idle: Duration::from_secs(45 * DAY),
+    role_max_idle: Duration::from_secs(90 * DAY),
     notice: Duration::from_secs(14 * DAY),
 };
 
 /// The name of the limits that apply when no rule matches.
 pub const DEFAULT_RULE: &str = "default";
 
-/// The four limits as written in a mapping: each one given and valid, or None.
+/// The limits as written in a mapping: each one given and valid, or None.
 struct Written {
     key_max_age: Option<Duration>,
     key_max_idle: Option<Duration>,
     password_max_idle: Option<Duration>,
+    role_max_idle: Option<Duration>,
     notice: Option<Duration>,
     /// Whether any of them is written at all, valid or not.
     any: bool,
 }
 
-const FIELDS: [&str; 4] = ["key_max_age", "key_max_idle", "password_max_idle", "notice"];
+const FIELDS: [&str; 5] = [
+    "key_max_age",
+    "key_max_idle",
+    "password_max_idle",
+    "role_max_idle",
+    "notice",
+];
 
 impl Written {
     fn read(m: &mut Map, p: &mut Problems) -> Written {
@@ -47,6 +55,7 @@ impl Written {
             key_max_age: duration_setting(m, "key_max_age", LIMIT, p),
             key_max_idle: duration_setting(m, "key_max_idle", LIMIT, p),
             password_max_idle: duration_setting(m, "password_max_idle", LIMIT, p),
+            role_max_idle: duration_setting(m, "role_max_idle", LIMIT, p),
             notice: duration_setting(m, "notice", NOTICE, p),
             any,
         }
@@ -57,6 +66,7 @@ impl Written {
             key_max_age: self.key_max_age.unwrap_or(base.key_max_age),
             key_max_idle: self.key_max_idle.unwrap_or(base.key_max_idle),
             password_max_idle: self.password_max_idle.unwrap_or(base.password_max_idle),
+            role_max_idle: self.role_max_idle.unwrap_or(base.role_max_idle),
             notice: self.notice.unwrap_or(base.notice),
         }
     }
@@ -152,7 +162,8 @@ fn rule(item: &Value, i: usize, defaults: &Limits, p: &mut Problems) -> Option<P
         p.add(
             at,
             &path_text,
-            "sets no limit: give it key_max_age, key_max_idle, password_max_idle or notice",
+            "sets no limit: give it key_max_age, key_max_idle, password_max_idle, role_max_idle \
+             or notice",
         );
         return None;
     }

@@ -37,6 +37,7 @@ const ATTEMPT_TIMEOUT: RangeInclusive<Duration> = secs(1)..=secs(600);
 const OPERATION_TIMEOUT: RangeInclusive<Duration> = secs(1)..=secs(HOUR);
 const MAX_BACKOFF: RangeInclusive<Duration> = millis(100)..=secs(300);
 const REPORT_TIMEOUT: RangeInclusive<Duration> = secs(1)..=secs(HOUR);
+const SLOW_READ: RangeInclusive<Duration> = secs(1)..=secs(7 * DAY);
 /// Organizations throttles hard; re-discovering more often than this only costs calls.
 const DISCOVERY_INTERVAL: RangeInclusive<Duration> = secs(5)..=secs(7 * DAY);
 const CONCURRENCY: RangeInclusive<u32> = 1..=1024;
@@ -158,6 +159,7 @@ pub(super) fn config(root: Value, p: &mut Problems) -> Option<Config> {
         .and_then(|v| v.parse(p, values::external_id));
     defaults.finish(p);
     let user_tags = user_tags(&mut top, p).unwrap_or_default();
+    let read = read_settings(&mut top, p);
     let mut warnings = Problems::default();
     let exemptions = exemptions(section(&mut top, "exemptions", p), p, &mut warnings);
     let policy = super::policy::policy(top.get("policy"), p, &mut warnings);
@@ -294,6 +296,7 @@ pub(super) fn config(root: Value, p: &mut Problems) -> Option<Config> {
         user_tags,
         exemptions,
         policy,
+        read,
         warnings: warnings.0,
     })
 }
@@ -490,6 +493,7 @@ fn account(m: &mut Map, p: &mut Problems) -> Option<(AccountEntry, EntryPos)> {
     let source = m.get("source").map(|v| v.parse(p, Source::parse));
     let assume_role = m.get("assume_role").map(|v| (v.pos(), v.bool(p)));
     let user_tags = user_tags(m, p);
+    let read = read_override(m, p);
     let labels = m
         .get("labels")
         .and_then(|v| v.entries(p))
@@ -552,6 +556,7 @@ fn account(m: &mut Map, p: &mut Problems) -> Option<(AccountEntry, EntryPos)> {
         external_id: external_id.and_then(|(_, e)| e),
         labels: label_map,
         user_tags,
+        read,
     };
     let id_at = id_value.map_or(m.pos(), |v| v.pos());
     let at = EntryPos {
@@ -695,6 +700,48 @@ fn tag_labels(items: &[Value], p: &mut Problems) -> (Vec<TagLabel>, Vec<Pos>) {
         labels.push(TagLabel { tag, label });
     }
     (labels, at)
+}
+
+/// The global `read:`: what is written over the defaults.
+fn read_settings(top: &mut Map, p: &mut Problems) -> Read {
+    let Some(mut r) = top.get("read").and_then(|v| v.map(p)) else {
+        return Read::default();
+    };
+    let mut interval = |key| {
+        duration(&mut r, key, SLOW_READ_INTERVAL, SLOW_READ, p)
+            .value
+            .unwrap_or(SLOW_READ_INTERVAL)
+    };
+    let roles_interval = interval("roles_interval");
+    let ssh_public_keys_interval = interval("ssh_public_keys_interval");
+    let fields = read_fields(&mut r, p);
+    r.finish(p);
+    Read {
+        roles_interval,
+        ssh_public_keys_interval,
+        ..Read::default()
+    }
+    .with(fields)
+}
+
+/// An account's `read:`, the fields written.
+fn read_override(m: &mut Map, p: &mut Problems) -> ReadOverride {
+    let Some(mut r) = m.get("read").and_then(|v| v.map(p)) else {
+        return ReadOverride::default();
+    };
+    let out = read_fields(&mut r, p);
+    r.finish(p);
+    out
+}
+
+fn read_fields(r: &mut Map, p: &mut Problems) -> ReadOverride {
+    ReadOverride {
+        service_credentials: r
+            .get("service_specific_credentials")
+            .and_then(|v| v.bool(p)),
+        roles: r.get("roles").and_then(|v| v.bool(p)),
+        ssh_public_keys: r.get("ssh_public_keys").and_then(|v| v.bool(p)),
+    }
 }
 
 /// `user_tags_as_labels`, where it is written.

@@ -49,7 +49,8 @@ TEMPLATES = {
          {"ExporterRoleArn": EXPORTER_ROLE, "ExternalId": "example-external-id"}],
         {"iam:ListUsers", "iam:ListAccessKeys", "iam:GetAccessKeyLastUsed",
          "iam:GenerateCredentialReport", "iam:GetCredentialReport",
-         "iam:GetAccountAuthorizationDetails"},
+         "iam:GetAccountAuthorizationDetails", "iam:ListServiceSpecificCredentials",
+         "iam:ListSSHPublicKeys"},
     ),
     "discovery-role.yaml": (
         [{"ExporterRoleArn": EXPORTER_ROLE}],

@@ -286,23 +286,30 @@ REQUIRED = {
     "IAMKeyExporterDiscoveryFailing", "IAMKeyExporterShardIndexDuplicated",
     "IAMKeyExporterShardMissing", "IAMUserPasswordUnused", "IAMUserWithoutMFA",
     "IAMRootWithoutMFA", "IAMAccessKeyTooOldSoon", "IAMAccessKeyUnusedSoon",
+    "IAMServiceCredentialTooOld", "IAMBedrockAPIKeyLongLived", "IAMRoleUnused",
+    "IAMSSHPublicKeyTooOld",
 }
-# Alerts about an IAM user: they carry the user's owner and team (tag_owner, tag_team,
-# joined from aws_iam_user_info), which deploy/alertmanager/alertmanager.example.yml routes on.
+# Alerts about an IAM user or its credentials: they carry the user's owner and team
+# (tag_owner, tag_team, joined from aws_iam_user_info), which
+# deploy/alertmanager/alertmanager.example.yml routes on.
 OWNED = {
     "IAMAccessKeyTooOld", "IAMAccessKeyTooOldSoon", "IAMAccessKeyUnused",
     "IAMAccessKeyUnusedSoon", "IAMUserMultipleActiveKeys", "IAMUserPasswordUnused",
-    "IAMUserWithoutMFA",
+    "IAMUserWithoutMFA", "IAMServiceCredentialTooOld", "IAMBedrockAPIKeyLongLived",
+    "IAMSSHPublicKeyTooOld",
 }
-# The key alerts leave exempt keys out (aws_iam_exemption_until_timestamp_seconds).
+# The key and service-credential alerts leave exempt keys and credentials out
+# (aws_iam_exemption_until_timestamp_seconds).
 EXEMPTIBLE = {
     "IAMAccessKeyTooOld", "IAMAccessKeyTooOldSoon", "IAMAccessKeyUnused",
-    "IAMAccessKeyUnusedSoon", "IAMUserMultipleActiveKeys",
+    "IAMAccessKeyUnusedSoon", "IAMUserMultipleActiveKeys", "IAMServiceCredentialTooOld",
+    "IAMBedrockAPIKeyLongLived", "IAMSSHPublicKeyTooOld",
 }
 # The alerts whose limit is the configured policy's: joined in, never written as a number.
 POLICY = {
     "IAMAccessKeyTooOld", "IAMAccessKeyTooOldSoon", "IAMAccessKeyUnused",
-    "IAMAccessKeyUnusedSoon", "IAMUserPasswordUnused",
+    "IAMAccessKeyUnusedSoon", "IAMUserPasswordUnused", "IAMServiceCredentialTooOld",
+    "IAMBedrockAPIKeyLongLived", "IAMRoleUnused", "IAMSSHPublicKeyTooOld",
 }
 # Alerts about the exporter as a whole: they name its job (or instance), not an account.
 EXPORTER_WIDE = {
@@ -360,11 +367,11 @@ for group in yaml.safe_load(open(rules_file))["groups"]:
         joined = "iam_key_exporter_policy_" in expr and "policy_rule" in expr
         if (name in POLICY) != joined:
             errors.append(f"{name}: {'no' if name in POLICY else 'an unexpected'} policy join "
-                          "(aws_iam_user_info * on (policy_rule) ... iam_key_exporter_policy_*)")
+                          "(aws_iam_{user,role}_info * on (policy_rule) ... iam_key_exporter_policy_*)")
         exempt = "aws_iam_exemption_until_timestamp_seconds" in expr
         if (name in EXEMPTIBLE) != exempt:
             errors.append(f"{name}: exemptions {'not applied' if name in EXEMPTIBLE else 'applied'} "
-                          "(exemptions are for the key alerts only)")
+                          "(exemptions are for the key and service-credential alerts only)")
 for name in sorted(REQUIRED - alerts.keys()):
     errors.append(f"alert {name} missing")
 
@@ -428,11 +435,15 @@ REQUIRED_METRICS = {
     "aws_iam_user_password_last_used_timestamp_seconds",
     "aws_iam_user_password_last_changed_timestamp_seconds", "aws_iam_user_mfa_active",
     "aws_iam_root_mfa_active", "aws_iam_user_info", "iam_key_exporter_aws_request_rate",
+    "aws_iam_service_credential_age_seconds",
+    "aws_iam_service_credential_expiration_timestamp_seconds", "aws_iam_role_idle_seconds",
 }
 POLICY_LIMITS = {f"iam_key_exporter_policy_{l}_seconds"
-                 for l in ("key_max_age", "key_max_idle", "password_max_idle", "notice")}
+                 for l in ("key_max_age", "key_max_idle", "password_max_idle", "role_max_idle",
+                           "notice")}
 # Rows the dashboard must have (sections of panels).
-REQUIRED_ROWS = {"Exemptions", "Console users", "Exporter health", "IAM request pacing"}
+REQUIRED_ROWS = {"Exemptions", "Console users", "Service-specific credentials and roles",
+                 "Exporter health", "IAM request pacing"}
 errors = []
 try:
     d = json.load(open(path))
@@ -523,7 +534,8 @@ for p in panels:
         if not metrics:
             errors.append(f"{ref}: expr selects no metric")
         # Every selector must carry the account filter, but for the policy's limits: they
-        # are per rule (label policy_rule only), joined to aws_iam_user_info, which has it.
+        # are per rule (label policy_rule only), joined to aws_iam_user_info (or
+        # aws_iam_role_info), which has it.
         for m in metrics - POLICY_LIMITS:
             for sel in re.finditer(r"(?<![\w:])%s(?![\w:])\s*(\{[^}]*\})?" % re.escape(m), expr):
                 if ACCOUNT_FILTER not in (sel.group(1) or ""):
