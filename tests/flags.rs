@@ -75,26 +75,6 @@ fn a_custom_telemetry_path_and_json_logs() {
     assert!(log.contains("\"refreshed account\""), "{log}");
 }
 
-/// The port the exporter bound, from its start line (`address=[::]:41234`): every form is
-/// started with port 0, so no test guesses a free port.
-fn bound_address(child: &mut ChildGuard) -> String {
-    wait_for(
-        "the start line with the bound address",
-        Duration::from_secs(20),
-        || {
-            child.assert_running();
-            let log = child.log();
-            let line = log
-                .lines()
-                .find(|l| l.contains("starting iam-key-exporter"))?;
-            let value = line
-                .split_whitespace()
-                .find_map(|f| f.strip_prefix("address="))?;
-            Some(value.trim_matches('"').to_string())
-        },
-    )
-}
-
 #[test]
 fn listen_address_forms() {
     let moto = Moto::start();
@@ -128,7 +108,7 @@ fn listen_address_forms() {
         cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!("--web.listen-address={flag}"));
         let mut child = ChildGuard::spawn("exporter", cmd, &dir.path().join("log"));
-        let bound = bound_address(&mut child);
+        let bound = child.bound_address();
         let (bound_host, port) = bound.rsplit_once(':').unwrap();
         assert_eq!(bound_host, host, "{flag} bound {bound}");
         for at in answers {

@@ -219,16 +219,18 @@ impl Exporter {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, config_yaml).unwrap();
-        let port = free_port();
+        // Port 0, then the port it bound from its start line: a port picked here and bound
+        // there could be taken in between by another test running at the same time.
         let mut cmd = exporter_command(moto);
         cmd.arg(format!("--config.file={}", config.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .args(extra_args)
             .envs(env.iter().copied());
-        let child = ChildGuard::spawn("exporter", cmd, &dir.path().join("exporter.log"));
+        let mut child = ChildGuard::spawn("exporter", cmd, &dir.path().join("exporter.log"));
+        let address = child.bound_address();
         Exporter {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{address}"),
             _dir: dir,
             config,
         }
@@ -502,6 +504,27 @@ impl ChildGuard {
             child,
             log: log.to_path_buf(),
         }
+    }
+
+    /// The address the exporter bound, from its start line (`address=127.0.0.1:41234`, or
+    /// `"address":"..."` in JSON logs); panics with the log if it exits first.
+    pub fn bound_address(&mut self) -> String {
+        wait_for(
+            "the start line with the bound address",
+            Duration::from_secs(20),
+            || {
+                self.assert_running();
+                let log = self.log();
+                let line = log
+                    .lines()
+                    .find(|l| l.contains("starting iam-key-exporter"))?;
+                let (_, rest) = line
+                    .split_once("address=")
+                    .or_else(|| line.split_once("\"address\":"))?;
+                let value = rest.split([' ', ',', '}']).next()?;
+                Some(value.trim_matches('"').to_string())
+            },
+        )
     }
 
     /// Panics with the log if the process has exited: call it inside `wait_for` loops so a
