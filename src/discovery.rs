@@ -69,14 +69,11 @@ pub async fn once(
     let result = tokio::time::timeout(cfg.refresh_timeout, discover(cfg, d, shard, reader))
         .await
         .unwrap_or_else(|_| {
-            Err(RefreshError {
-                stage: Stage::Discovery,
-                code: "RefreshTimeout".into(),
-                message: format!(
-                    "discovery did not finish within refresh_timeout ({})",
-                    humantime::format_duration(cfg.refresh_timeout)
-                ),
-            })
+            Err(RefreshError::timed_out(
+                Stage::Discovery,
+                "discovery",
+                cfg.refresh_timeout,
+            ))
         });
     let duration = started.elapsed().as_secs_f64();
     let owner = OrgReader::owner_id(d);

@@ -257,7 +257,7 @@ impl Health {
 
     pub fn count_refresh_error(&self, owner: [&str; 2], e: &RefreshError) {
         self.refresh_errors
-            .with_label_values(&[owner[0], owner[1], e.stage.as_str(), &e.code])
+            .with_label_values(&[owner[0], owner[1], e.stage.as_str(), e.code.as_str()])
             .inc();
     }
 

@@ -246,10 +246,81 @@ pub struct LastUse {
 #[derive(Debug, Clone)]
 pub struct RefreshError {
     pub stage: Stage,
-    /// The AWS error code (`AccessDenied`, `Throttling`, ...), or the exporter's own name for
-    /// a failure that has none (`Timeout`, `ConnectionError`, `RefreshTimeout`, ...).
-    pub code: String,
+    pub code: Code,
     pub message: String,
+}
+
+impl RefreshError {
+    /// A refresh or a discovery that outlived `refresh_timeout` and was abandoned.
+    pub fn timed_out(stage: Stage, what: &str, limit: std::time::Duration) -> RefreshError {
+        RefreshError {
+            stage,
+            code: Code::RefreshTimeout,
+            message: format!(
+                "{what} did not finish within refresh_timeout ({})",
+                humantime::format_duration(limit)
+            ),
+        }
+    }
+}
+
+/// What failed, as the `code` label and the logs name it: AWS's own error code, or the
+/// exporter's name for a failure AWS did not answer (its names are listed in the README's
+/// error codes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Code {
+    /// AWS's code as it answered it: `AccessDenied`, `Throttling`, `NoSuchEntity`, ...
+    Aws(String),
+    /// No answer within the configured timeouts.
+    Timeout,
+    /// The endpoint could not be reached (refused, reset, no route).
+    ConnectionError,
+    /// The AWS SDK's credential chain found nothing.
+    NoCredentials,
+    /// A credential source was found but failed.
+    CredentialsError,
+    /// An answer that could not be read.
+    ResponseError,
+    /// The request could not be sent, for another reason than the above.
+    DispatchFailure,
+    /// The request could not be built.
+    ConstructionFailure,
+    /// An answer AWS should not give: a field it always sends is missing.
+    InvalidResponse,
+    /// `IsTruncated` with a marker missing or repeated.
+    InvalidPagination,
+    /// A credential report that does not parse.
+    MalformedReport,
+    /// AWS did not finish a credential report within `aws.credential_report_timeout`.
+    ReportTimeout,
+    /// The refresh (or discovery) outlived `refresh_timeout`.
+    RefreshTimeout,
+}
+
+impl Code {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Code::Aws(code) => code,
+            Code::Timeout => "Timeout",
+            Code::ConnectionError => "ConnectionError",
+            Code::NoCredentials => "NoCredentials",
+            Code::CredentialsError => "CredentialsError",
+            Code::ResponseError => "ResponseError",
+            Code::DispatchFailure => "DispatchFailure",
+            Code::ConstructionFailure => "ConstructionFailure",
+            Code::InvalidResponse => "InvalidResponse",
+            Code::InvalidPagination => "InvalidPagination",
+            Code::MalformedReport => "MalformedReport",
+            Code::ReportTimeout => "ReportTimeout",
+            Code::RefreshTimeout => "RefreshTimeout",
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `AccessDenied (list_users): <message>`, as `/`, the audit and logs show it.

@@ -410,14 +410,11 @@ impl AccountTask {
         let limit = self.cfg.refresh_timeout;
         let result = match tokio::time::timeout(limit, self.reader.read()).await {
             Ok(r) => r,
-            Err(_) => Err(RefreshError {
-                stage: Stage::Refresh,
-                code: "RefreshTimeout".into(),
-                message: format!(
-                    "the refresh did not finish within refresh_timeout ({})",
-                    humantime::format_duration(limit)
-                ),
-            }),
+            Err(_) => Err(RefreshError::timed_out(
+                Stage::Refresh,
+                "the refresh",
+                limit,
+            )),
         };
         let duration = started.elapsed().as_secs_f64();
         let now = unix_now();

@@ -15,7 +15,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use futures_util::stream::{self, StreamExt};
 
 use super::{secs, stage, AwsError, Iam};
-use crate::inventory::{AccessKey, KeyStatus, LastUse, RefreshError, Snapshot, Stage, User};
+use crate::inventory::{AccessKey, Code, KeyStatus, LastUse, RefreshError, Snapshot, Stage, User};
 
 /// The most IAM accepts as `MaxItems`.
 pub(super) const MAX_ITEMS: i32 = 1000;
@@ -268,7 +268,7 @@ where
             Some(next) if !next.is_empty() && Some(&next) != marker.as_ref() => marker = Some(next),
             _ => {
                 return Err(AwsError {
-                    code: "InvalidPagination".into(),
+                    code: Code::InvalidPagination,
                     message: "IsTruncated is true but the Marker is missing or repeats".into(),
                 }
                 .into())
@@ -315,6 +315,6 @@ mod tests {
         let err = paginate(|_| async { page(&[1], Some("same")) })
             .await
             .unwrap_err();
-        assert_eq!(err.code, "InvalidPagination");
+        assert_eq!(err.code, Code::InvalidPagination);
     }
 }

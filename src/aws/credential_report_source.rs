@@ -12,7 +12,7 @@ use aws_sdk_iam::types::ReportStateType;
 
 use super::{secs, stage, Iam};
 use crate::credential_report;
-use crate::inventory::{RefreshError, Snapshot, Stage};
+use crate::inventory::{Code, RefreshError, Snapshot, Stage};
 
 const FIRST_POLL: Duration = Duration::from_secs(1);
 const MAX_POLL: Duration = Duration::from_secs(15);
@@ -49,7 +49,7 @@ pub async fn read(iam: &Iam, timeout: Duration) -> Result<Snapshot, RefreshError
                             .map(secs)
                             .ok_or_else(|| RefreshError {
                                 stage: Stage::GetCredentialReport,
-                                code: "InvalidResponse".into(),
+                                code: Code::InvalidResponse,
                                 message: "GetCredentialReport answered without GeneratedTime"
                                     .into(),
                             })?;
@@ -57,7 +57,7 @@ pub async fn read(iam: &Iam, timeout: Duration) -> Result<Snapshot, RefreshError
                     return credential_report::parse(&content, generated).map_err(|e| {
                         RefreshError {
                             stage: Stage::ParseCredentialReport,
-                            code: "MalformedReport".into(),
+                            code: Code::MalformedReport,
                             message: e.0,
                         }
                     });
@@ -78,7 +78,7 @@ pub async fn read(iam: &Iam, timeout: Duration) -> Result<Snapshot, RefreshError
         if Instant::now() + wait > deadline {
             return Err(RefreshError {
                 stage: Stage::GenerateCredentialReport,
-                code: "ReportTimeout".into(),
+                code: Code::ReportTimeout,
                 message: format!(
                     "the credential report was not ready within {} (aws.credential_report_timeout)",
                     humantime::format_duration(timeout)

@@ -39,7 +39,7 @@ use aws_smithy_types::retry::ErrorKind;
 use crate::accounts::Account;
 use crate::config::{Config, Source};
 use crate::health::{Health, Identity};
-use crate::inventory::{unix, RefreshError, Snapshot, Stage, Timestamp};
+use crate::inventory::{unix, Code, RefreshError, Snapshot, Stage, Timestamp};
 
 pub use organizations::OrgReader;
 use session::Session;
@@ -99,10 +99,7 @@ fn shared_https_client() -> SharedHttpClient {
 /// debug dump.
 #[derive(Debug, Clone)]
 struct AwsError {
-    /// The AWS error code (`AccessDenied`, `Throttling`, ...) or, for failures that never got
-    /// an answer, one of the exporter's own: `Timeout`, `ConnectionError`, `NoCredentials`,
-    /// `CredentialsError`, `ResponseError`, `DispatchFailure`, `ConstructionFailure`.
-    pub code: String,
+    pub code: Code,
     pub message: String,
 }
 
@@ -120,29 +117,29 @@ where
     fn from(e: SdkError<E, R>) -> Self {
         let (code, message) = match &e {
             SdkError::ServiceError(s) => (
-                s.err().code().unwrap_or("Unknown").to_string(),
+                Code::Aws(s.err().code().unwrap_or("Unknown").to_string()),
                 s.err().message().unwrap_or("").to_string(),
             ),
-            SdkError::TimeoutError(_) => ("Timeout".into(), "no answer in time".into()),
+            SdkError::TimeoutError(_) => (Code::Timeout, "no answer in time".into()),
             SdkError::DispatchFailure(d) if d.is_timeout() => {
-                ("Timeout".into(), "connecting took too long".into())
+                (Code::Timeout, "connecting took too long".into())
             }
-            SdkError::DispatchFailure(d) if d.is_io() => ("ConnectionError".into(), root_cause(&e)),
+            SdkError::DispatchFailure(d) if d.is_io() => (Code::ConnectionError, root_cause(&e)),
             SdkError::DispatchFailure(_) => match credentials_error(&e) {
                 Some(CredentialsError::CredentialsNotLoaded(_)) => {
-                    ("NoCredentials".into(), NO_CREDENTIALS.into())
+                    (Code::NoCredentials, NO_CREDENTIALS.into())
                 }
                 Some(c) => (
-                    "CredentialsError".into(),
+                    Code::CredentialsError,
                     format!("cannot get AWS credentials: {}", root_cause(c)),
                 ),
-                None => ("DispatchFailure".into(), root_cause(&e)),
+                None => (Code::DispatchFailure, root_cause(&e)),
             },
             SdkError::ResponseError(_) => (
-                "ResponseError".into(),
+                Code::ResponseError,
                 format!("the answer could not be read: {}", root_cause(&e)),
             ),
-            _ => ("ConstructionFailure".into(), root_cause(&e)),
+            _ => (Code::ConstructionFailure, root_cause(&e)),
         };
         AwsError { code, message }
     }
@@ -199,8 +196,8 @@ impl Reach {
     fn explain(&self, mut e: RefreshError) -> RefreshError {
         let (endpoint, t) = (&self.endpoint, &self.timeouts);
         let human = |d| humantime::format_duration(d);
-        e.message = match e.code.as_str() {
-            "Timeout" => format!(
+        e.message = match e.code {
+            Code::Timeout => format!(
                 "{endpoint}: {} (aws.connect_timeout {}, aws.attempt_timeout {}, \
                  aws.operation_timeout {}, aws.max_attempts {})",
                 e.message,
@@ -209,8 +206,8 @@ impl Reach {
                 human(t.operation_timeout),
                 t.max_attempts
             ),
-            "ConnectionError" => format!("cannot connect to {endpoint}: {}", e.message),
-            "ResponseError" | "DispatchFailure" => format!("{endpoint}: {}", e.message),
+            Code::ConnectionError => format!("cannot connect to {endpoint}: {}", e.message),
+            Code::ResponseError | Code::DispatchFailure => format!("{endpoint}: {}", e.message),
             _ => return e,
         };
         e

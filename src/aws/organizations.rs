@@ -23,7 +23,7 @@ use super::{default_endpoint, AwsError, Base, Owner, Reach, RequestCounter, Sess
 use crate::accounts::{OrgAccount, Role};
 use crate::config::{values::arn_account, Config, Discovery};
 use crate::health::Health;
-use crate::inventory::{RefreshError, Stage};
+use crate::inventory::{Code, RefreshError, Stage};
 
 /// The most any Organizations list call returns in one page.
 const PAGE: i32 = 20;
@@ -301,7 +301,7 @@ where
             Some(next) if next.is_empty() => return Ok(items),
             Some(next) if Some(&next) == token.as_ref() => {
                 return Err(AwsError {
-                    code: "InvalidPagination".into(),
+                    code: Code::InvalidPagination,
                     message: "Organizations returned the same NextToken twice".into(),
                 })
             }

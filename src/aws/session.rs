@@ -23,6 +23,7 @@ use super::{AwsError, Base, Owner, RequestCounter};
 use crate::accounts::Role;
 use crate::config::Config;
 use crate::health::Health;
+use crate::inventory::Code;
 
 pub struct Session {
     sts: aws_sdk_sts::Client,
@@ -128,11 +129,11 @@ impl Session {
             .send()
             .await?;
         let c = out.credentials.ok_or_else(|| AwsError {
-            code: "InvalidResponse".into(),
+            code: Code::InvalidResponse,
             message: "AssumeRole answered without credentials".into(),
         })?;
         let expiry = SystemTime::try_from(c.expiration).map_err(|_| AwsError {
-            code: "InvalidResponse".into(),
+            code: Code::InvalidResponse,
             message: "AssumeRole answered with an expiration outside the clock's range".into(),
         })?;
         Ok(Credentials::new(
