@@ -64,6 +64,34 @@ pub struct Held {
     pub confirmations: u32,
 }
 
+/// Why the HTTP server turned a client away or cut it off: the `reason` label of
+/// `iam_key_exporter_http_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    InFlight,
+    LoginQueue,
+    IdleEvicted,
+    WriteTimeout,
+}
+
+impl Refused {
+    const ALL: [Refused; 4] = [
+        Refused::InFlight,
+        Refused::LoginQueue,
+        Refused::IdleEvicted,
+        Refused::WriteTimeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refused::InFlight => "inflight",
+            Refused::LoginQueue => "login_queue",
+            Refused::IdleEvicted => "idle_evicted",
+            Refused::WriteTimeout => "write_timeout",
+        }
+    }
+}
+
 /// The running exporter's own state and metrics.
 pub struct Health {
     registry: Registry,
@@ -80,6 +108,7 @@ pub struct Health {
     shrink_held: IntGaugeVec,
     shrink_kept: IntGaugeVec,
     identity_info: IntGaugeVec,
+    http_refused: IntCounterVec,
     pub shard: Shard,
     /// None while discovery is not configured.
     discovery: Mutex<Option<DiscoveryStatus>>,
@@ -88,6 +117,7 @@ pub struct Health {
 
 /// The families only a running server has: a file written by `once` leaves them out.
 const SERVER_ONLY: &[&str] = &[
+    "iam_key_exporter_http_refused_total",
     "iam_key_exporter_config_last_reload_successful",
     "iam_key_exporter_config_last_reload_success_timestamp_seconds",
 ];
@@ -230,6 +260,21 @@ impl Health {
                 "The AWS identity the exporter's own credentials belong to (sts:GetCallerIdentity), which member roles must trust (always 1).",
                 &["account_id", "arn"],
             ),
+            http_refused: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "iam_key_exporter_http_refused_total",
+                        "HTTP clients the server turned away or cut off, by reason: inflight (503, --web.max-inflight-responses reached), login_queue (429, too many basic-auth checks waiting), idle_evicted (the longest-idle connection closed for a new one at --web.max-connections), write_timeout (a response not read within --web.write-timeout).",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid counter");
+                for why in Refused::ALL {
+                    c.with_label_values(&[why.label()]);
+                }
+                r.register(Box::new(c.clone())).expect("registered once");
+                c
+            },
             registry: r,
             shard,
             discovery: Mutex::new(None),
@@ -253,6 +298,10 @@ impl Health {
         self.assume_role
             .with_label_values(&[owner[0], owner[1], outcome])
             .inc();
+    }
+
+    pub fn count_refused(&self, why: Refused) {
+        self.http_refused.with_label_values(&[why.label()]).inc();
     }
 
     pub fn count_refresh_error(&self, owner: [&str; 2], e: &RefreshError) {

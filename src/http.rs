@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use crate::cli::ListenAddress;
 use crate::collector::{self, Scope};
 use crate::exposition::CONTENT_TYPE;
-use crate::health::{BuildInfo, Health, IdentityStatus};
+use crate::health::{BuildInfo, Health, IdentityStatus, Refused};
 use crate::inventory::unix_now;
 use crate::inventory::{AccountState, Inventory};
 use crate::keys::{self, html_escape as html};
@@ -159,7 +159,9 @@ pub async fn serve(listener: TcpListener, web: Arc<Web>, mut shutdown: watch::Re
         // At the limit, the client that has waited longest without sending a request makes
         // room (slow or hostile); if every connection is busy, wait for one to end.
         while connections.count() >= web.max_connections {
-            if !connections.evict_oldest_idle() {
+            if connections.evict_oldest_idle() {
+                web.health.count_refused(Refused::IdleEvicted);
+            } else {
                 connections.freed.notified().await;
             }
         }
@@ -281,6 +283,7 @@ where
     let id = slot.id;
     let deadline = Arc::new(watch::Sender::new(None));
     let write_timeout = web.write_timeout;
+    let health = web.health.clone();
     let response_deadline = deadline.clone();
     let service = hyper::service::service_fn(move |req| {
         let web = web.clone();
@@ -313,6 +316,7 @@ where
         },
         _ = expired(deadline.subscribe()) => {
             tracing::debug!(%peer, "response not read within --web.write-timeout; connection closed");
+            health.count_refused(Refused::WriteTimeout);
             true
         }
     };
@@ -402,6 +406,7 @@ async fn handle(web: &Web, req: Request<Incoming>) -> Response<Body> {
             return resp;
         }
         Auth::Busy => {
+            web.health.count_refused(Refused::LoginQueue);
             let mut resp = text(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many unverified logins at once; try again.\n",
@@ -445,6 +450,7 @@ async fn handle(web: &Web, req: Request<Incoming>) -> Response<Body> {
 fn inventory_view(web: &Web, route: Route, req: &Request<Incoming>) -> Response<Body> {
     let Ok(permit) = web.inflight.clone().try_acquire_owned() else {
         tracing::debug!("too many responses in flight; answered 503");
+        web.health.count_refused(Refused::InFlight);
         let mut resp = text(
             StatusCode::SERVICE_UNAVAILABLE,
             "Too many responses being sent at once (--web.max-inflight-responses); try again.\n",

@@ -436,6 +436,9 @@ pub struct Standards {
 pub struct Inventory {
     accounts: RwLock<BTreeMap<String, Arc<AccountState>>>,
     standards: RwLock<Arc<Standards>>,
+    /// Whether an account list has been put in force: until then (with discovery, until the
+    /// first discovery's list is applied) an empty map means "not known yet", not "none".
+    listed: std::sync::atomic::AtomicBool,
 }
 
 impl Inventory {
@@ -482,11 +485,15 @@ impl Inventory {
             next.insert(account.id.clone(), state);
         }
         *map = next;
+        self.listed
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// True once every account has finished at least one refresh attempt.
+    /// True once an account list is in force and every account in it has finished at least
+    /// one refresh attempt.
     pub fn all_attempted(&self) -> bool {
-        self.accounts.read().unwrap().values().all(|s| s.attempted)
+        self.listed.load(std::sync::atomic::Ordering::Acquire)
+            && self.accounts.read().unwrap().values().all(|s| s.attempted)
     }
 }
 
@@ -574,5 +581,20 @@ impl AccountState {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Readiness asks this: an inventory whose list is not in force yet (discovery has
+    /// answered, the supervisor has not applied it) is not "every account attempted".
+    #[test]
+    fn nothing_is_attempted_before_a_list_is_in_force() {
+        let inventory = Inventory::default();
+        assert!(!inventory.all_attempted(), "empty because not listed yet");
+        inventory.retain_only(&[]);
+        assert!(inventory.all_attempted(), "an empty list in force");
     }
 }
