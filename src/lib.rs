@@ -15,6 +15,7 @@ mod discovery;
 pub mod exemptions;
 mod exposition;
 mod findings;
+mod gate;
 pub mod health;
 pub mod http;
 pub mod inventory;

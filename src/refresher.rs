@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::gate::Gate;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::accounts::{self, Account, Discovered, Shard};
@@ -28,6 +30,13 @@ pub struct Refresher {
     identity: JoinHandle<()>,
 }
 
+/// How long the first round waits for every account's size before it starts anyway.
+const ORDER_WAIT: Duration = Duration::from_secs(10);
+/// Accounts asked their size at once (an AssumeRole and a GetAccountSummary each).
+const HINTS: usize = 16;
+/// The longest one account's size hint may take.
+const HINT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A new configuration, and who to tell once it is in force (with the accounts it removed).
 type Reload = (Arc<Config>, oneshot::Sender<Vec<Arc<Account>>>);
 
@@ -45,7 +54,8 @@ impl Refresher {
         inventory.set_standards(&cfg);
         let mut supervisor = Supervisor {
             base: aws::base(&cfg).await,
-            permits: Arc::new(Semaphore::new(cfg.concurrency)),
+            permits: Gate::new(cfg.concurrency),
+            hints: Arc::new(Semaphore::new(HINTS)),
             cfg,
             shard,
             inventory,
@@ -122,7 +132,9 @@ struct Supervisor {
     cfg: Arc<Config>,
     shard: Shard,
     base: aws::Base,
-    permits: Arc<Semaphore>,
+    permits: Arc<Gate>,
+    /// Size hints asked at once (GetAccountSummary, before an account's first refresh).
+    hints: Arc<Semaphore>,
     inventory: Arc<Inventory>,
     health: Arc<Health>,
     tasks: HashMap<String, (Arc<Account>, JoinHandle<()>)>,
@@ -175,7 +187,7 @@ impl Supervisor {
             // Timeouts, retries, STS settings or concurrency changed: every account restarts.
             self.stop_where(|_| true).await;
             self.base = aws::base(&cfg).await;
-            self.permits = Arc::new(Semaphore::new(cfg.concurrency));
+            self.permits = Gate::new(cfg.concurrency);
         }
         if self.cfg.discovery != cfg.discovery {
             self.held = None;
@@ -207,6 +219,10 @@ impl Supervisor {
         self.stop_where(|a| wanted.get(a.id.as_str()) != Some(&a))
             .await;
         self.inventory.retain_only(&accounts);
+        if self.tasks.is_empty() {
+            // Every account starts now: the first round goes largest first.
+            self.permits.hold(accounts.len(), ORDER_WAIT);
+        }
         let owner = self.cfg.discovery.as_ref().map(OrgReader::owner_id);
         self.health.track_accounts(&accounts, owner.as_deref());
         for account in &accounts {
@@ -220,7 +236,7 @@ impl Supervisor {
                 &self.inventory,
                 &self.health,
             );
-            let handle = tokio::spawn(task.run(self.permits.clone()));
+            let handle = tokio::spawn(task.run(self.permits.clone(), self.hints.clone()));
             self.tasks
                 .insert(account.id.clone(), (account.clone(), handle));
         }
@@ -352,13 +368,16 @@ pub async fn refresh_all_once(
     inventory.retain_only(&accounts);
     inventory.set_standards(&cfg);
     health.track_accounts(&accounts, None);
-    let permits = Arc::new(Semaphore::new(cfg.concurrency));
+    let permits = Gate::new(cfg.concurrency);
+    permits.hold(accounts.len(), ORDER_WAIT);
+    let hints = Arc::new(Semaphore::new(HINTS));
     let mut tasks = JoinSet::new();
     for account in &accounts {
         let task = AccountTask::new(account, &base, &cfg, &inventory, &health);
-        let permits = permits.clone();
+        let (permits, hints) = (permits.clone(), hints.clone());
         tasks.spawn(async move {
-            let _permit = permits.acquire().await;
+            let weight = task.expected_work(&hints).await;
+            let _permit = permits.enter(weight).await;
             task.refresh().await;
         });
     }
@@ -391,16 +410,30 @@ impl AccountTask {
         }
     }
 
-    async fn run(self, permits: Arc<Semaphore>) {
+    async fn run(self, permits: Arc<Gate>, hints: Arc<Semaphore>) {
         // Spread the first refreshes over a second or two rather than all at once.
         tokio::time::sleep(Duration::from_millis(fastrand::u64(0..1500))).await;
         loop {
             {
-                let _permit = permits.acquire().await;
+                let weight = self.expected_work(&hints).await;
+                let _permit = permits.enter(weight).await;
                 self.refresh().await;
             }
             tokio::time::sleep(jittered(self.cfg.refresh_interval)).await;
         }
+    }
+
+    /// The account's size, to let the largest in first: its users at the last refresh or,
+    /// before the first, as GetAccountSummary counts them (0 if unknown).
+    async fn expected_work(&self, hints: &Semaphore) -> u64 {
+        let last = self.inventory.get(&self.account.id);
+        if let Some(snapshot) = last.as_ref().and_then(|s| s.snapshot.as_ref()) {
+            return snapshot.users.len() as u64;
+        }
+        let _asking = hints.acquire().await;
+        // Only an order depends on it: an account slow to answer waits no longer than this.
+        let hint = tokio::time::timeout(HINT_TIMEOUT, self.reader.size_hint()).await;
+        hint.ok().flatten().unwrap_or(0)
     }
 
     async fn refresh(&self) {

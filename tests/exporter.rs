@@ -1012,3 +1012,42 @@ accounts:
     let view: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(view["keys"][0]["exempt_until"], "2099-06-30", "{view}");
 }
+
+#[test]
+fn the_account_with_the_most_users_is_read_first() {
+    const C: &str = "333333333333";
+    let moto = Moto::start();
+    // Listed smallest first: only their sizes can put the largest first.
+    moto.seed(A, users("a", 5, 1));
+    moto.seed(B, users("b", 60, 1));
+    moto.seed(C, users("c", 150, 1));
+    let exporter = Exporter::start(
+        &moto,
+        &format!(
+            "concurrency: 1\naccounts:\n  - {{id: \"{A}\"}}\n  - {{id: \"{B}\"}}\n  - {{id: \"{C}\"}}\n"
+        ),
+    );
+    exporter.wait_ready(Duration::from_secs(60));
+    // One account at a time: the order they finished is the order they started.
+    let order: Vec<String> = exporter
+        .log()
+        .lines()
+        .filter(|l| l.contains("refreshed account"))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("account_id=")?;
+            Some(
+                rest.split_whitespace()
+                    .next()?
+                    .trim_matches('"')
+                    .to_string(),
+            )
+        })
+        .take(3)
+        .collect();
+    assert_eq!(order, [C, B, A], "largest first");
+    assert_eq!(
+        moto.count(C, "GetAccountSummary"),
+        1,
+        "asked once, before the first refresh"
+    );
+}

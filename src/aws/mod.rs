@@ -17,6 +17,7 @@ mod session;
 mod ssh_keys;
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use aws_config::retry::RetryConfig;
@@ -26,6 +27,7 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_iam::config::interceptors::FinalizerInterceptorContextRef;
 use aws_sdk_iam::config::retry::{ClassifyRetry, RetryPartition};
 use aws_sdk_iam::config::{ConfigBag, IdentityCache, Intercept, RuntimeComponents};
+use aws_sdk_iam::types::SummaryKeyType;
 use aws_smithy_http_client as http_client;
 use aws_smithy_runtime::client::retries::classifiers::run_classifiers_on_ctx;
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -233,6 +235,10 @@ pub struct AccountReader {
     /// The names of the roles this exporter assumes in the account (its member role, the
     /// discovery role): in use by definition, never judged idle.
     own_roles: Vec<String>,
+    /// Whether the size hint began the coming refresh's session: the refresh then does
+    /// not begin it again (a session shorter than the refresh interval would be assumed
+    /// twice).
+    session_begun: std::sync::atomic::AtomicBool,
     /// The roles as last read and when, kept from one refresh to the next: they are read
     /// again every `read.roles_interval`.
     roles: std::sync::Mutex<Option<(std::time::Instant, Vec<crate::inventory::Role>)>>,
@@ -289,6 +295,7 @@ impl AccountReader {
             reads_user_tags: account.reads_user_tags,
             read: account.read,
             own_roles,
+            session_begun: Default::default(),
             roles: Default::default(),
             ssh_keys: Default::default(),
             known_keys: Default::default(),
@@ -303,7 +310,8 @@ impl AccountReader {
     /// (absent, never empty): without tags, owners are unknown and no user is exempt, so
     /// alerts fire rather than hide.
     pub async fn read(&self) -> Result<(Snapshot, Vec<RefreshError>), RefreshError> {
-        if let Some(s) = &self.session {
+        let begun = self.session_begun.swap(false, Ordering::Relaxed);
+        if let Some(s) = self.session.as_ref().filter(|_| !begun) {
             s.begin_refresh()
                 .await
                 .map_err(|e| self.explain(stage(Stage::AssumeRole)(e)))?;
@@ -324,6 +332,32 @@ impl AccountReader {
         }
         step(self.read_details(&mut snapshot).await);
         Ok((snapshot.sorted(), partial))
+    }
+
+    /// How many IAM users the account has (GetAccountSummary), to read the largest
+    /// accounts first; None if it cannot be asked (a missing permission costs only the
+    /// order).
+    pub async fn size_hint(&self) -> Option<u64> {
+        if let Some(s) = &self.session {
+            s.begin_refresh().await.ok()?;
+            self.session_begun.store(true, Ordering::Relaxed);
+        }
+        let out = self
+            .iam
+            .pace
+            .call(|| self.iam.client.get_account_summary().send())
+            .await;
+        match out {
+            Ok(out) => {
+                let users = out.summary_map?.get(&SummaryKeyType::Users).copied()?;
+                u64::try_from(users).ok()
+            }
+            Err(e) => {
+                let e = AwsError::from(e);
+                tracing::debug!(code = %e.code, error = %e.message, "GetAccountSummary failed: no size to order the first refresh by");
+                None
+            }
+        }
     }
 
     /// Says where and how long for failures that got no answer.

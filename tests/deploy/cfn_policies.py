@@ -50,6 +50,7 @@ TEMPLATES = {
         {"iam:ListUsers", "iam:ListAccessKeys", "iam:GetAccessKeyLastUsed",
          "iam:GenerateCredentialReport", "iam:GetCredentialReport",
          "iam:GetAccountAuthorizationDetails", "iam:ListServiceSpecificCredentials",
+         "iam:GetAccountSummary",
          "iam:ListSSHPublicKeys"},
     ),
     "discovery-role.yaml": (
