@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
-
-use crate::gate::Gate;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::accounts::{self, Account, Discovered, Shard};
 use crate::aws::{self, AccountReader, OrgReader};
 use crate::config::{jittered, Config};
 use crate::discovery::{self, Found};
+use crate::gate::Gate;
 use crate::health::{Health, Held, IdentityStatus};
 use crate::inventory::{unix_now, AccountState, Inventory, RefreshError, Stage};
 
