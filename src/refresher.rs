@@ -375,7 +375,7 @@ pub async fn refresh_all_once(
         let task = AccountTask::new(account, &base, &cfg, &inventory, &health);
         let (permits, hints) = (permits.clone(), hints.clone());
         tasks.spawn(async move {
-            let weight = task.expected_work(&hints).await;
+            let weight = task.expected_work(Some(&hints)).await;
             let _permit = permits.enter(weight).await;
             task.refresh().await;
         });
@@ -412,9 +412,12 @@ impl AccountTask {
     async fn run(self, permits: Arc<Gate>, hints: Arc<Semaphore>) {
         // Spread the first refreshes over a second or two rather than all at once.
         tokio::time::sleep(Duration::from_millis(fastrand::u64(0..1500))).await;
+        // Only the first round asks AWS for a size: an account that keeps failing would
+        // otherwise assume its role twice at every refresh.
+        let mut ask = Some(hints);
         loop {
             {
-                let weight = self.expected_work(&hints).await;
+                let weight = self.expected_work(ask.take().as_deref()).await;
                 let _permit = permits.enter(weight).await;
                 self.refresh().await;
             }
@@ -423,12 +426,16 @@ impl AccountTask {
     }
 
     /// The account's size, to let the largest in first: its users at the last refresh or,
-    /// before the first, as GetAccountSummary counts them (0 if unknown).
-    async fn expected_work(&self, hints: &Semaphore) -> u64 {
+    /// without one, as GetAccountSummary counts them when `hints` allows asking (0 if
+    /// unknown).
+    async fn expected_work(&self, hints: Option<&Semaphore>) -> u64 {
         let last = self.inventory.get(&self.account.id);
         if let Some(snapshot) = last.as_ref().and_then(|s| s.snapshot.as_ref()) {
             return snapshot.users.len() as u64;
         }
+        let Some(hints) = hints else {
+            return 0;
+        };
         let _asking = hints.acquire().await;
         // Only an order depends on it: an account slow to answer waits no longer than this.
         let hint = tokio::time::timeout(HINT_TIMEOUT, self.reader.size_hint()).await;

@@ -1051,3 +1051,31 @@ fn the_account_with_the_most_users_is_read_first() {
         "asked once, before the first refresh"
     );
 }
+
+#[test]
+fn a_failing_account_is_asked_its_size_once_not_at_every_refresh() {
+    let moto = Moto::start();
+    moto.faults(json!([{"kind": "access_denied", "operation": "AssumeRole", "account": B}]));
+    let exporter = Exporter::start(
+        &moto,
+        &format!("refresh_interval: 1s\naccounts:\n  - {{id: \"{B}\"}}\n"),
+    );
+    let failed = |m: &common::Metrics| {
+        m.get(
+            "iam_key_exporter_refresh_errors_total",
+            &[("account_id", B), ("stage", "assume_role")],
+        )
+        .unwrap_or(0.0)
+    };
+    let m = exporter.scrape_until("four failed refreshes", Duration::from_secs(30), |m| {
+        failed(m) >= 4.0
+    });
+    // One AssumeRole per refresh, and one more for the size asked before the first: asking
+    // again at every refresh of an account that never got a snapshot would double them.
+    let refreshes = failed(&m) as u64;
+    let assumed = moto.count(B, "AssumeRole");
+    assert!(
+        assumed <= refreshes + 2,
+        "{assumed} AssumeRole calls for {refreshes} refreshes"
+    );
+}
