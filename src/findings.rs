@@ -264,43 +264,39 @@ pub fn of_account(state: &AccountState, standards: &Standards, now: Timestamp) -
             add(Kind::ConsoleWithoutMfa, &u.name, None, None, None);
         }
     }
-    for c in s.service_credentials.iter().flatten() {
-        if c.status != KeyStatus::Active {
+    // Service-specific credentials and SSH keys: judged by age, as access keys are.
+    let service = s.service_credentials.iter().flatten().map(|c| {
+        (
+            Kind::ServiceCredentialTooOld,
+            &c.user,
+            &c.id,
+            &c.status,
+            c.created,
+            Some(c),
+        )
+    });
+    let ssh = s.ssh_keys.iter().flatten().map(|k| {
+        (
+            Kind::SshKeyTooOld,
+            &k.user,
+            &k.id,
+            &k.status,
+            k.uploaded,
+            None,
+        )
+    });
+    for (kind, user, id, status, created, credential) in service.chain(ssh) {
+        if *status != KeyStatus::Active {
             continue;
         }
-        let d = decide_for(&c.user);
-        let id = Some(c.id.as_str());
-        let deadline = policy::credential_deadline(c, d.limits);
+        let d = decide_for(user);
+        let deadline = policy::rotate_by(created, d.limits);
         if now > deadline {
-            let age = Some(now - c.created);
-            add(
-                Kind::ServiceCredentialTooOld,
-                &c.user,
-                id,
-                age,
-                Some((deadline, d.rule)),
-            );
+            let age = Some(now - created);
+            add(kind, user, Some(id), age, Some((deadline, d.rule)));
         }
-        if policy::bedrock_too_long_lived(c, d.limits) == Some(true) {
-            add(Kind::BedrockKeyLongLived, &c.user, id, None, None);
-        }
-    }
-    for k in s.ssh_keys.iter().flatten() {
-        if k.status != KeyStatus::Active {
-            continue;
-        }
-        let d = decide_for(&k.user);
-        let deadline = policy::ssh_key_deadline(k, d.limits);
-        if now > deadline {
-            let age = Some(now - k.uploaded);
-            let id = Some(k.id.as_str());
-            add(
-                Kind::SshKeyTooOld,
-                &k.user,
-                id,
-                age,
-                Some((deadline, d.rule)),
-            );
+        if credential.and_then(|c| policy::bedrock_too_long_lived(c, d.limits)) == Some(true) {
+            add(Kind::BedrockKeyLongLived, user, Some(id), None, None);
         }
     }
     for r in s.roles.iter().flatten().filter(|r| r.judged()) {

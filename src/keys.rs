@@ -250,10 +250,10 @@ pub fn page<'a>(
                     (Some(d.rotate_by), Some(d.disable_by))
                 }
                 Credential::Service(c) if credential.is_active() => {
-                    (Some(policy::credential_deadline(c, limits)), None)
+                    (Some(policy::rotate_by(c.created, limits)), None)
                 }
                 Credential::Ssh(k) if credential.is_active() => {
-                    (Some(policy::ssh_key_deadline(k, limits)), None)
+                    (Some(policy::rotate_by(k.uploaded, limits)), None)
                 }
                 Credential::Role(r) if r.judged() => (None, Some(policy::role_deadline(r, limits))),
                 _ => (None, None),

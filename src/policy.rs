@@ -8,9 +8,7 @@ use std::fmt;
 use crate::accounts::Account;
 use crate::config::{duration_text, Limits, Policy, PolicyRule, DEFAULT_RULE};
 use crate::exemptions::glob;
-use crate::inventory::{
-    AccessKey, Role, ServiceCredential, Snapshot, SshKey, Timestamp, User, BEDROCK,
-};
+use crate::inventory::{AccessKey, Role, ServiceCredential, Snapshot, Timestamp, User, BEDROCK};
 
 /// The rule that applies to a user, and its limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,12 +62,23 @@ pub fn test(
     if rule.user.as_deref().is_some_and(|u| !glob(u, &user.name)) {
         return Err(Miss::User);
     }
+    test_place(rule, account, user.path.as_deref())?;
+    if !rule.user_tags.is_empty() && !tags_known {
+        return Err(Miss::TagsUnknown);
+    }
+    for (tag, want) in &rule.user_tags {
+        if !user.tags.get(tag).is_some_and(|v| glob(want, v)) {
+            return Err(Miss::UserTag(tag.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The matchers users and roles share, after `account`: `path` (a prefix of the user's or
+/// role's IAM path), `account_labels` and `ous`.
+fn test_place(rule: &PolicyRule, account: &Account, path: Option<&str>) -> Result<(), Miss> {
     if let Some(prefix) = &rule.path {
-        if !user
-            .path
-            .as_deref()
-            .is_some_and(|p| p.starts_with(prefix.as_str()))
-        {
+        if !path.is_some_and(|p| p.starts_with(prefix.as_str())) {
             return Err(Miss::Path);
         }
     }
@@ -80,14 +89,6 @@ pub fn test(
     }
     if !rule.ous.is_empty() && !account.ous.iter().any(|ou| rule.ous.contains(ou)) {
         return Err(Miss::Ou);
-    }
-    if !rule.user_tags.is_empty() && !tags_known {
-        return Err(Miss::TagsUnknown);
-    }
-    for (tag, want) in &rule.user_tags {
-        if !user.tags.get(tag).is_some_and(|v| glob(want, v)) {
-            return Err(Miss::UserTag(tag.clone()));
-        }
     }
     Ok(())
 }
@@ -129,11 +130,7 @@ pub fn decide_role<'p>(policy: &'p Policy, account: &Account, role: &Role) -> De
         r.user.is_none()
             && r.user_tags.is_empty()
             && r.account.as_deref().is_none_or(|a| a == account.id)
-            && r.path.as_deref().is_none_or(|p| role.path.starts_with(p))
-            && r.account_labels
-                .iter()
-                .all(|(label, want)| account.labels.get(label) == Some(want))
-            && (r.ous.is_empty() || account.ous.iter().any(|ou| r.ous.contains(ou)))
+            && test_place(r, account, Some(&role.path)).is_ok()
     };
     policy.rules.iter().find(applies).map_or_else(
         || defaults(policy),
@@ -238,30 +235,21 @@ pub struct KeyDeadlines {
 
 pub fn key_deadlines(key: &AccessKey, limits: &Limits) -> KeyDeadlines {
     KeyDeadlines {
-        rotate_by: key.created + limits.key_max_age.as_secs_f64(),
+        rotate_by: rotate_by(key.created, limits),
         disable_by: key.idle_since() + limits.key_max_idle.as_secs_f64(),
     }
 }
 
-/// When an active service-specific credential must be rotated: like an access key, at
-/// `key_max_age`.
-pub fn credential_deadline(c: &ServiceCredential, limits: &Limits) -> Timestamp {
-    c.created + limits.key_max_age.as_secs_f64()
+/// When an active credential made at `created` must be rotated: access keys,
+/// service-specific credentials and SSH keys alike, at `key_max_age`.
+pub fn rotate_by(created: Timestamp, limits: &Limits) -> Timestamp {
+    created + limits.key_max_age.as_secs_f64()
 }
 
 /// Whether a Bedrock API key lives longer than the policy lets a key live: it has no
-/// expiration, or one further from its creation than `key_max_age`. None for other
-/// credentials.
+/// expiration, or one after it must be rotated. None for other credentials.
 pub fn bedrock_too_long_lived(c: &ServiceCredential, limits: &Limits) -> Option<bool> {
-    (c.service == BEDROCK).then(|| {
-        c.expires
-            .is_none_or(|e| e - c.created > limits.key_max_age.as_secs_f64())
-    })
-}
-
-/// When an active SSH public key must be replaced: like an access key, at `key_max_age`.
-pub fn ssh_key_deadline(k: &SshKey, limits: &Limits) -> Timestamp {
-    k.uploaded + limits.key_max_age.as_secs_f64()
+    (c.service == BEDROCK).then(|| c.expires.is_none_or(|e| e > rotate_by(c.created, limits)))
 }
 
 /// When a role counts as unused: `role_max_idle` after its last use, or its creation.
@@ -404,7 +392,7 @@ accounts: [{id: "111111111111"}]
         assert_eq!(long(&cred(BEDROCK, Some(1091.0 * day))), Some(true));
         assert_eq!(long(&cred("codecommit.amazonaws.com", None)), None);
         assert_eq!(
-            credential_deadline(&cred(BEDROCK, None), &limits),
+            rotate_by(cred(BEDROCK, None).created, &limits),
             1090.0 * day
         );
     }
