@@ -62,8 +62,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Users by name, keys by user then id: the order every source delivers, so that
-    /// scrapes and diffs of the exposition are stable.
+    /// Users by name, keys and credentials by user then id, roles by name: the order of
+    /// every snapshot (`AccountReader::read` puts it in, once all its parts are read), so
+    /// that scrapes and diffs of the exposition are stable.
     pub fn sorted(mut self) -> Self {
         self.users.sort_by(|a, b| a.name.cmp(&b.name));
         self.keys

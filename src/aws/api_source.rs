@@ -69,8 +69,7 @@ pub async fn scan(iam: &Iam, concurrency: usize) -> Result<Snapshot, RefreshErro
         users,
         keys,
         ..Snapshot::default()
-    }
-    .sorted())
+    })
 }
 
 /// How long to wait before the second try of users whose calls failed.
@@ -209,9 +208,15 @@ pub(super) async fn last_used(
             })
         }))),
         // The API models no error, but IAM answers NoSuchEntity for a deleted key.
-        Err(e) if e.code() == Some("NoSuchEntity") => Ok(None),
+        Err(e) if gone(&e) => Ok(None),
         Err(e) => Err(stage(Stage::GetAccessKeyLastUsed)(e.into())),
     }
+}
+
+/// `NoSuchEntity`: the user or key was deleted since it was listed (IAM changes under a
+/// scan). Compared by code: the SDK models it on some operations only.
+fn gone<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    e.code() == Some("NoSuchEntity")
 }
 
 /// Why a user's keys could not be listed.
@@ -228,7 +233,7 @@ impl Listing {
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug + 'static,
     {
-        if e.code() == Some("NoSuchEntity") {
+        if gone(&e) {
             Listing::Gone
         } else {
             Listing::Failed(e.into())

@@ -116,7 +116,7 @@ pub async fn read(
     }
     report.users.retain(|u| !gone.contains(&u.name));
     report.keys = keys;
-    Ok(report.sorted())
+    Ok(report)
 }
 
 /// Whether the remembered keys are exactly the report's slots, one to one.
