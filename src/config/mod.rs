@@ -150,26 +150,23 @@ impl Read {
         if self.service_credentials {
             parts.push(
                 "service-specific credentials (ListServiceSpecificCredentials: 1 call per 1000 \
-                 credentials)",
+                 credentials)"
+                    .to_string(),
             );
         }
-        let roles;
         if self.roles {
-            roles = format!(
+            parts.push(format!(
                 "roles (GetAccountAuthorizationDetails: 1 call per 1000 roles every {}, in the \
                  same pages as the users' tags when those are read too)",
                 duration_text(self.roles_interval)
-            );
-            parts.push(&roles);
+            ));
         }
-        let ssh;
         if self.ssh_public_keys {
-            ssh = format!(
+            parts.push(format!(
                 "SSH public keys (ListSSHPublicKeys: 1 call per user every {}, and per new \
                  user at the refresh that finds it)",
                 duration_text(self.ssh_public_keys_interval)
-            );
-            parts.push(&ssh);
+            ));
         }
         match parts.is_empty() {
             true => "read: access keys and users only".to_string(),
