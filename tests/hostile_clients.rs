@@ -212,15 +212,6 @@ fn readers_that_never_read_are_capped_and_disconnected() {
         },
     );
     assert_eq!(m.find("aws_iam_access_key_age_seconds", &[]).len(), 2000);
-    // Both are counted: the 503s (six readers, the /keys.json page, and any scrape refused
-    // while waiting) and the four connections cut at the write timeout.
-    let refused_by = |reason: &str| {
-        m.get("iam_key_exporter_http_refused_total", &[("reason", reason)])
-            .unwrap_or(-1.0)
-    };
-    assert!(refused_by("inflight") >= 7.0, "{}", refused_by("inflight"));
-    assert_eq!(refused_by("write_timeout"), 4.0);
-    assert_eq!(refused_by("login_queue"), 0.0);
     for mut s in stalled {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut sink = [0u8; 65536];
@@ -239,4 +230,15 @@ fn readers_that_never_read_are_capped_and_disconnected() {
             "the response ({received} of {size} bytes) must be cut at the write timeout"
         );
     }
+    // Both are counted, once every stalled reader has been cut: the 503s (six readers, the
+    // /keys.json page, and any scrape refused while waiting) and the four connections cut
+    // at the write timeout.
+    let m = exporter.scrape();
+    let refused_by = |reason: &str| {
+        m.get("iam_key_exporter_http_refused_total", &[("reason", reason)])
+            .unwrap_or(-1.0)
+    };
+    assert!(refused_by("inflight") >= 7.0, "{}", refused_by("inflight"));
+    assert_eq!(refused_by("write_timeout"), 4.0);
+    assert_eq!(refused_by("login_queue"), 0.0);
 }
