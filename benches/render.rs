@@ -300,21 +300,25 @@ fn main() {
     );
 
     // The key view's first page (500 of 100k keys, sorted oldest first), HTML and JSON.
-    let exemptions = Standards::default();
+    let exemptions = Arc::new(Standards::default());
     for json in [false, true] {
         let mut times = Vec::new();
         let mut bytes = 0;
         for _ in 0..10 {
             let start = Instant::now();
-            let q = keys::Query::parse(None);
-            let (total, rows) = keys::page(&accounts, &exemptions, &q, NOW);
-            let page = if json {
-                keys::json(total, &rows, &q, NOW)
+            let page = keys::Page::select(
+                accounts.clone(),
+                exemptions.clone(),
+                keys::Query::parse(None),
+                NOW,
+            );
+            let chunks: Vec<Vec<u8>> = if json {
+                page.json().collect()
             } else {
-                keys::html(total, &rows, &q, &accounts, NOW)
+                page.html().collect()
             };
             times.push(start.elapsed().as_secs_f64() * 1000.0);
-            bytes = page.len();
+            bytes = chunks.iter().map(Vec::len).sum::<usize>();
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!(

@@ -635,72 +635,9 @@ impl Iterator for Exposition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounts::{Account, Origin, Shard};
+    use crate::accounts::Shard;
     use crate::health::BuildInfo;
-    use crate::inventory::{KeyStatus, User};
-
-    fn state(users: usize, name_pad: usize) -> Arc<AccountState> {
-        let mut snapshot = Snapshot {
-            service_credentials: Some(Vec::new()),
-            roles: Some(Vec::new()),
-            ..Snapshot::default()
-        };
-        for i in 0..users {
-            let pad = "r".repeat(name_pad);
-            snapshot
-                .roles
-                .as_mut()
-                .unwrap()
-                .push(crate::inventory::Role {
-                    name: format!("{pad}{i}"),
-                    path: "/".into(),
-                    created: 1e9,
-                    last_used: None,
-                    exporter: false,
-                });
-            let name = format!("{}{i}", "u".repeat(name_pad));
-            snapshot.users.push(User {
-                name: name.clone(),
-                created: 1e9,
-                password_last_used: None,
-                path: None,
-                tags: Default::default(),
-                console: None,
-            });
-            snapshot.service_credentials.as_mut().unwrap().push(
-                crate::inventory::ServiceCredential {
-                    user: name.clone(),
-                    id: format!("ACCA{i:017}"),
-                    service: crate::inventory::BEDROCK.into(),
-                    status: KeyStatus::Active,
-                    created: 1e9,
-                    expires: Some(2e9),
-                },
-            );
-            snapshot.keys.push(AccessKey {
-                user: name,
-                id: format!("AKIA{i:016}"),
-                status: KeyStatus::Active,
-                created: 1e9,
-                last_used: None,
-            });
-        }
-        let account = Account {
-            id: "111111111111".into(),
-            name: "a".into(),
-            source: Default::default(),
-            role: None,
-            labels: Default::default(),
-            origin: Origin::Static,
-            user_tags: Vec::new(),
-            reads_user_tags: false,
-            read: Default::default(),
-            ous: Vec::new(),
-        };
-        let mut s = AccountState::new(Arc::new(account));
-        s.snapshot = Some(Arc::new(snapshot));
-        Arc::new(s)
-    }
+    use crate::inventory::sample_state as state;
 
     #[test]
     fn every_family_appears_once_and_contiguous_wherever_chunks_end() {

@@ -72,14 +72,16 @@ pub enum Refused {
     LoginQueue,
     IdleEvicted,
     WriteTimeout,
+    StalledCut,
 }
 
 impl Refused {
-    const ALL: [Refused; 4] = [
+    const ALL: [Refused; 5] = [
         Refused::InFlight,
         Refused::LoginQueue,
         Refused::IdleEvicted,
         Refused::WriteTimeout,
+        Refused::StalledCut,
     ];
 
     fn label(self) -> &'static str {
@@ -88,6 +90,7 @@ impl Refused {
             Refused::LoginQueue => "login_queue",
             Refused::IdleEvicted => "idle_evicted",
             Refused::WriteTimeout => "write_timeout",
+            Refused::StalledCut => "stalled_cut",
         }
     }
 }
@@ -264,7 +267,7 @@ impl Health {
                 let c = IntCounterVec::new(
                     Opts::new(
                         "iam_key_exporter_http_refused_total",
-                        "HTTP clients the server turned away or cut off, by reason: inflight (503, --web.max-inflight-responses reached), login_queue (429, too many basic-auth checks waiting), idle_evicted (the longest-idle connection closed for a new one at --web.max-connections), write_timeout (a response not read within --web.write-timeout).",
+                        "HTTP clients the server turned away or cut off, by reason: inflight (503, --web.max-inflight-responses reached), login_queue (429, too many basic-auth checks waiting), idle_evicted (the longest-idle connection closed for a new one at --web.max-connections), write_timeout (a response not read within --web.write-timeout), stalled_cut (a response not read for a second, cut for a new one at --web.max-inflight-responses).",
                     ),
                     &["reason"],
                 )

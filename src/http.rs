@@ -18,12 +18,14 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::cli::ListenAddress;
 use crate::collector::{self, Scope};
 use crate::exposition::CONTENT_TYPE;
 use crate::health::{BuildInfo, Health, IdentityStatus, Refused};
+use crate::inflight::Admitted;
+pub use crate::inflight::InFlight;
 use crate::inventory::unix_now;
 use crate::inventory::{AccountState, Inventory};
 use crate::keys::{self, html_escape as html};
@@ -66,7 +68,7 @@ pub struct Web {
     pub write_timeout: Duration,
     /// `--web.max-inflight-responses`: /metrics, /keys and /keys.json responses being
     /// rendered or sent at once; each holds a chunk of its body until the client reads it.
-    pub inflight: Arc<Semaphore>,
+    pub inflight: Arc<InFlight>,
     /// Set once ready: accounts added later (a reload, a discovery) do not take a serving
     /// replica out of its Service while they get their first refresh.
     pub ready: AtomicBool,
@@ -281,6 +283,7 @@ where
 {
     let connections = slot.connections.clone();
     let id = slot.id;
+    let cut = slot.cancel.clone();
     let deadline = Arc::new(watch::Sender::new(None));
     let write_timeout = web.write_timeout;
     let health = web.health.clone();
@@ -289,9 +292,10 @@ where
         let web = web.clone();
         let connections = connections.clone();
         let deadline = response_deadline.clone();
+        let cut = cut.clone();
         async move {
             connections.set_idle(id, false);
-            let resp = handle(&web, req).await;
+            let resp = handle(&web, req, cut).await;
             // Waiting for its next request from now: a client that just made one is the
             // last an eviction picks.
             connections.set_idle(id, true);
@@ -389,7 +393,8 @@ impl Route {
     }
 }
 
-async fn handle(web: &Web, req: Request<Incoming>) -> Response<Body> {
+/// Answers a request; `cut` closes its connection.
+async fn handle(web: &Web, req: Request<Incoming>, cut: Arc<Notify>) -> Response<Body> {
     let security = web.security.current();
     let header = req
         .headers()
@@ -430,7 +435,7 @@ async fn handle(web: &Web, req: Request<Incoming>) -> Response<Body> {
         return resp;
     }
     match route {
-        Route::Metrics | Route::Keys | Route::KeysJson => inventory_view(web, route, &req),
+        Route::Metrics | Route::Keys | Route::KeysJson => inventory_view(web, route, &req, cut),
         Route::Landing => landing_page(web),
         Route::Healthy => text(StatusCode::OK, "Healthy.\n"),
         Route::Ready if web.is_ready() => text(StatusCode::OK, "Ready.\n"),
@@ -446,10 +451,16 @@ async fn handle(web: &Web, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// `/metrics`, `/keys` and `/keys.json`, at most `--web.max-inflight-responses` at once.
-fn inventory_view(web: &Web, route: Route, req: &Request<Incoming>) -> Response<Body> {
-    let Ok(permit) = web.inflight.clone().try_acquire_owned() else {
-        tracing::debug!("too many responses in flight; answered 503");
+/// `/metrics`, `/keys` and `/keys.json`, at most `--web.max-inflight-responses` at once
+/// (`InFlight`); `cut` closes this response's connection if it stalls and its place is needed.
+fn inventory_view(
+    web: &Web,
+    route: Route,
+    req: &Request<Incoming>,
+    cut: Arc<Notify>,
+) -> Response<Body> {
+    let Some((place, how)) = web.inflight.admit(cut) else {
+        tracing::debug!("too many responses in flight, none stalled; answered 503");
         web.health.count_refused(Refused::InFlight);
         let mut resp = text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -459,12 +470,23 @@ fn inventory_view(web: &Web, route: Route, req: &Request<Incoming>) -> Response<
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return resp;
     };
+    if how == Admitted::StalledCut {
+        tracing::debug!("a response not read for a second cut to make room");
+        web.health.count_refused(Refused::StalledCut);
+    }
     let resp = match route {
         Route::Metrics => metrics(web, req),
         _ => key_view(web, req, route == Route::KeysJson),
     };
-    // The permit lives as long as the body: until sent, or its connection is dropped.
-    resp.map(|body| held_by(body, permit))
+    // The place lives as long as the body (until sent, or its connection is dropped), and
+    // each chunk the client takes marks it moving.
+    resp.map(|body| {
+        body.map_frame(move |frame| {
+            place.moved();
+            frame
+        })
+        .boxed()
+    })
 }
 
 /// The body, keeping `guard` alive until hyper drops it (sent, or the connection gone).
@@ -485,13 +507,12 @@ fn metrics(web: &Web, req: &Request<Incoming>) -> Response<Body> {
         unix_now().floor(),
     );
     let gzip = accepts_gzip(req);
-    let body: Box<dyn Iterator<Item = Vec<u8>> + Send + Sync> = if gzip {
+    let body: Chunks = if gzip {
         Box::new(Gzip::new(chunks))
     } else {
         Box::new(chunks)
     };
-    let frames = stream::iter(body.map(|c| Ok(Frame::data(Bytes::from(c)))));
-    let mut resp = Response::new(StreamBody::new(frames).boxed());
+    let mut resp = Response::new(streamed(body));
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     if gzip {
@@ -499,6 +520,16 @@ fn metrics(web: &Web, req: &Request<Incoming>) -> Response<Body> {
     }
     headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     resp
+}
+
+/// A body made as it is sent, one chunk at a time.
+type Chunks = Box<dyn Iterator<Item = Vec<u8>> + Send + Sync>;
+
+fn streamed(chunks: Chunks) -> Body {
+    StreamBody::new(stream::iter(
+        chunks.map(|c| Ok(Frame::data(Bytes::from(c)))),
+    ))
+    .boxed()
 }
 
 /// True when the client lists `gzip` in Accept-Encoding without `q=0`.
@@ -553,21 +584,20 @@ impl<I: Iterator<Item = Vec<u8>>> Iterator for Gzip<I> {
     }
 }
 
-/// `/keys` and `/keys.json`: a page of the inventory's keys.
+/// `/keys` and `/keys.json`: a page of the inventory's credentials, rendered as it is sent.
 fn key_view(web: &Web, req: &Request<Incoming>, as_json: bool) -> Response<Body> {
-    let accounts = web.inventory.accounts();
-    let query = keys::Query::parse(req.uri().query());
-    let now = unix_now();
-    let (total, rows) = keys::page(&accounts, &web.inventory.standards(), &query, now);
-    let (body, content_type) = if as_json {
-        (keys::json(total, &rows, &query, now), "application/json")
+    let page = keys::Page::select(
+        web.inventory.accounts(),
+        web.inventory.standards(),
+        keys::Query::parse(req.uri().query()),
+        unix_now(),
+    );
+    let (chunks, content_type): (Chunks, _) = if as_json {
+        (Box::new(page.json()), "application/json")
     } else {
-        (
-            keys::html(total, &rows, &query, &accounts, now),
-            "text/html; charset=utf-8",
-        )
+        (Box::new(page.html()), "text/html; charset=utf-8")
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+    let mut resp = Response::new(streamed(chunks));
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp

@@ -585,6 +585,70 @@ impl AccountState {
     }
 }
 
+/// An account of `users` users, each with an access key, a Bedrock API key and a role, their
+/// names padded with `name_pad` letters (to move where a renderer's chunks end).
+#[cfg(test)]
+pub(crate) fn sample_state(users: usize, name_pad: usize) -> Arc<AccountState> {
+    let mut snapshot = Snapshot {
+        service_credentials: Some(Vec::new()),
+        roles: Some(Vec::new()),
+        ..Snapshot::default()
+    };
+    for i in 0..users {
+        let pad = "r".repeat(name_pad);
+        snapshot.roles.as_mut().unwrap().push(Role {
+            name: format!("{pad}{i}"),
+            path: "/".into(),
+            created: 1e9,
+            last_used: None,
+            exporter: false,
+        });
+        let name = format!("{}{i}", "u".repeat(name_pad));
+        snapshot.users.push(User {
+            name: name.clone(),
+            created: 1e9,
+            password_last_used: None,
+            path: None,
+            tags: Default::default(),
+            console: None,
+        });
+        snapshot
+            .service_credentials
+            .as_mut()
+            .unwrap()
+            .push(ServiceCredential {
+                user: name.clone(),
+                id: format!("ACCA{i:017}"),
+                service: BEDROCK.into(),
+                status: KeyStatus::Active,
+                created: 1e9,
+                expires: Some(2e9),
+            });
+        snapshot.keys.push(AccessKey {
+            user: name,
+            id: format!("AKIA{i:016}"),
+            status: KeyStatus::Active,
+            created: 1e9,
+            last_used: None,
+        });
+    }
+    let account = Account {
+        id: "111111111111".into(),
+        name: "a".into(),
+        source: Default::default(),
+        role: None,
+        labels: Default::default(),
+        origin: crate::accounts::Origin::Static,
+        user_tags: Vec::new(),
+        reads_user_tags: false,
+        read: Default::default(),
+        ous: Vec::new(),
+    };
+    let mut s = AccountState::new(Arc::new(account));
+    s.snapshot = Some(Arc::new(snapshot));
+    Arc::new(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

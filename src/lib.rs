@@ -18,6 +18,7 @@ mod findings;
 mod gate;
 pub mod health;
 pub mod http;
+mod inflight;
 pub mod inventory;
 pub mod keys;
 pub mod logging;

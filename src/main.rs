@@ -293,9 +293,7 @@ async fn serve(cli: Cli, cfg: Arc<Config>, shard: Shard, security: WebSecurity) 
         security: WebConfig::new(cli.web_config_file.clone(), security),
         max_connections: cli.max_connections as usize,
         write_timeout: cli.write_timeout,
-        inflight: Arc::new(tokio::sync::Semaphore::new(
-            cli.max_inflight_responses as usize,
-        )),
+        inflight: http::InFlight::new(cli.max_inflight_responses as usize),
         ready: Default::default(),
         removed_by_reload: Default::default(),
     });
