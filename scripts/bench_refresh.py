@@ -2,8 +2,9 @@
 
 cpu [USERS]      Seeds one account with USERS users (one key each), runs the one-shot mode
                  (`once`, api source) and divides the exporter's user+system CPU time by the
-                 number of AWS requests the launcher counted, at the default pace and
-                 unpaced. Also reports peak RSS.
+                 number of AWS requests the launcher counted, at paces from 25 requests/s
+                 to unpaced (the default, 50, among them). Also reports context switches
+                 and peak RSS.
 memory [KEYS]    Seeds one account with KEYS/2 users of two keys each, serves it through the
                  credential_report source, and reports the exporter's RSS while it holds them,
                  and the time and size of /metrics scrapes (plain and gzip).
@@ -17,8 +18,8 @@ slowreaders [KEYS] [CLIENTS]
 sizing [ACCOUNTS] [USERS]
                  A simulated Organization (ACCOUNTS accounts found by discovery, USERS users of
                  one key each): for each source, the wall time of one replica's first full
-                 refresh, its AWS calls, CPU, RSS and scrape time. What the README's sizing
-                 advice rests on.
+                 refresh, its AWS calls, CPU, RSS and scrape time, then its CPU over a
+                 minute between refreshes. What the README's sizing advice rests on.
 
 throttled [ACCOUNTS USERS BIG_USERS [SOURCES]]
                  IAM as it behaves on AWS: 30-80 ms per call and a token bucket of 10 calls/s
@@ -167,9 +168,14 @@ def cpu(users):
             "account": ACCOUNT,
             "users": [{"name": f"user-{i:05}", "keys": [{}]} for i in range(users)],
         })
-        # The default pace (50 requests/s), then one moto cannot reach: what the exporter's
-        # own work costs, and what waiting for its turn adds (sleeping and waking threads).
-        for pace, line in (("default pace", ""), ("unpaced", "aws: {requests_per_second: 1000}\n")):
+        # A sweep of the pace, the default (50 requests/s) among them, up to one moto cannot
+        # reach: what the exporter's own work costs, and whether waiting for a turn adds to it.
+        paces = [("25 requests/s", "aws: {requests_per_second: 25}\n"),
+                 ("default pace (50 requests/s)", ""),
+                 ("100 requests/s", "aws: {requests_per_second: 100}\n"),
+                 ("200 requests/s", "aws: {requests_per_second: 200}\n"),
+                 ("unpaced", "aws: {requests_per_second: 1000}\n")]
+        for pace, line in paces:
             post(url, "/_launcher/counts/reset", {})
             wall, usage = run_once(url, f'{line}accounts:\n  - id: "{ACCOUNT}"\n')
             with urllib.request.urlopen(url + "/_launcher/counts") as resp:
@@ -177,8 +183,10 @@ def cpu(users):
             requests = sum(counts.values())
             cpu = usage.ru_utime + usage.ru_stime
             print(f"{pace}: users={users} requests={requests} ({json.dumps(counts, sort_keys=True)})")
-            print(f"{pace}: wall {wall:.2f} s, exporter CPU {cpu:.3f} s, "
-                  f"{cpu / requests * 1000:.3f} ms CPU per AWS request, peak RSS {usage.ru_maxrss / 1024:.1f} MiB")
+            print(f"{pace}: wall {wall:.2f} s, exporter CPU {cpu:.3f} s (user {usage.ru_utime:.3f}, "
+                  f"system {usage.ru_stime:.3f}), {cpu / requests * 1000:.3f} ms CPU per AWS request, "
+                  f"{(usage.ru_nvcsw + usage.ru_nivcsw) / requests:.1f} context switches per request, "
+                  f"peak RSS {usage.ru_maxrss / 1024:.1f} MiB", flush=True)
     finally:
         launcher.terminate()
         launcher.wait()
@@ -239,6 +247,9 @@ def free_port():
         return s.getsockname()[1]
 
 
+IDLE_SECONDS = 60
+
+
 def sizing(accounts, users):
     launcher, url = start_launcher()
     try:
@@ -284,6 +295,14 @@ def sizing(accounts, users):
                           f"exporter CPU {proc_cpu_seconds(exporter.pid):.1f} s, "
                           f"RSS {rss_mib(exporter.pid):.1f} MiB; gzip scrape {scrape * 1000:.0f} ms, "
                           f"{len(body) / 1024:.0f} KiB")
+                    # Between refreshes (the next is 30 minutes away), unscraped: what holding
+                    # the accounts costs (timers, session renewals, the process collector).
+                    cpu, t = proc_cpu_seconds(exporter.pid), time.monotonic()
+                    time.sleep(IDLE_SECONDS)
+                    idle = (proc_cpu_seconds(exporter.pid) - cpu) / (time.monotonic() - t)
+                    print(f"{source}: idle between refreshes, holding {accounts + 1} accounts: "
+                          f"{idle * 60 * 1000:.0f} ms CPU a minute ({idle * 100:.3f} % of a core)",
+                          flush=True)
                 finally:
                     exporter.terminate()
                     exporter.wait()

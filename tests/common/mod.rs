@@ -509,15 +509,19 @@ impl ChildGuard {
     /// The address the exporter bound, from its start line (`address=127.0.0.1:41234`, or
     /// `"address":"..."` in JSON logs); panics with the log if it exits first.
     pub fn bound_address(&mut self) -> String {
+        self.logged_address("starting iam-key-exporter")
+    }
+
+    /// The `address=` of the first log line containing `line_with`: the port a child told
+    /// to listen on port 0 bound (Prometheus and Alertmanager log `msg="Listening on"`).
+    pub fn logged_address(&mut self, line_with: &str) -> String {
         wait_for(
-            "the start line with the bound address",
+            "the log line with the bound address",
             Duration::from_secs(20),
             || {
                 self.assert_running();
                 let log = self.log();
-                let line = log
-                    .lines()
-                    .find(|l| l.contains("starting iam-key-exporter"))?;
+                let line = log.lines().find(|l| l.contains(line_with))?;
                 let (_, rest) = line
                     .split_once("address=")
                     .or_else(|| line.split_once("\"address\":"))?;

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{agent, free_port, repo, wait_for, ChildGuard};
+use super::{agent, repo, wait_for, ChildGuard};
+
+/// How Prometheus and Alertmanager log the address they bound (told to listen on port 0).
+const LISTENING: &str = "msg=\"Listening on\"";
 
 /// Like `wait_for`, but returns None on timeout so the caller can say what it saw last.
 pub fn wait_for_or<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -462,18 +465,18 @@ scrape_configs:
             ),
         )
         .unwrap();
-        let port = free_port();
         let mut cmd = Command::new("prometheus");
         cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
-        let child = ChildGuard::spawn("prometheus", cmd, &dir.path().join("prometheus.log"));
+            .arg("--web.listen-address=127.0.0.1:0");
+        let mut child = ChildGuard::spawn("prometheus", cmd, &dir.path().join("prometheus.log"));
+        let url = format!("http://{}", child.logged_address(LISTENING));
         let p = Prometheus {
             child: Mutex::new(child),
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             _dir: dir,
         };
         wait_for("Prometheus to be ready", Duration::from_secs(60), || {
@@ -565,18 +568,17 @@ receivers:
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("alertmanager.yml");
         std::fs::write(&config, yaml).unwrap();
-        let port = free_port();
         let mut cmd = Command::new("prometheus-alertmanager");
         cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .arg("--cluster.listen-address=");
         let mut child =
             ChildGuard::spawn("alertmanager", cmd, &dir.path().join("alertmanager.log"));
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("http://{}", child.logged_address(LISTENING));
         wait_for("Alertmanager to be ready", Duration::from_secs(60), || {
             child.assert_running();
             http_ok(&format!("{url}/-/ready"))
