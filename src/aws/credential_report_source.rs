@@ -6,7 +6,10 @@
 //! one, so a refresh is usually exactly Generate + Get. A new report is polled for with
 //! exponential backoff and jitter, never in a tight loop.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The deadline on the clock the polls sleep on, so a test with paused time reaches it.
+use tokio::time::Instant;
 
 use aws_sdk_iam::types::ReportStateType;
 

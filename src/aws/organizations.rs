@@ -42,9 +42,7 @@ impl OrgReader {
             owner: Self::owner(discovery),
             health: health.clone(),
         };
-        let mut builder = aws_sdk_organizations::config::Builder::from(&base.0)
-            .retry_partition(RetryPartition::new("organizations"))
-            .interceptor(counter.clone());
+        let mut builder = Self::config(base).interceptor(counter.clone());
         let session = discovery.role_arn.as_ref().map(|arn| {
             let role = Role {
                 arn: arn.clone(),
@@ -68,6 +66,12 @@ impl OrgReader {
             ),
             sts_reach: Reach::new(base, cfg, "STS", default_endpoint(cfg, "sts")),
         }
+    }
+
+    /// The Organizations client's settings: a retry partition of its own.
+    fn config(base: &Base) -> aws_sdk_organizations::config::Builder {
+        aws_sdk_organizations::config::Builder::from(&base.0)
+            .retry_partition(RetryPartition::new("organizations"))
     }
 
     /// The labels discovery's requests are counted under: the discovery role's account (or
