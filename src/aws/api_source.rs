@@ -322,4 +322,302 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code, Code::InvalidPagination);
     }
+
+    // Through a real IAM client whose answers are mocked.
+
+    use aws_sdk_iam::operation::get_access_key_last_used::GetAccessKeyLastUsedOutput;
+    use aws_sdk_iam::operation::list_access_keys::ListAccessKeysOutput;
+    use aws_sdk_iam::operation::list_users::ListUsersOutput;
+    use aws_sdk_iam::types::{AccessKeyLastUsed, AccessKeyMetadata, StatusType};
+    use aws_sdk_iam::Client;
+    use aws_smithy_mocks::{mock, Rule};
+    use aws_smithy_types::DateTime;
+
+    use crate::aws::mock::{self, Attempts};
+
+    const CREATED: i64 = 1_700_000_000;
+
+    fn names(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}-{i}")).collect()
+    }
+
+    fn users_output(names: &[String], truncated: bool, next: Option<&str>) -> ListUsersOutput {
+        let users = names
+            .iter()
+            .map(|n| {
+                aws_sdk_iam::types::User::builder()
+                    .path("/")
+                    .user_name(n)
+                    .user_id(format!("AIDA{n}"))
+                    .arn(format!("arn:aws:iam::111111111111:user/{n}"))
+                    .create_date(DateTime::from_secs(CREATED))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        ListUsersOutput::builder()
+            .set_users(Some(users))
+            .is_truncated(truncated)
+            .set_marker(next.map(String::from))
+            .build()
+            .unwrap()
+    }
+
+    /// ListUsers, asked with `marker` (and always MaxItems), answering one page.
+    fn users_page(
+        marker: Option<&'static str>,
+        names: Vec<String>,
+        truncated: bool,
+        next: Option<&'static str>,
+    ) -> Rule {
+        mock!(Client::list_users)
+            .match_requests(move |r| r.marker() == marker && r.max_items() == Some(MAX_ITEMS))
+            .then_output(move || users_output(&names, truncated, next))
+    }
+
+    /// ListUsers answering its attempts with `errors` in order, then (if `then_ok`) no users.
+    fn users_answering(attempts: &Attempts, errors: &[(u16, &'static str)], then_ok: bool) -> Rule {
+        let answers = errors.iter().fold(
+            mock!(Client::list_users).sequence(),
+            |seq, &(status, code)| {
+                let attempts = attempts.clone();
+                seq.http_response(move || attempts.noting(mock::iam_error(status, code)))
+            },
+        );
+        if then_ok {
+            let attempts = attempts.clone();
+            answers
+                .output(move || attempts.noting(users_output(&[], false, None)))
+                .build()
+        } else {
+            answers.build()
+        }
+    }
+
+    fn key(user: &str, id: &str) -> AccessKeyMetadata {
+        AccessKeyMetadata::builder()
+            .user_name(user)
+            .access_key_id(id)
+            .status(StatusType::Active)
+            .create_date(DateTime::from_secs(CREATED))
+            .build()
+    }
+
+    /// ListAccessKeys for `user`, asked with `marker`, answering one page.
+    fn keys_page(
+        user: &'static str,
+        marker: Option<&'static str>,
+        ids: &'static [&'static str],
+        truncated: bool,
+        next: Option<&'static str>,
+    ) -> Rule {
+        mock!(Client::list_access_keys)
+            .match_requests(move |r| {
+                r.user_name() == Some(user)
+                    && r.marker() == marker
+                    && r.max_items() == Some(MAX_ITEMS)
+            })
+            .then_output(move || {
+                ListAccessKeysOutput::builder()
+                    .set_access_key_metadata(Some(ids.iter().map(|id| key(user, id)).collect()))
+                    .is_truncated(truncated)
+                    .set_marker(next.map(String::from))
+                    .build()
+                    .unwrap()
+            })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn list_users_ends_on_the_truncation_flag_not_on_the_page_size() {
+        // A short page that says more follow, then a full one (MaxItems users) that says none
+        // do: the scan asks for no third page, and lists every user's keys.
+        let short = users_page(None, names("a", 2), true, Some("m1"));
+        let full = users_page(Some("m1"), names("b", 1000), false, None);
+        let no_keys = mock!(Client::list_access_keys)
+            .sequence()
+            .output(|| {
+                ListAccessKeysOutput::builder()
+                    .set_access_key_metadata(Some(Vec::new()))
+                    .build()
+                    .unwrap()
+            })
+            .times(1002)
+            .build();
+        let iam = mock::iam(&[&short, &full, &no_keys]).await;
+        let snapshot = scan(&iam, 4).await.unwrap();
+        assert_eq!(snapshot.users.len(), 1002);
+        assert_eq!(
+            (short.num_calls(), full.num_calls(), no_keys.num_calls()),
+            (1, 1, 1002)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn list_users_truncated_without_a_new_marker_is_an_error_not_a_loop() {
+        let missing = users_page(None, names("a", 1), true, None);
+        let iam = mock::iam(&[&missing]).await;
+        let err = scan(&iam, 1).await.unwrap_err();
+        assert_eq!(
+            (err.stage, err.code),
+            (Stage::ListUsers, Code::InvalidPagination)
+        );
+
+        let first = users_page(None, names("a", 1), true, Some("m1"));
+        let again = users_page(Some("m1"), names("b", 1), true, Some("m1"));
+        let iam = mock::iam(&[&first, &again]).await;
+        let err = scan(&iam, 1).await.unwrap_err();
+        assert_eq!(
+            (err.stage, err.code),
+            (Stage::ListUsers, Code::InvalidPagination)
+        );
+        assert_eq!((first.num_calls(), again.num_calls()), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn list_access_keys_follows_the_marker_and_a_missing_one_is_an_error() {
+        let first = keys_page("alice", None, &["AKIA1"], true, Some("k1"));
+        let last = keys_page("alice", Some("k1"), &["AKIA2"], false, None);
+        let iam = mock::iam(&[&first, &last]).await;
+        let keys = list_keys(&iam, "alice").await.unwrap().unwrap();
+        let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(ids, ["AKIA1", "AKIA2"]);
+
+        let missing = keys_page("alice", None, &["AKIA1"], true, None);
+        let iam = mock::iam(&[&missing]).await;
+        let err = list_keys(&iam, "alice").await.unwrap_err();
+        assert_eq!(
+            (err.stage, err.code),
+            (Stage::ListAccessKeys, Code::InvalidPagination)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn users_and_keys_deleted_during_a_scan_are_dropped_not_errors() {
+        let listed = users_page(None, vec!["alice".into(), "bob".into()], false, None);
+        let alice_gone = mock!(Client::list_access_keys)
+            .match_requests(|r| r.user_name() == Some("alice"))
+            .then_http_response(|| mock::iam_error(404, "NoSuchEntity"));
+        let bob_keys = keys_page("bob", None, &["AKIAGONE", "AKIAKEPT"], false, None);
+        let key_gone = mock!(Client::get_access_key_last_used)
+            .match_requests(|r| r.access_key_id() == Some("AKIAGONE"))
+            .then_http_response(|| mock::iam_error(404, "NoSuchEntity"));
+        let key_used = mock!(Client::get_access_key_last_used)
+            .match_requests(|r| r.access_key_id() == Some("AKIAKEPT"))
+            .then_output(|| {
+                let used = AccessKeyLastUsed::builder()
+                    .last_used_date(DateTime::from_secs(CREATED + 60))
+                    .service_name("s3")
+                    .region("eu-west-1")
+                    .build()
+                    .unwrap();
+                GetAccessKeyLastUsedOutput::builder()
+                    .user_name("bob")
+                    .access_key_last_used(used)
+                    .build()
+            });
+        let rules = [&listed, &alice_gone, &bob_keys, &key_gone, &key_used];
+        let iam = mock::iam(&rules).await;
+        let snapshot = scan(&iam, 1).await.unwrap();
+        let users: Vec<&str> = snapshot.users.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(users, ["bob"]);
+        let keys: Vec<(&str, Option<&str>)> = snapshot
+            .keys
+            .iter()
+            .map(|k| {
+                (
+                    k.id.as_str(),
+                    k.last_used.as_ref().and_then(|u| u.service.as_deref()),
+                )
+            })
+            .collect();
+        assert_eq!(keys, [("AKIAKEPT", Some("s3"))]);
+        // An answer, not a failure: nothing was asked twice.
+        assert!(rules.iter().all(|r| r.num_calls() == 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_errors_are_retried_with_backoff_up_to_max_attempts() {
+        let aws = mock::config().aws;
+        let max = aws.max_attempts as usize;
+        let errors: Vec<_> = [(500, "InternalFailure"), (503, "ServiceUnavailable")]
+            .into_iter()
+            .cycle()
+            .take(max)
+            .collect();
+        let attempts = Attempts::default();
+        let rule = users_answering(&attempts, &errors, false);
+        let iam = mock::iam(&[&rule]).await;
+        let err = scan(&iam, 1).await.unwrap_err();
+        assert_eq!(
+            (err.stage, err.code),
+            (Stage::ListUsers, Code::Aws(errors[max - 1].1.into()))
+        );
+        assert_eq!(rule.num_calls(), max);
+        let gaps = attempts.gaps();
+        assert!(
+            gaps.iter().all(|g| !g.is_zero() && *g <= aws.max_backoff),
+            "a wait before every retry, at most aws.max_backoff: {gaps:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_error_then_an_answer_is_an_answer() {
+        let attempts = Attempts::default();
+        let errors = [(500, "InternalFailure"), (503, "ServiceUnavailable")];
+        let rule = users_answering(&attempts, &errors, true);
+        let iam = mock::iam(&[&rule]).await;
+        scan(&iam, 1).await.unwrap();
+        assert_eq!(rule.num_calls(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_errors_are_not_retried() {
+        for (status, code) in [
+            (403, "AccessDenied"),
+            (404, "NoSuchEntity"),
+            (400, "ValidationError"),
+            (400, "InvalidInput"),
+        ] {
+            let rule = users_answering(&Attempts::default(), &[(status, code)], false);
+            let iam = mock::iam(&[&rule]).await;
+            let started = tokio::time::Instant::now();
+            let err = scan(&iam, 1).await.unwrap_err();
+            assert_eq!(
+                (err.stage, err.code),
+                (Stage::ListUsers, Code::Aws(code.into()))
+            );
+            assert_eq!(rule.num_calls(), 1, "{code} asked once");
+            assert_eq!(started.elapsed(), Duration::ZERO, "{code}: no wait");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_is_retried_by_the_pace_which_slows_down() {
+        let rule = users_answering(&Attempts::default(), &[(400, "Throttling"); 3], true);
+        let (iam, rate) = mock::iam_with_rate(&[&rule]).await;
+        scan(&iam, 1).await.unwrap();
+        assert_eq!(rule.num_calls(), 4);
+        // Had the SDK retried the throttles itself, the pace would not have slowed down.
+        // One cut for the burst (to 70 %), then one success's worth back.
+        let cut = mock::config().aws.requests_per_second * 0.7;
+        assert!(
+            (rate.get() - (cut + 1.0 / cut)).abs() < 1e-9,
+            "{}",
+            rate.get()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_throttled_past_its_limit_returns_the_error() {
+        // The pace's MAX_THROTTLED (100) tries again, then the error.
+        let rule = users_answering(&Attempts::default(), &[(400, "Throttling"); 101], false);
+        let (iam, rate) = mock::iam_with_rate(&[&rule]).await;
+        let err = scan(&iam, 1).await.unwrap_err();
+        assert_eq!(
+            (err.stage, err.code),
+            (Stage::ListUsers, Code::Aws("Throttling".into()))
+        );
+        assert_eq!(rule.num_calls(), 101);
+        assert!(rate.get() < mock::config().aws.requests_per_second);
+    }
 }

@@ -111,3 +111,82 @@ pub(super) async fn read(iam: &Iam, wanted: Wanted) -> Result<Details, RefreshEr
     }
     Ok(details)
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_iam::operation::get_account_authorization_details::GetAccountAuthorizationDetailsOutput;
+    use aws_sdk_iam::types::{RoleDetail, Tag, UserDetail};
+    use aws_sdk_iam::Client;
+    use aws_smithy_mocks::{mock, Rule};
+
+    use super::*;
+    use crate::aws::mock;
+    use crate::inventory::Code;
+
+    /// GetAccountAuthorizationDetails, asked for users and roles with `marker`, answering
+    /// `users` tagged users and `roles` roles.
+    fn page(
+        marker: Option<&'static str>,
+        (users, roles): (usize, usize),
+        truncated: bool,
+        next: Option<&'static str>,
+    ) -> Rule {
+        mock!(Client::get_account_authorization_details)
+            .match_requests(move |r| {
+                r.filter() == [EntityType::User, EntityType::Role]
+                    && r.max_items() == Some(MAX_ITEMS)
+                    && r.marker() == marker
+            })
+            .then_output(move || {
+                let tag = Tag::builder().key("owner").value("team-a").build().unwrap();
+                let at = marker.unwrap_or("first");
+                let users = (0..users).map(|i| {
+                    UserDetail::builder()
+                        .user_name(format!("user-{at}-{i}"))
+                        .tags(tag.clone())
+                        .build()
+                });
+                let roles = (0..roles).map(|i| {
+                    RoleDetail::builder()
+                        .role_name(format!("role-{at}-{i}"))
+                        .build()
+                });
+                GetAccountAuthorizationDetailsOutput::builder()
+                    .set_user_detail_list(Some(users.collect()))
+                    .set_role_detail_list(Some(roles.collect()))
+                    .is_truncated(truncated)
+                    .set_marker(next.map(String::from))
+                    .build()
+            })
+    }
+
+    const BOTH: Wanted = Wanted {
+        user_tags: true,
+        roles: true,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn pages_end_on_the_truncation_flag_not_on_the_page_size() {
+        let short = page(None, (1, 1), true, Some("m1"));
+        let full = page(Some("m1"), (600, 400), false, None);
+        let iam = mock::iam(&[&short, &full]).await;
+        let details = read(&iam, BOTH).await.unwrap();
+        let tags = details.user_tags.unwrap();
+        assert_eq!(tags.len(), 601);
+        assert_eq!(tags["user-m1-0"]["owner"], "team-a");
+        assert_eq!(details.roles.unwrap().len(), 401);
+        assert_eq!((short.num_calls(), full.num_calls()), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn truncated_with_a_repeated_marker_is_an_error_not_a_loop() {
+        let first = page(None, (1, 0), true, Some("m1"));
+        let again = page(Some("m1"), (1, 0), true, Some("m1"));
+        let iam = mock::iam(&[&first, &again]).await;
+        let err = read(&iam, BOTH).await.err().unwrap();
+        assert_eq!(
+            (err.stage, err.code),
+            (Stage::AuthorizationDetails, Code::InvalidPagination)
+        );
+    }
+}

@@ -10,6 +10,8 @@ mod api_source;
 mod authorization_details;
 mod credential_report_source;
 mod hybrid_source;
+#[cfg(test)]
+mod mock;
 mod organizations;
 mod pace;
 mod service_credentials;
@@ -54,8 +56,19 @@ pub struct Base(SdkConfig);
 /// profile, web identity / IRSA, ECS, IMDS), endpoints from the standard `AWS_ENDPOINT_URL*`
 /// variables, and the exporter's timeouts and retries.
 pub async fn base(cfg: &Config) -> Base {
+    Base(
+        sdk_config(cfg)
+            .http_client(shared_https_client())
+            .load()
+            .await,
+    )
+}
+
+/// The region, timeouts and retries every client inherits; the caller gives the HTTP client
+/// (the unit tests give one whose answers are mocked).
+fn sdk_config(cfg: &Config) -> aws_config::ConfigLoader {
     let t = &cfg.aws;
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
+    aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(cfg.sts.region.clone()))
         .timeout_config(
             TimeoutConfig::builder()
@@ -70,10 +83,6 @@ pub async fn base(cfg: &Config) -> Base {
                 .with_max_attempts(t.max_attempts)
                 .with_max_backoff(t.max_backoff),
         )
-        .http_client(shared_https_client())
-        .load()
-        .await;
-    Base(sdk)
 }
 
 /// One HTTPS client (connection pool, TLS configuration) for every account's IAM and STS
@@ -222,6 +231,16 @@ struct Iam {
     pace: pace::Pace,
 }
 
+impl Iam {
+    /// An account's IAM client settings: a retry partition of its own, and throttling left
+    /// to the pace.
+    fn config(base: &Base, account_id: &str) -> aws_sdk_iam::config::Builder {
+        aws_sdk_iam::config::Builder::from(&base.0)
+            .retry_partition(RetryPartition::new(format!("iam-{account_id}")))
+            .retry_classifier(pace::LeaveThrottlingToPace)
+    }
+}
+
 /// Reads one account: its session (if it assumes a role) and its IAM client, both reused
 /// across refreshes.
 pub struct AccountReader {
@@ -259,10 +278,7 @@ impl AccountReader {
             },
             health: health.clone(),
         };
-        let mut iam = aws_sdk_iam::config::Builder::from(&base.0)
-            .retry_partition(RetryPartition::new(format!("iam-{}", account.id)))
-            .retry_classifier(pace::LeaveThrottlingToPace)
-            .interceptor(counter.clone());
+        let mut iam = Iam::config(base, &account.id).interceptor(counter.clone());
         let session = account
             .role
             .as_ref()

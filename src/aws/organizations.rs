@@ -42,9 +42,7 @@ impl OrgReader {
             owner: Self::owner(discovery),
             health: health.clone(),
         };
-        let mut builder = aws_sdk_organizations::config::Builder::from(&base.0)
-            .retry_partition(RetryPartition::new("organizations"))
-            .interceptor(counter.clone());
+        let mut builder = Self::config(base).interceptor(counter.clone());
         let session = discovery.role_arn.as_ref().map(|arn| {
             let role = Role {
                 arn: arn.clone(),
@@ -68,6 +66,12 @@ impl OrgReader {
             ),
             sts_reach: Reach::new(base, cfg, "STS", default_endpoint(cfg, "sts")),
         }
+    }
+
+    /// The Organizations client's settings: a retry partition of its own.
+    fn config(base: &Base) -> aws_sdk_organizations::config::Builder {
+        aws_sdk_organizations::config::Builder::from(&base.0)
+            .retry_partition(RetryPartition::new("organizations"))
     }
 
     /// The labels discovery's requests are counted under: the discovery role's account (or
@@ -307,5 +311,213 @@ where
             }
             Some(next) => token = Some(next),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use aws_sdk_organizations::operation::list_accounts::ListAccountsOutput;
+    use aws_sdk_organizations::operation::list_accounts_for_parent::ListAccountsForParentOutput;
+    use aws_sdk_organizations::operation::list_organizational_units_for_parent::ListOrganizationalUnitsForParentOutput;
+    use aws_sdk_organizations::operation::list_parents::ListParentsOutput;
+    use aws_sdk_organizations::operation::list_tags_for_resource::ListTagsForResourceOutput;
+    use aws_sdk_organizations::types::{AccountState, OrganizationalUnit, Parent, ParentType, Tag};
+    use aws_sdk_organizations::Client;
+    use aws_smithy_mocks::{mock, Rule};
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+    use crate::aws::mock;
+
+    const OU_A: &str = "ou-ab12-aaaaaaaa";
+    const OU_B: &str = "ou-ab12-bbbbbbbb";
+
+    /// The reader as the exporter builds it, with the exporter's own credentials.
+    async fn org(rules: &[&Rule]) -> OrgReader {
+        let cfg = mock::config();
+        let base = mock::base(&cfg).await;
+        let client = OrgReader::config(&base)
+            .interceptor(mock::answers(rules))
+            .build();
+        OrgReader {
+            client: aws_sdk_organizations::Client::from_conf(client),
+            session: None,
+            reach: Reach::new(&base, &cfg, "Organizations", "organizations".into()),
+            sts_reach: Reach::new(&base, &cfg, "STS", "sts".into()),
+        }
+    }
+
+    fn discovery(yaml: &str) -> Discovery {
+        let text = format!("discovery:\n  organizations: {yaml}\n");
+        let cfg = crate::config::parse(&text, Path::new("t.yaml")).unwrap();
+        cfg.discovery.unwrap()
+    }
+
+    fn accounts(prefix: &str, n: usize) -> Vec<SdkAccount> {
+        (0..n)
+            .map(|i| {
+                SdkAccount::builder()
+                    .id(format!("{prefix}{i:04}"))
+                    .name(format!("{prefix}-{i}"))
+                    .state(AccountState::Active)
+                    .build()
+            })
+            .collect()
+    }
+
+    /// ListAccounts, asked with `token` (and always the largest page), answering a page of
+    /// `n` accounts.
+    fn accounts_page(token: Option<&'static str>, n: usize, next: Option<&'static str>) -> Rule {
+        mock!(Client::list_accounts)
+            .match_requests(move |r| r.next_token() == token && r.max_results() == Some(PAGE))
+            .then_output(move || {
+                ListAccountsOutput::builder()
+                    .set_accounts(Some(accounts(token.unwrap_or("first"), n)))
+                    .set_next_token(next.map(String::from))
+                    .build()
+            })
+    }
+
+    fn ids(found: &[OrgAccount]) -> Vec<&str> {
+        found.iter().map(|a| a.id.as_str()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn list_accounts_follows_next_token_until_there_is_none() {
+        // A full page, a short one that still has a token, a full last one without.
+        let pages = [
+            accounts_page(None, 20, Some("t1")),
+            accounts_page(Some("t1"), 3, Some("t2")),
+            accounts_page(Some("t2"), 20, None),
+        ];
+        let reader = org(&pages.iter().collect::<Vec<_>>()).await;
+        let found = reader.accounts(&discovery("{}"), false).await.unwrap();
+        assert_eq!(found.len(), 43);
+        assert!(pages.iter().all(|p| p.num_calls() == 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repeated_next_token_is_an_error_not_a_loop() {
+        let first = accounts_page(None, 20, Some("t1"));
+        let again = accounts_page(Some("t1"), 20, Some("t1"));
+        let reader = org(&[&first, &again]).await;
+        let err = reader.accounts(&discovery("{}"), false).await.unwrap_err();
+        assert_eq!(
+            (err.stage, err.code),
+            (Stage::Discovery, Code::InvalidPagination)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ou_walk_reads_every_page_and_places_each_account() {
+        let parents = |token: Option<&'static str>,
+                       parent: Option<&'static str>,
+                       next: Option<&'static str>| {
+            mock!(Client::list_parents)
+                .match_requests(move |r| r.child_id() == Some(OU_A) && r.next_token() == token)
+                .then_output(move || {
+                    let parents =
+                        parent.map(|id| Parent::builder().id(id).r#type(ParentType::Root).build());
+                    ListParentsOutput::builder()
+                        .set_parents(Some(parents.into_iter().collect()))
+                        .set_next_token(next.map(String::from))
+                        .build()
+                })
+        };
+        let in_ou = |ou: &'static str,
+                     token: Option<&'static str>,
+                     prefix: &'static str,
+                     n: usize,
+                     next: Option<&'static str>| {
+            mock!(Client::list_accounts_for_parent)
+                .match_requests(move |r| {
+                    r.parent_id() == Some(ou)
+                        && r.next_token() == token
+                        && r.max_results() == Some(PAGE)
+                })
+                .then_output(move || {
+                    ListAccountsForParentOutput::builder()
+                        .set_accounts(Some(accounts(prefix, n)))
+                        .set_next_token(next.map(String::from))
+                        .build()
+                })
+        };
+        let children = |ou: &'static str, child: Option<&'static str>| {
+            mock!(Client::list_organizational_units_for_parent)
+                .match_requests(move |r| r.parent_id() == Some(ou))
+                .then_output(move || {
+                    let child = child.map(|id| OrganizationalUnit::builder().id(id).build());
+                    ListOrganizationalUnitsForParentOutput::builder()
+                        .set_organizational_units(Some(child.into_iter().collect()))
+                        .build()
+                })
+        };
+        let rules = [
+            // What is above the included OU: an empty page with a token, then the root.
+            parents(None, None, Some("p1")),
+            parents(Some("p1"), Some("r-ab12"), None),
+            in_ou(OU_A, None, "1000", 20, Some("a1")),
+            in_ou(OU_A, Some("a1"), "1001", 1, None),
+            children(OU_A, Some(OU_B)),
+            in_ou(OU_B, None, "2000", 1, None),
+            children(OU_B, None),
+        ];
+        let reader = org(&rules.iter().collect::<Vec<_>>()).await;
+        let d = discovery(&format!("{{include_ous: [{OU_A}]}}"));
+        let found = reader.accounts(&d, true).await.unwrap();
+        assert_eq!(found.len(), 22);
+        assert!(found[..21].iter().all(|a| a.ous == [OU_A, "r-ab12"]));
+        assert_eq!(ids(&found[21..]), ["20000000"]);
+        assert_eq!(found[21].ous, [OU_B, OU_A, "r-ab12"]);
+        assert!(rules.iter().all(|r| r.num_calls() == 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tags_follow_next_token() {
+        let page = |token: Option<&'static str>, key: &'static str, next: Option<&'static str>| {
+            mock!(Client::list_tags_for_resource)
+                .match_requests(move |r| {
+                    r.resource_id() == Some("111111111111") && r.next_token() == token
+                })
+                .then_output(move || {
+                    let tag = Tag::builder().key(key).value("x").build().unwrap();
+                    ListTagsForResourceOutput::builder()
+                        .tags(tag)
+                        .set_next_token(next.map(String::from))
+                        .build()
+                })
+        };
+        let (first, last) = (
+            page(None, "team", Some("t1")),
+            page(Some("t1"), "env", None),
+        );
+        let reader = org(&[&first, &last]).await;
+        let tags = reader.tags(&["111111111111"]).await.unwrap();
+        let keys: Vec<&str> = tags["111111111111"].keys().map(String::as_str).collect();
+        assert_eq!(keys, ["env", "team"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_is_retried_by_the_sdk_here_there_is_no_pace() {
+        let throttled_then_ok = mock!(Client::list_accounts)
+            .sequence()
+            .http_response(|| {
+                let body = r#"{"__type":"TooManyRequestsException","Message":"mocked"}"#;
+                HttpResponse::new(StatusCode::try_from(400).unwrap(), SdkBody::from(body))
+            })
+            .output(|| {
+                ListAccountsOutput::builder()
+                    .set_accounts(Some(accounts("1", 1)))
+                    .build()
+            })
+            .build();
+        let reader = org(&[&throttled_then_ok]).await;
+        let found = reader.accounts(&discovery("{}"), false).await.unwrap();
+        assert_eq!(ids(&found), ["10000"]);
+        assert_eq!(throttled_then_ok.num_calls(), 2);
     }
 }

@@ -210,4 +210,47 @@ mod tests {
         let took = start.elapsed().as_secs_f64();
         assert!((0.45..2.0).contains(&took), "{took}");
     }
+
+    /// Paused time: the waits are exact, and take no time.
+    #[tokio::test(start_paused = true)]
+    async fn turns_are_spaced_at_the_rate_which_a_throttle_lowers_once_a_second() {
+        let p = pace(20.0);
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..30 {
+            p.turn().await;
+            at.push(start.elapsed().as_secs_f64());
+        }
+        let near = |a: f64, b: f64| (a - b).abs() < 0.002;
+        // The burst at once, then one every 1/20 s.
+        assert!(at[..20].iter().all(|&t| t == 0.0), "{at:?}");
+        assert!(
+            at[20..]
+                .iter()
+                .zip(1..)
+                .all(|(&t, n)| near(t, n as f64 / 20.0)),
+            "{at:?}"
+        );
+
+        p.throttled();
+        let mut last = Instant::now();
+        let mut gaps = Vec::new();
+        for _ in 0..5 {
+            p.turn().await;
+            gaps.push((Instant::now() - last).as_secs_f64());
+            last = Instant::now();
+        }
+        // The queue the throttle found drains at the lower rate, then one every 1/14 s.
+        assert!(gaps[1..].iter().all(|&g| near(g, 1.0 / 14.0)), "{gaps:?}");
+        p.throttled();
+        assert_eq!(
+            p.gauge.get(),
+            14.0,
+            "a throttle within the second is the same burst"
+        );
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        p.throttled();
+        assert!((p.gauge.get() - 9.8).abs() < 1e-9, "{}", p.gauge.get());
+    }
 }

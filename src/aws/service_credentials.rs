@@ -43,3 +43,72 @@ pub(super) async fn all(iam: &Iam) -> Result<Vec<ServiceCredential>, RefreshErro
     .await
     .map_err(stage(Stage::ListServiceSpecificCredentials))
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_iam::operation::list_service_specific_credentials::ListServiceSpecificCredentialsOutput;
+    use aws_sdk_iam::types::{ServiceSpecificCredentialMetadata, StatusType};
+    use aws_sdk_iam::Client;
+    use aws_smithy_mocks::{mock, Rule};
+    use aws_smithy_types::DateTime;
+
+    use super::*;
+    use crate::aws::mock;
+    use crate::inventory::Code;
+
+    /// ListServiceSpecificCredentials, asked for all users with `marker`, answering `n`
+    /// credentials.
+    fn page(
+        marker: Option<&'static str>,
+        n: usize,
+        truncated: bool,
+        next: Option<&'static str>,
+    ) -> Rule {
+        mock!(Client::list_service_specific_credentials)
+            .match_requests(move |r| {
+                r.all_users() == Some(true)
+                    && r.max_items() == Some(MAX_ITEMS)
+                    && r.marker() == marker
+            })
+            .then_output(move || {
+                let credentials = (0..n).map(|i| {
+                    ServiceSpecificCredentialMetadata::builder()
+                        .user_name(format!("user-{i}"))
+                        .status(StatusType::Active)
+                        .create_date(DateTime::from_secs(1_700_000_000))
+                        .service_specific_credential_id(format!("ACCA{}{i}", marker.unwrap_or("")))
+                        .service_name("codecommit.amazonaws.com")
+                        .build()
+                        .unwrap()
+                });
+                ListServiceSpecificCredentialsOutput::builder()
+                    .set_service_specific_credentials(Some(credentials.collect()))
+                    .is_truncated(truncated)
+                    .set_marker(next.map(String::from))
+                    .build()
+            })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pages_end_on_the_truncation_flag_not_on_the_page_size() {
+        let short = page(None, 1, true, Some("m1"));
+        let full = page(Some("m1"), 1000, false, None);
+        let iam = mock::iam(&[&short, &full]).await;
+        assert_eq!(all(&iam).await.unwrap().len(), 1001);
+        assert_eq!((short.num_calls(), full.num_calls()), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn truncated_without_a_marker_is_an_error_not_a_loop() {
+        let missing = page(None, 1, true, None);
+        let iam = mock::iam(&[&missing]).await;
+        let err = all(&iam).await.unwrap_err();
+        assert_eq!(
+            (err.stage, err.code),
+            (
+                Stage::ListServiceSpecificCredentials,
+                Code::InvalidPagination
+            )
+        );
+    }
+}

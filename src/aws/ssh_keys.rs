@@ -98,3 +98,77 @@ async fn user_keys(iam: &Iam, user: String) -> Result<Option<Vec<SshKey>>, Refre
         Err(Listing::Failed(e)) => Err(stage(Stage::ListSshPublicKeys)(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_iam::operation::list_ssh_public_keys::ListSshPublicKeysOutput;
+    use aws_sdk_iam::types::{SshPublicKeyMetadata, StatusType};
+    use aws_sdk_iam::Client;
+    use aws_smithy_mocks::{mock, Rule};
+    use aws_smithy_types::DateTime;
+
+    use super::*;
+    use crate::aws::mock;
+    use crate::inventory::Code;
+
+    /// ListSSHPublicKeys for alice, asked with `marker`, answering the keys `ids`.
+    fn page(
+        marker: Option<&'static str>,
+        ids: &'static [&'static str],
+        truncated: bool,
+        next: Option<&'static str>,
+    ) -> Rule {
+        mock!(Client::list_ssh_public_keys)
+            .match_requests(move |r| {
+                r.user_name() == Some("alice")
+                    && r.max_items() == Some(MAX_ITEMS)
+                    && r.marker() == marker
+            })
+            .then_output(move || {
+                let keys = ids.iter().map(|id| {
+                    SshPublicKeyMetadata::builder()
+                        .user_name("alice")
+                        .ssh_public_key_id(*id)
+                        .status(StatusType::Active)
+                        .upload_date(DateTime::from_secs(1_700_000_000))
+                        .build()
+                        .unwrap()
+                });
+                ListSshPublicKeysOutput::builder()
+                    .set_ssh_public_keys(Some(keys.collect()))
+                    .is_truncated(truncated)
+                    .set_marker(next.map(String::from))
+                    .build()
+            })
+    }
+
+    fn ids(keys: &[SshKey]) -> Vec<&str> {
+        keys.iter().map(|k| k.id.as_str()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pages_end_on_the_truncation_flag() {
+        let first = page(None, &["APKA1"], true, Some("m1"));
+        let last = page(Some("m1"), &["APKA2"], false, None);
+        let iam = mock::iam(&[&first, &last]).await;
+        let keys = user_keys(&iam, "alice".into()).await.unwrap().unwrap();
+        assert_eq!(ids(&keys), ["APKA1", "APKA2"]);
+
+        let missing = page(None, &["APKA1"], true, None);
+        let iam = mock::iam(&[&missing]).await;
+        let err = user_keys(&iam, "alice".into()).await.unwrap_err();
+        assert_eq!(
+            (err.stage, err.code),
+            (Stage::ListSshPublicKeys, Code::InvalidPagination)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_user_deleted_since_listed_has_no_keys_and_is_no_error() {
+        let gone = mock!(Client::list_ssh_public_keys)
+            .then_http_response(|| mock::iam_error(404, "NoSuchEntity"));
+        let iam = mock::iam(&[&gone]).await;
+        assert!(user_keys(&iam, "alice".into()).await.unwrap().is_none());
+        assert_eq!(gone.num_calls(), 1);
+    }
+}
