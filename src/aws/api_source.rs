@@ -609,15 +609,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_call_throttled_past_its_limit_returns_the_error() {
-        // The pace's MAX_THROTTLED (100) tries again, then the error.
-        let rule = users_answering(&Attempts::default(), &[(400, "Throttling"); 101], false);
+        // The first try and MAX_THROTTLED more, then the error.
+        const CALLS: usize = super::super::pace::MAX_THROTTLED as usize + 1;
+        let rule = users_answering(&Attempts::default(), &[(400, "Throttling"); CALLS], false);
         let (iam, rate) = mock::iam_with_rate(&[&rule]).await;
         let err = scan(&iam, 1).await.unwrap_err();
         assert_eq!(
             (err.stage, err.code),
             (Stage::ListUsers, Code::Aws("Throttling".into()))
         );
-        assert_eq!(rule.num_calls(), 101);
+        assert_eq!(rule.num_calls(), CALLS);
         assert!(rate.get() < mock::config().aws.requests_per_second);
     }
 }
