@@ -217,6 +217,12 @@ pub fn plan(cfg: &Config, discovered: Option<&Discovered>, shard: Shard) -> Vec<
     out.into_values().map(Arc::new).collect()
 }
 
+/// How many of the file's accounts this replica reads before discovery adds any: what
+/// `plan` without discovery returns, counted without building them.
+pub fn listed_in_shard(cfg: &Config, shard: Shard) -> usize {
+    cfg.accounts.iter().filter(|e| shard.owns(&e.id)).count()
+}
+
 /// The ids of the discovered accounts this replica will read: whose tags it needs.
 pub fn to_read<'a>(cfg: &Config, found: &'a [OrgAccount], shard: Shard) -> Vec<&'a str> {
     let excluded = excluded(cfg);
@@ -307,6 +313,24 @@ mod tests {
             name: name.into(),
             state: state.into(),
             ous: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn counted_in_a_shard_as_planned() {
+        let mut yaml = String::from("accounts:\n");
+        for i in 0..300 {
+            yaml.push_str(&format!(
+                "  - id: \"{:012}\"\n",
+                210_000_000_000u64 + i * 7919
+            ));
+        }
+        let cfg = cfg(&yaml);
+        for index in 0..3 {
+            let shard = Shard { index, total: 3 };
+            let planned = plan(&cfg, None, shard).len();
+            assert!(planned > 50, "{planned}");
+            assert_eq!(listed_in_shard(&cfg, shard), planned);
         }
     }
 
