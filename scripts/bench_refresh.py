@@ -4,7 +4,8 @@ cpu [USERS]      Seeds one account with USERS users (one key each), runs the one
                  (`once`, api source) and divides the exporter's user+system CPU time by the
                  number of AWS requests the launcher counted, at paces from 25 requests/s
                  to unpaced (the default, 50, among them). Also reports context switches
-                 and peak RSS.
+                 and peak RSS, and the same for the boto3 script the exporter replaces
+                 (the same calls, every page followed).
 memory [KEYS]    Seeds one account with KEYS/2 users of two keys each, serves it through the
                  credential_report source, and reports the exporter's RSS while it holds them,
                  and the time and size of /metrics scrapes (plain and gzip).
@@ -161,6 +162,17 @@ def run_once(url, config_text):
         return time.monotonic() - start, usage
 
 
+BOTO3_PEER = """
+import boto3
+iam = boto3.client("iam")
+for page in iam.get_paginator("list_users").paginate():
+    for user in page["Users"]:
+        for kp in iam.get_paginator("list_access_keys").paginate(UserName=user["UserName"]):
+            for key in kp["AccessKeyMetadata"]:
+                iam.get_access_key_last_used(AccessKeyId=key["AccessKeyId"])
+"""
+
+
 def cpu(users):
     launcher, url = start_launcher()
     try:
@@ -187,6 +199,20 @@ def cpu(users):
                   f"system {usage.ru_stime:.3f}), {cpu / requests * 1000:.3f} ms CPU per AWS request, "
                   f"{(usage.ru_nvcsw + usage.ru_nivcsw) / requests:.1f} context switches per request, "
                   f"peak RSS {usage.ru_maxrss / 1024:.1f} MiB", flush=True)
+        # The script the exporter replaces: boto3, every page followed, one key's last use
+        # at a time, unpaced (the same calls).
+        post(url, "/_launcher/counts/reset", {})
+        start = time.monotonic()
+        peer = subprocess.Popen([sys.executable, "-c", BOTO3_PEER], env=aws_env(url))
+        _, status, usage = os.wait4(peer.pid, 0)
+        if status != 0:
+            sys.exit(f"the boto3 peer failed: {status}")
+        with urllib.request.urlopen(url + "/_launcher/counts") as resp:
+            requests = sum(json.load(resp).get(ACCOUNT, {}).values())
+        cpu = usage.ru_utime + usage.ru_stime
+        print(f"boto3 peer: wall {time.monotonic() - start:.2f} s, CPU {cpu:.3f} s, "
+              f"{cpu / requests * 1000:.3f} ms CPU per AWS request ({requests} requests), "
+              f"peak RSS {usage.ru_maxrss / 1024:.1f} MiB", flush=True)
     finally:
         launcher.terminate()
         launcher.wait()

@@ -7,6 +7,12 @@
 //! one burst of throttled answers counts once). A throttled call waits for the next token and
 //! is sent again; it does not use up the SDK's attempts (the SDK is told not to retry
 //! throttling itself), so a long burst slows a refresh down instead of failing it.
+//!
+//! A request that has to wait is sent at the account's next [`TICK`], not at the moment its
+//! token comes: a request sent alone after a pause finds the process's caches cold and
+//! costs about twice the CPU of one sent among others (measured against moto at 50
+//! requests a second: 1.07 ms a request, 0.54 ms unpaced). On a one-second tick, what
+//! waited goes out together, as the bucket's burst allows anyway; the rate is unchanged.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -30,11 +36,15 @@ const MIN_RATE: f64 = 0.5;
 const DECREASE: f64 = 0.7;
 /// Throttles closer together than this are one congestion event.
 const COOLDOWN: Duration = Duration::from_secs(1);
+/// Waiting requests are let through at whole multiples of this since the pace began.
+const TICK: Duration = Duration::from_secs(1);
 /// How many times one call may be throttled before its error is given up to the caller.
 pub(super) const MAX_THROTTLED: u32 = 100;
 
 pub struct Pace {
     max: f64,
+    /// Where its ticks are counted from.
+    began: Instant,
     state: Mutex<State>,
     /// `iam_key_exporter_aws_request_rate` of the account.
     gauge: Gauge,
@@ -52,6 +62,7 @@ impl Pace {
         gauge.set(max);
         Pace {
             max,
+            began: Instant::now(),
             state: Mutex::new(State {
                 rate: max,
                 tokens: max.max(1.0),
@@ -76,8 +87,16 @@ impl Pace {
             Duration::from_secs_f64((-s.tokens / s.rate).max(0.0))
         };
         if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep_until(self.tick_after(Instant::now() + wait)).await;
         }
+    }
+
+    /// The first tick at or after `at`.
+    fn tick_after(&self, at: Instant) -> Instant {
+        let since = at.duration_since(self.began).as_nanos();
+        let tick = TICK.as_nanos();
+        let ticks = since.div_ceil(tick);
+        self.began + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
     }
 
     fn succeeded(&self) {
@@ -199,45 +218,37 @@ mod tests {
         assert_eq!(p.gauge.get(), 20.0, "never above the configured rate");
     }
 
+    /// The times of `n` turns, in seconds from `start`, and how many came at each.
+    async fn turns(p: &Pace, start: Instant, n: usize) -> Vec<(f64, usize)> {
+        let mut at: Vec<(f64, usize)> = Vec::new();
+        for _ in 0..n {
+            p.turn().await;
+            let t = start.elapsed().as_secs_f64();
+            match at.last_mut() {
+                Some((last, count)) if *last == t => *count += 1,
+                _ => at.push((t, 1)),
+            }
+        }
+        at
+    }
+
     /// Paused time: the waits are exact, and take no time.
     #[tokio::test(start_paused = true)]
-    async fn turns_are_spaced_at_the_rate_which_a_throttle_lowers_once_a_second() {
+    async fn turns_come_on_the_tick_at_the_rate_which_a_throttle_lowers_once_a_second() {
         let p = pace(20.0);
         let start = Instant::now();
-        let mut at = Vec::new();
-        for _ in 0..30 {
-            p.turn().await;
-            at.push(start.elapsed().as_secs_f64());
-        }
-        let near = |a: f64, b: f64| (a - b).abs() < 0.002;
-        // The burst at once, then one every 1/20 s.
-        assert!(at[..20].iter().all(|&t| t == 0.0), "{at:?}");
-        assert!(
-            at[20..]
-                .iter()
-                .zip(1..)
-                .all(|(&t, n)| near(t, n as f64 / 20.0)),
-            "{at:?}"
-        );
+        // The burst at once, then what waited at each whole second: 20 a second.
+        let at = turns(&p, start, 70).await;
+        assert_eq!(at, [(0.0, 20), (1.0, 20), (2.0, 20), (3.0, 10)]);
 
+        // After a throttle, what waits goes out at the next ticks, 14 a second; a second
+        // throttle within the second is the same burst.
         p.throttled();
-        let mut last = Instant::now();
-        let mut gaps = Vec::new();
-        for _ in 0..5 {
-            p.turn().await;
-            gaps.push((Instant::now() - last).as_secs_f64());
-            last = Instant::now();
-        }
-        // The queue the throttle found drains at the lower rate, then one every 1/14 s.
-        assert!(gaps[1..].iter().all(|&g| near(g, 1.0 / 14.0)), "{gaps:?}");
         p.throttled();
-        assert_eq!(
-            p.gauge.get(),
-            14.0,
-            "a throttle within the second is the same burst"
-        );
+        assert_eq!(p.gauge.get(), 14.0);
+        let at = turns(&p, start, 48).await;
+        assert_eq!(at, [(4.0, 14), (5.0, 14), (6.0, 14), (7.0, 6)]);
 
-        tokio::time::advance(Duration::from_secs(1)).await;
         p.throttled();
         assert!((p.gauge.get() - 9.8).abs() < 1e-9, "{}", p.gauge.get());
     }
