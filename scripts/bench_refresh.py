@@ -163,8 +163,14 @@ def run_once(url, config_text):
 
 
 BOTO3_PEER = """
+import sys
 import boto3
-iam = boto3.client("iam")
+creds = boto3.client("sts", region_name="us-east-1").assume_role(
+    RoleArn=f"arn:aws:iam::{sys.argv[1]}:role/IAMKeyExporterReadOnly",
+    RoleSessionName="boto3-peer")["Credentials"]
+iam = boto3.client("iam", region_name="us-east-1", aws_access_key_id=creds["AccessKeyId"],
+                   aws_secret_access_key=creds["SecretAccessKey"],
+                   aws_session_token=creds["SessionToken"])
 for page in iam.get_paginator("list_users").paginate():
     for user in page["Users"]:
         for kp in iam.get_paginator("list_access_keys").paginate(UserName=user["UserName"]):
@@ -203,7 +209,7 @@ def cpu(users):
         # at a time, unpaced (the same calls).
         post(url, "/_launcher/counts/reset", {})
         start = time.monotonic()
-        peer = subprocess.Popen([sys.executable, "-c", BOTO3_PEER], env=aws_env(url))
+        peer = subprocess.Popen([sys.executable, "-c", BOTO3_PEER, ACCOUNT], env=aws_env(url))
         _, status, usage = os.wait4(peer.pid, 0)
         if status != 0:
             sys.exit(f"the boto3 peer failed: {status}")

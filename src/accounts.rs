@@ -6,7 +6,6 @@
 //! is the refresher's. That keeps the rules below testable without AWS.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
 use std::sync::Arc;
 
 use crate::config::{AccountEntry, Config, Read, RoleChoice, Source, TagLabel};
@@ -140,35 +139,20 @@ pub fn shard_of(account_id: &str, total: u32) -> u32 {
 }
 
 /// `--shard.*` flags that cannot be used.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, PartialEq, thiserror::Error)]
 pub enum ShardError {
+    #[error("--shard.total must be at least 1")]
     NoShards,
+    #[error("--shard.index={0:?} is neither a number nor \"auto\"")]
     BadIndex(String),
+    #[error("--shard.index={index} is not below --shard.total={total} (shards count from 0)")]
     IndexTooLarge { index: u32, total: u32 },
+    #[error(
+        "--shard.index=auto needs a hostname ending in -<number> (a StatefulSet pod such as \
+         iam-key-exporter-2), but the hostname is {0:?}"
+    )]
     NoOrdinal(String),
 }
-
-impl fmt::Display for ShardError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ShardError::NoShards => f.write_str("--shard.total must be at least 1"),
-            ShardError::BadIndex(i) => {
-                write!(f, "--shard.index={i:?} is neither a number nor \"auto\"")
-            }
-            ShardError::IndexTooLarge { index, total } => write!(
-                f,
-                "--shard.index={index} is not below --shard.total={total} (shards count from 0)"
-            ),
-            ShardError::NoOrdinal(host) => write!(
-                f,
-                "--shard.index=auto needs a hostname ending in -<number> (a StatefulSet pod \
-                 such as iam-key-exporter-2), but the hostname is {host:?}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ShardError {}
 
 /// The accounts this replica reads, in id order.
 pub fn plan(cfg: &Config, discovered: Option<&Discovered>, shard: Shard) -> Vec<Arc<Account>> {

@@ -10,21 +10,14 @@
 //! `key_1` or `key_2` (the report's `access_key_1_*` / `access_key_2_*` columns; AWS fills
 //! slot 1 first). Alerts keyed on `account_id, user, access_key_id` work on both sources.
 
-use std::fmt;
-
 use crate::inventory::{
     AccessKey, Certificate, Console, KeyStatus, LastUse, Root, Snapshot, Timestamp, User,
 };
 
 /// What is wrong with a report, and where.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
 pub struct ReportError(pub String);
-
-impl fmt::Display for ReportError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 const ROOT: &str = "<root_account>";
 

@@ -244,7 +244,9 @@ pub struct LastUse {
 }
 
 /// Why a refresh failed: the step that failed and the AWS error code, for metrics and logs.
-#[derive(Debug, Clone)]
+/// Shown as `AccessDenied (list_users): <message>`, as `/`, the audit and logs show it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code} ({}): {message}", stage.as_str())]
 pub struct RefreshError {
     pub stage: Stage,
     pub code: Code,
@@ -321,19 +323,6 @@ impl Code {
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// `AccessDenied (list_users): <message>`, as `/`, the audit and logs show it.
-impl fmt::Display for RefreshError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({}): {}",
-            self.code,
-            self.stage.as_str(),
-            self.message
-        )
     }
 }
 

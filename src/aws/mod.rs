@@ -108,16 +108,11 @@ fn shared_https_client() -> SharedHttpClient {
 
 /// An AWS error reduced to what metrics and logs need: a code and words, never a Rust
 /// debug dump.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
 struct AwsError {
     pub code: Code,
     pub message: String,
-}
-
-impl fmt::Display for AwsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
 }
 
 impl<E, R> From<SdkError<E, R>> for AwsError

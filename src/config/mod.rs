@@ -12,7 +12,6 @@ pub(crate) mod values;
 mod yaml;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -478,71 +477,48 @@ impl Problem {
 
 /// A configuration file that cannot be used. The caller exits with code 2, or keeps the
 /// running configuration on reload.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("{}: cannot read the file: {error}", path.display())]
     Read {
         path: PathBuf,
         error: std::io::Error,
     },
     /// A FIFO would block the reader until someone writes to it, a device may never end.
+    #[error("{}: cannot read the file: it is a {kind}, not a regular file", path.display())]
     NotAFile { path: PathBuf, kind: &'static str },
     /// Larger than [`MAX_FILE_BYTES`].
+    #[error(
+        "{}: cannot read the file: it has {bytes} bytes, more than the {} MiB a configuration \
+         file may have",
+        path.display(),
+        MAX_FILE_BYTES >> 20
+    )]
     TooLarge { path: PathBuf, bytes: u64 },
     /// The file is not YAML, or uses YAML the exporter does not accept (anchors, tags).
+    #[error("{}:{}:{}: not valid YAML here: {message}", path.display(), at.line, at.column)]
     Syntax {
         path: PathBuf,
         at: Pos,
         message: String,
     },
     /// The file is YAML but its content is wrong: every problem, in file order.
+    #[error("{}", every_problem(path, problems))]
     Invalid {
         path: PathBuf,
         problems: Vec<Problem>,
     },
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::Read { path, error } => {
-                write!(f, "{}: cannot read the file: {error}", path.display())
-            }
-            ConfigError::NotAFile { path, kind } => write!(
-                f,
-                "{}: cannot read the file: it is a {kind}, not a regular file",
-                path.display()
-            ),
-            ConfigError::TooLarge { path, bytes } => write!(
-                f,
-                "{}: cannot read the file: it has {bytes} bytes, more than the {} MiB a \
-                 configuration file may have",
-                path.display(),
-                MAX_FILE_BYTES >> 20
-            ),
-            ConfigError::Syntax { path, at, message } => write!(
-                f,
-                "{}:{}:{}: not valid YAML here: {message}",
-                path.display(),
-                at.line,
-                at.column
-            ),
-            ConfigError::Invalid { path, problems } => {
-                if problems.len() > 1 {
-                    writeln!(f, "{}: {} problems:", path.display(), problems.len())?;
-                }
-                for (i, p) in problems.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str("\n")?;
-                    }
-                    f.write_str(&p.located(path))?;
-                }
-                Ok(())
-            }
-        }
+/// Every problem on its own line, after their count when there are several.
+fn every_problem(path: &Path, problems: &[Problem]) -> String {
+    let mut text = String::new();
+    if problems.len() > 1 {
+        text = format!("{}: {} problems:\n", path.display(), problems.len());
     }
+    let lines: Vec<String> = problems.iter().map(|p| p.located(path)).collect();
+    text + &lines.join("\n")
 }
-
-impl std::error::Error for ConfigError {}
 
 /// The largest configuration (or web configuration) file read: twice a file of 100,000
 /// accounts with names and labels.
