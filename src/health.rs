@@ -267,7 +267,7 @@ impl Health {
                 let c = IntCounterVec::new(
                     Opts::new(
                         "iam_key_exporter_http_refused_total",
-                        "HTTP clients the server turned away or cut off, by reason: inflight (503, --web.max-inflight-responses reached), login_queue (429, too many basic-auth checks waiting), idle_evicted (the longest-idle connection closed for a new one at --web.max-connections), write_timeout (a response not read within --web.write-timeout), stalled_cut (a response not read for a second, cut for a new one at --web.max-inflight-responses).",
+                        "HTTP clients the server turned away or cut off, by reason: inflight (503, --web.max-inflight-responses reached), login_queue (429, too many basic-auth checks waiting), idle_evicted (the longest-idle connection closed for a new one at --web.max-connections), write_timeout (a response not read within --web.write-timeout), stalled_cut (a response not read for 250 ms, cut for a new one at --web.max-inflight-responses).",
                     ),
                     &["reason"],
                 )

@@ -435,7 +435,7 @@ async fn handle(web: &Web, req: Request<Incoming>, cut: Arc<Notify>) -> Response
         return resp;
     }
     match route {
-        Route::Metrics | Route::Keys | Route::KeysJson => inventory_view(web, route, &req, cut),
+        Route::Metrics | Route::Keys | Route::KeysJson => inventory_view(web, route, &req, cut).await,
         Route::Landing => landing_page(web),
         Route::Healthy => text(StatusCode::OK, "Healthy.\n"),
         Route::Ready if web.is_ready() => text(StatusCode::OK, "Ready.\n"),
@@ -453,14 +453,14 @@ async fn handle(web: &Web, req: Request<Incoming>, cut: Arc<Notify>) -> Response
 
 /// `/metrics`, `/keys` and `/keys.json`, at most `--web.max-inflight-responses` at once
 /// (`InFlight`); `cut` closes this response's connection if it stalls and its place is needed.
-fn inventory_view(
+async fn inventory_view(
     web: &Web,
     route: Route,
     req: &Request<Incoming>,
     cut: Arc<Notify>,
 ) -> Response<Body> {
-    let Some((place, how)) = web.inflight.admit(cut) else {
-        tracing::debug!("too many responses in flight, none stalled; answered 503");
+    let Some((place, how)) = web.inflight.admit(cut).await else {
+        tracing::debug!("too many responses in flight, all being read; answered 503");
         web.health.count_refused(Refused::InFlight);
         let mut resp = text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -471,7 +471,7 @@ fn inventory_view(
         return resp;
     };
     if how == Admitted::StalledCut {
-        tracing::debug!("a response not read for a second cut to make room");
+        tracing::debug!("a response not read for 250 ms cut to make room");
         web.health.count_refused(Refused::StalledCut);
     }
     let resp = match route {

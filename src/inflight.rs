@@ -12,15 +12,18 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// A response whose client took no chunk for this long may be cut for a new one. A client
-/// reading as slowly as 64 KiB a second still takes a chunk every second.
-pub const STALLED: Duration = Duration::from_secs(1);
+/// A response whose client took no chunk for this long may be cut for a new one: short, so
+/// that a scraper coming in among clients that stopped reading waits little more than its
+/// own render time, yet a client reading 256 KiB a second still takes a chunk every 250 ms.
+pub const STALLED: Duration = Duration::from_millis(250);
 
 pub struct InFlight {
     max: usize,
     epoch: Instant,
     sending: Mutex<HashMap<u64, Sending>>,
     next: AtomicU64,
+    /// A place was freed.
+    freed: Notify,
 }
 
 struct Sending {
@@ -52,6 +55,7 @@ impl InFlight {
             epoch: Instant::now(),
             sending: Mutex::default(),
             next: AtomicU64::new(0),
+            freed: Notify::new(),
         })
     }
 
@@ -59,23 +63,53 @@ impl InFlight {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// A place for a response on the connection `cut` closes; at the cap, the place of the
-    /// most stalled response, or None when none has stalled for [`STALLED`].
-    pub fn admit(self: &Arc<Self>, cut: Arc<Notify>) -> Option<(Place, Admitted)> {
+    /// A place for a response on the connection `cut` closes. At the cap, the place of the
+    /// response that has gone longest without its client taking a chunk, once that is
+    /// [`STALLED`] (waiting for it, or for a place to free, at most [`STALLED`]); None when
+    /// every response kept moving all that time.
+    pub async fn admit(self: &Arc<Self>, cut: Arc<Notify>) -> Option<(Place, Admitted)> {
+        let given_up = Instant::now() + STALLED;
+        loop {
+            let freed = self.freed.notified();
+            let next_stall = match self.try_admit(&cut) {
+                Ok(admitted) => return Some(admitted),
+                Err(next_stall) => next_stall,
+            };
+            if Instant::now() >= given_up {
+                return None;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_stall.min(given_up)) => {}
+                _ = freed => {}
+            }
+        }
+    }
+
+    /// A place now, or when the response that moved longest ago will count as stalled.
+    fn try_admit(self: &Arc<Self>, cut: &Arc<Notify>) -> Result<(Place, Admitted), Instant> {
         let now = self.now_ms();
+        let stalled_ms = STALLED.as_millis() as u64;
         let mut sending = self.sending.lock().unwrap_or_else(|e| e.into_inner());
         let mut how = Admitted::Free;
         if sending.len() >= self.max {
-            let stalled = sending
+            let oldest = sending
                 .iter()
                 .map(|(id, s)| (s.moved.load(Ordering::Relaxed), *id))
-                .filter(|(moved, _)| now.saturating_sub(*moved) >= STALLED.as_millis() as u64)
-                .min()?;
-            if let Some(s) = sending.remove(&stalled.1) {
-                // notify_one keeps a permit if the connection's task is not waiting yet.
-                s.cut.notify_one();
+                .min();
+            match oldest {
+                Some((moved, id)) if now.saturating_sub(moved) >= stalled_ms => {
+                    if let Some(s) = sending.remove(&id) {
+                        // notify_one keeps a permit if the connection's task is not waiting yet.
+                        s.cut.notify_one();
+                    }
+                    how = Admitted::StalledCut;
+                }
+                Some((moved, _)) => {
+                    return Err(self.epoch + Duration::from_millis(moved + stalled_ms))
+                }
+                // A cap of 0 cannot be configured; were it, every request would wait and go.
+                None => return Err(Instant::now() + STALLED),
             }
-            how = Admitted::StalledCut;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let moved = Arc::new(AtomicU64::new(now));
@@ -83,7 +117,7 @@ impl InFlight {
             id,
             Sending {
                 moved: moved.clone(),
-                cut,
+                cut: cut.clone(),
             },
         );
         let place = Place {
@@ -91,7 +125,7 @@ impl InFlight {
             moved,
             inflight: self.clone(),
         };
-        Some((place, how))
+        Ok((place, how))
     }
 }
 
@@ -109,7 +143,9 @@ impl Drop for Place {
             .sending
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        sending.remove(&self.id);
+        if sending.remove(&self.id).is_some() {
+            self.inflight.freed.notify_waiters();
+        }
     }
 }
 
@@ -119,33 +155,68 @@ mod tests {
 
     use super::*;
 
+    fn was_cut(n: &Notify) -> bool {
+        n.notified().now_or_never().is_some()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn at_the_cap_the_longest_stalled_response_is_cut_and_a_moving_one_never() {
         let inflight = InFlight::new(2);
         let cuts: Vec<Arc<Notify>> = (0..4).map(|_| Arc::new(Notify::new())).collect();
-        let (first, how) = inflight.admit(cuts[0].clone()).unwrap();
+        let start = Instant::now();
+        let (first, how) = inflight.admit(cuts[0].clone()).await.unwrap();
         assert_eq!(how, Admitted::Free);
-        tokio::time::advance(Duration::from_millis(300)).await;
-        let (second, _) = inflight.admit(cuts[1].clone()).unwrap();
-
-        // Neither has gone STALLED without taking a chunk: a third is refused, nobody cut.
-        tokio::time::advance(Duration::from_millis(600)).await;
-        assert!(inflight.admit(cuts[2].clone()).is_none());
-
-        // The first has taken nothing for 1.2 s: it is cut, the second (moving) kept.
-        tokio::time::advance(Duration::from_millis(300)).await;
+        tokio::time::advance(STALLED * 3 / 10).await;
+        let (second, _) = inflight.admit(cuts[1].clone()).await.unwrap();
+        tokio::time::advance(STALLED * 6 / 10).await;
         second.moved();
-        let (third, how) = inflight.admit(cuts[2].clone()).unwrap();
-        assert_eq!(how, Admitted::StalledCut);
-        let cut = |n: &Notify| n.notified().now_or_never().is_some();
-        assert!(cut(&cuts[0]), "the stalled response's connection is closed");
-        assert!(!cut(&cuts[1]), "a moving response is never cut");
 
+        // At the cap with none stalled yet, a third waits until the first has taken nothing
+        // for STALLED, and takes its place; the second (moving) is kept.
+        let (third, how) = inflight.admit(cuts[2].clone()).await.unwrap();
+        assert_eq!(how, Admitted::StalledCut);
+        assert_eq!(start.elapsed(), STALLED);
+        assert!(
+            was_cut(&cuts[0]),
+            "the stalled response's connection is closed"
+        );
+        assert!(!was_cut(&cuts[1]), "a moving response is never cut");
         // Its place was given away: dropping the cut response frees nothing twice.
         drop(first);
-        assert!(inflight.admit(cuts[3].clone()).is_none());
+        assert_eq!(inflight.sending.lock().unwrap().len(), 2);
+
+        // A place freed while one waits is taken at once.
+        let waiting = tokio::spawn({
+            let (inflight, cut) = (inflight.clone(), cuts[3].clone());
+            async move {
+                let (place, how) = inflight.admit(cut).await.unwrap();
+                (place, how, Instant::now())
+            }
+        });
+        tokio::time::advance(STALLED / 10).await;
         drop(third);
-        assert_eq!(inflight.admit(cuts[3].clone()).unwrap().1, Admitted::Free);
-        drop(second);
+        let (_fourth, how, at) = waiting.await.unwrap();
+        assert_eq!((how, at - start), (Admitted::Free, STALLED * 11 / 10));
+        assert!(!was_cut(&cuts[1]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_every_response_moves_a_new_one_is_refused_after_waiting() {
+        let inflight = InFlight::new(1);
+        let (moving, _) = inflight.admit(Arc::new(Notify::new())).await.unwrap();
+        let moving = Arc::new(moving);
+        let reader = tokio::spawn({
+            let moving = moving.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(STALLED / 5).await;
+                    moving.moved();
+                }
+            }
+        });
+        let start = Instant::now();
+        assert!(inflight.admit(Arc::new(Notify::new())).await.is_none());
+        assert_eq!(start.elapsed(), STALLED);
+        reader.abort();
     }
 }
