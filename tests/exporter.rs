@@ -851,11 +851,10 @@ fn a_changed_config_file_is_picked_up_without_a_signal() {
         &["--config.auto-reload-interval=1s"],
     );
     exporter.wait_ready(Duration::from_secs(30));
-    std::fs::write(
+    replace(
         &exporter.config,
-        format!("accounts:\n  - id: \"{A}\"\n  - id: \"{B}\"\n"),
-    )
-    .unwrap();
+        &format!("accounts:\n  - id: \"{A}\"\n  - id: \"{B}\"\n"),
+    );
     let m = exporter.scrape_until(
         "B read after the file changed",
         Duration::from_secs(30),
@@ -866,7 +865,7 @@ fn a_changed_config_file_is_picked_up_without_a_signal() {
         Some(1.0)
     );
     // A broken file is reported once and the running configuration stays.
-    std::fs::write(&exporter.config, "accounts: [{id: \"1\"}]\n").unwrap();
+    replace(&exporter.config, "accounts: [{id: \"1\"}]\n");
     let m = exporter.scrape_until("the failed reload", Duration::from_secs(30), |m| {
         m.get("iam_key_exporter_config_last_reload_successful", &[]) == Some(0.0)
     });

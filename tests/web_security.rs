@@ -235,13 +235,6 @@ fn a_bad_web_config_stops_the_start_before_binding() {
     }
 }
 
-/// Writes `content` to `path` atomically, as a Secret volume update does.
-fn replace(path: &Path, content: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, content).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 #[test]
 fn a_rotated_certificate_and_a_new_password_apply_without_a_reload() {
     let moto = Moto::start();
