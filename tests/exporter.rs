@@ -853,7 +853,7 @@ fn a_changed_config_file_is_picked_up_without_a_signal() {
     exporter.wait_ready(Duration::from_secs(30));
     replace(
         &exporter.config,
-        &format!("accounts:\n  - id: \"{A}\"\n  - id: \"{B}\"\n"),
+        format!("accounts:\n  - id: \"{A}\"\n  - id: \"{B}\"\n"),
     );
     let m = exporter.scrape_until(
         "B read after the file changed",
