@@ -262,11 +262,11 @@ fn a_rotated_certificate_and_a_new_password_apply_without_a_reload() {
     self_signed_cert(renewed.path());
     replace(
         &dir.path().join("key.pem"),
-        &std::fs::read(renewed.path().join("key.pem")).unwrap(),
+        std::fs::read(renewed.path().join("key.pem")).unwrap(),
     );
     replace(
         &dir.path().join("cert.pem"),
-        &std::fs::read(renewed.path().join("cert.pem")).unwrap(),
+        std::fs::read(renewed.path().join("cert.pem")).unwrap(),
     );
     let new_ca = renewed.path().join("cert.pem");
     wait_for(
