@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use iam_key_exporter::accounts::{Account, Origin, Shard};
-use iam_key_exporter::collector::{self, Scope};
 use iam_key_exporter::config::{self, ExemptionRule, Exemptions, DEFAULT_EXEMPTION_TAG};
 use iam_key_exporter::exemptions::Rules;
-use iam_key_exporter::health::{BuildInfo, Health};
 use iam_key_exporter::inventory::{
     AccessKey, AccountState, KeyStatus, LastUse, Snapshot, Standards, User,
 };
-use iam_key_exporter::keys;
+use iam_key_exporter::metrics::collector::{self, Scope};
+use iam_key_exporter::metrics::health::{BuildInfo, Health};
+use iam_key_exporter::web::keys;
 
 const BUILD: BuildInfo = BuildInfo {
     version: "bench",

@@ -124,8 +124,8 @@ pub enum Command {
     /// account could not be read. To audit by another policy, give another configuration file.
     Audit {
         /// `table` for a person, `json` or `csv` for tooling.
-        #[arg(long, value_enum, default_value_t = crate::audit::Format::Table)]
-        format: crate::audit::Format,
+        #[arg(long, value_enum, default_value_t = crate::report::audit::Format::Table)]
+        format: crate::report::audit::Format,
     },
     /// Say which rule of the configured policy applies to a user, and why: every rule in
     /// order with the first matcher that fails it. Reads nothing from AWS: give the user's

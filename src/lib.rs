@@ -1,31 +1,21 @@
 //! iam-key-exporter as a library, for the binary in `main.rs`, the benchmarks and the fuzz
 //! target: only the modules they use are public, so code nothing calls is a warning.
 //! ARCHITECTURE.md has the code map; data flows down this list, never back up:
-//! config → accounts (+ discovery) → refresher → aws → inventory → collector (via
-//! exposition) → http.
+//! config → accounts → refresh (discovery, the gate, the refresher) → aws → inventory →
+//! policy and exemptions → metrics, web, report.
 
 pub mod accounts;
-pub mod audit;
 mod aws;
 pub mod cli;
-pub mod collector;
 pub mod config;
-pub mod credential_report;
-mod discovery;
 pub mod exemptions;
-mod exposition;
-mod findings;
-mod gate;
-pub mod health;
-pub mod http;
-mod inflight;
 pub mod inventory;
-pub mod keys;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
-mod process;
-pub mod refresher;
-pub mod web_config;
+pub mod refresh;
+pub mod report;
+pub mod web;
 
 #[cfg(test)]
 mod tests {

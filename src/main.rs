@@ -14,13 +14,15 @@ use tokio::sync::{mpsc, watch};
 
 use iam_key_exporter::accounts::{self, Shard};
 use iam_key_exporter::cli::{Cli, Command, LogLevel};
-use iam_key_exporter::collector::{self, Scope};
 use iam_key_exporter::config::{self, Config};
-use iam_key_exporter::health::{BuildInfo, Health};
 use iam_key_exporter::inventory::{self, unix_now, Inventory};
-use iam_key_exporter::refresher::{self, Refresher};
-use iam_key_exporter::web_config::{self, WebConfig, WebSecurity};
-use iam_key_exporter::{audit, http, logging, policy};
+use iam_key_exporter::metrics::collector::{self, Scope};
+use iam_key_exporter::metrics::health::{BuildInfo, Health};
+use iam_key_exporter::refresh::{self, Refresher};
+use iam_key_exporter::report::audit;
+use iam_key_exporter::web::security::{self, WebConfig, WebSecurity};
+use iam_key_exporter::web::server as web_server;
+use iam_key_exporter::{logging, policy};
 
 const BUILD: BuildInfo = BuildInfo {
     version: env!("CARGO_PKG_VERSION"),
@@ -256,7 +258,7 @@ async fn audit(cfg: Arc<Config>, shard: Shard, format: audit::Format) -> ExitCod
 }
 
 async fn serve(cli: Cli, cfg: Arc<Config>, shard: Shard, security: WebSecurity) -> ExitCode {
-    let listener = match http::listen(cli.listen_address) {
+    let listener = match web_server::listen(cli.listen_address) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(address = %cli.listen_address, error = %e, "cannot listen");
@@ -287,9 +289,9 @@ async fn serve(cli: Cli, cfg: Arc<Config>, shard: Shard, security: WebSecurity) 
     let inventory = Arc::new(Inventory::default());
     let health = Arc::new(Health::new(unix_now(), shard, BUILD));
     let refresher = Refresher::start(cfg, shard, inventory.clone(), health.clone()).await;
-    let (reload_tx, mut reload_rx) = mpsc::channel::<http::ReloadRequest>(4);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<web_server::ReloadRequest>(4);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let web = Arc::new(http::Web {
+    let web = Arc::new(web_server::Web {
         inventory: inventory.clone(),
         health: health.clone(),
         build: BUILD,
@@ -299,11 +301,11 @@ async fn serve(cli: Cli, cfg: Arc<Config>, shard: Shard, security: WebSecurity) 
         security: WebConfig::new(cli.web_config_file.clone(), security),
         max_connections: cli.max_connections as usize,
         write_timeout: cli.write_timeout,
-        inflight: http::InFlight::new(cli.max_inflight_responses as usize),
+        inflight: web_server::InFlight::new(cli.max_inflight_responses as usize),
         ready: Default::default(),
         removed_by_reload: Default::default(),
     });
-    let server = tokio::spawn(http::serve(listener, web.clone(), shutdown_rx));
+    let server = tokio::spawn(web_server::serve(listener, web.clone(), shutdown_rx));
 
     // Files are compared by content: a ConfigMap update swaps symlinks, so times lie.
     let mut loaded = files_digest(&cli);

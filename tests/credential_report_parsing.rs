@@ -2,7 +2,7 @@
 //! including what moto cannot produce: the `<root_account>` row, `no_information`,
 //! `not_supported`, reordered and added columns, and malformed reports.
 
-use iam_key_exporter::credential_report::{parse, parse_date};
+use iam_key_exporter::inventory::credential_report::{parse, parse_date};
 use iam_key_exporter::inventory::{KeyStatus, Snapshot};
 
 fn fixture(name: &str) -> Vec<u8> {

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(snapshot) = iam_key_exporter::credential_report::parse(data, 0.0) {
+    if let Ok(snapshot) = iam_key_exporter::inventory::credential_report::parse(data, 0.0) {
         // What parses is usable: every key belongs to a listed user.
         for k in &snapshot.keys {
             assert!(snapshot.users.iter().any(|u| u.name == k.user));

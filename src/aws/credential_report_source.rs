@@ -1,5 +1,5 @@
 //! The `credential_report` source: GenerateCredentialReport ▸ poll ▸ GetCredentialReport,
-//! then the CSV is parsed by [`crate::credential_report`].
+//! then the CSV is parsed by [`crate::inventory::credential_report`].
 //!
 //! A constant few calls per account whatever its size: while a report younger than four
 //! hours exists, GenerateCredentialReport answers COMPLETE at once without generating a new
@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use aws_sdk_iam::types::ReportStateType;
 
 use super::{secs, stage, Iam};
-use crate::credential_report;
+use crate::inventory::credential_report;
 use crate::inventory::{Code, RefreshError, Snapshot, Stage};
 
 const FIRST_POLL: Duration = Duration::from_secs(1);

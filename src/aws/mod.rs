@@ -42,8 +42,8 @@ use aws_smithy_types::retry::ErrorKind;
 
 use crate::accounts::Account;
 use crate::config::{Config, Source};
-use crate::health::{Health, Identity};
 use crate::inventory::{unix, Code, RefreshError, Snapshot, Stage, Timestamp};
+use crate::metrics::health::{Health, Identity};
 
 pub use organizations::OrgReader;
 use session::Session;

@@ -22,8 +22,8 @@ use aws_sdk_organizations::types::Account as SdkAccount;
 use super::{default_endpoint, AwsError, Base, Owner, Reach, RequestCounter, Session};
 use crate::accounts::{OrgAccount, Role};
 use crate::config::{values::arn_account, Config, Discovery};
-use crate::health::Health;
 use crate::inventory::{Code, RefreshError, Stage};
+use crate::metrics::health::Health;
 
 /// The most any Organizations list call returns in one page.
 const PAGE: i32 = 20;

@@ -22,8 +22,8 @@ use aws_sdk_iam::config::retry::RetryPartition;
 use super::{AwsError, Base, Owner, RequestCounter};
 use crate::accounts::Role;
 use crate::config::Config;
-use crate::health::Health;
 use crate::inventory::Code;
+use crate::metrics::health::Health;
 
 pub struct Session {
     sts: aws_sdk_sts::Client,

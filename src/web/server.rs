@@ -21,16 +21,16 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::cli::ListenAddress;
-use crate::collector::{self, Scope};
-use crate::exposition::CONTENT_TYPE;
-use crate::health::{BuildInfo, Health, IdentityStatus, Refused};
-use crate::inflight::Admitted;
-pub use crate::inflight::InFlight;
 use crate::inventory::unix_now;
 use crate::inventory::{AccountState, Inventory};
-use crate::keys::{self, html_escape as html};
+use crate::metrics::collector::{self, Scope};
+use crate::metrics::exposition::CONTENT_TYPE;
+use crate::metrics::health::{BuildInfo, Health, IdentityStatus, Refused};
 use crate::policy;
-use crate::web_config::{Auth, WebConfig};
+use crate::web::inflight::Admitted;
+pub use crate::web::inflight::InFlight;
+use crate::web::keys::{self, html_escape as html};
+use crate::web::security::{Auth, WebConfig};
 
 /// A client that opens a connection and never completes the TLS handshake, or never sends
 /// its request headers (also between requests on a kept-alive connection), is dropped after
@@ -328,7 +328,7 @@ where
     // stalled clients are cut off together: hand the pages back. A connection that ended
     // normally freed its chunks one by one as they were sent, and needs no trim.
     if cut_short {
-        crate::process::release_freed_memory();
+        crate::metrics::process::release_freed_memory();
     }
 }
 

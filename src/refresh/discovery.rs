@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use crate::accounts::{self, Discovered, Shard};
 use crate::aws::OrgReader;
 use crate::config::{jittered, Config, Discovery};
-use crate::health::Health;
 use crate::inventory::{unix_now, RefreshError, Stage};
+use crate::metrics::health::Health;
 
 const FIRST_RETRY: Duration = Duration::from_secs(15);
 

@@ -5,6 +5,8 @@
 //! sees either the old or the new data of an account, never a mix, and keys that vanished
 //! from IAM vanish from the next scrape.
 
+pub mod credential_report;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};

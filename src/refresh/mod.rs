@@ -1,9 +1,13 @@
-//! The background loop that keeps the inventory fresh: the only caller of the AWS layer.
+//! The background loop that keeps the inventory fresh. With discovery (Organizations) and the
+//! gate, this module is the only caller of the AWS layer.
 //!
 //! Each account has its own task, so one account's timeout or throttling never delays
-//! another's schedule, and its refreshes run one after another, never overlapping. A shared
-//! semaphore bounds how many accounts are read at once (`concurrency`); start times and
+//! another's schedule, and its refreshes run one after another, never overlapping. The gate
+//! bounds how many accounts are read at once (`concurrency`), largest first; start times and
 //! intervals are jittered so many accounts do not hit AWS in lockstep.
+
+pub(crate) mod discovery;
+mod gate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,10 +19,10 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::accounts::{self, Account, Discovered, Shard};
 use crate::aws::{self, AccountReader, OrgReader};
 use crate::config::{jittered, Config};
-use crate::discovery::{self, Found};
-use crate::gate::Gate;
-use crate::health::{Health, Held, IdentityStatus};
 use crate::inventory::{unix_now, AccountState, Inventory, RefreshError, Stage};
+use crate::metrics::health::{Health, Held, IdentityStatus};
+use crate::refresh::discovery::{self, Found};
+use crate::refresh::gate::Gate;
 
 /// The running account tasks and the discovery task, owned by a supervisor task that applies
 /// reloads and discovery results one at a time. A change restarts only the tasks of accounts
@@ -510,6 +514,6 @@ impl AccountTask {
             .last_success
             .map(|t| t + self.cfg.max_staleness.as_secs_f64());
         self.inventory.put(state);
-        crate::process::release_freed_memory();
+        crate::metrics::process::release_freed_memory();
     }
 }

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use crate::accounts::Account;
 use crate::config::{Limits, DEFAULT_RULE};
 use crate::exemptions;
-use crate::exposition::{write_header, write_line, write_sample, Labels};
-use crate::health::Health;
 use crate::inventory::{
     AccessKey, AccountState, Certificate, Role, ServiceCredential, Snapshot, SshKey, Standards,
     User,
 };
-use crate::{policy, process};
+use crate::metrics::exposition::{write_header, write_line, write_sample, Labels};
+use crate::metrics::health::Health;
+use crate::metrics::process;
+use crate::policy;
 
 const CHUNK: usize = 64 * 1024;
 
@@ -636,8 +637,8 @@ impl Iterator for Exposition {
 mod tests {
     use super::*;
     use crate::accounts::Shard;
-    use crate::health::BuildInfo;
     use crate::inventory::sample_state as state;
+    use crate::metrics::health::BuildInfo;
 
     #[test]
     fn every_family_appears_once_and_contiguous_wherever_chunks_end() {

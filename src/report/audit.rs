@@ -11,9 +11,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::config::Limits;
-use crate::findings::{self, Finding, Kind};
 use crate::inventory::{self, date, AccountState, Standards, Timestamp};
 use crate::policy;
+use crate::report::findings::{self, Finding, Kind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use crate::exposition::{write_header, write_sample};
+use crate::metrics::exposition::{write_header, write_sample};
 
 /// Linux reports CPU times in clock ticks; USER_HZ is 100 on every architecture Linux
 /// exports to user space.
