@@ -166,7 +166,7 @@ fn load_all(
 ) -> Result<(Config, WebSecurity), config::ConfigError> {
     let cfg = config::load(config_file)?;
     let security = match web_config_file {
-        Some(path) => web_config::load(path)?,
+        Some(path) => security::load(path)?,
         None => WebSecurity::default(),
     };
     Ok((cfg, security))
@@ -185,8 +185,7 @@ async fn reload_all(cli: &Cli) -> Result<(Config, WebSecurity), config::ConfigEr
 async fn once(cfg: Arc<Config>, shard: Shard, output: &Path) -> ExitCode {
     let inventory = Arc::new(Inventory::default());
     let health = Arc::new(Health::new(unix_now(), shard, BUILD));
-    let discovered =
-        refresher::refresh_all_once(cfg, shard, inventory.clone(), health.clone()).await;
+    let discovered = refresh::refresh_all_once(cfg, shard, inventory.clone(), health.clone()).await;
     let accounts = inventory.accounts();
     let failed = accounts.iter().filter(|s| !s.up).count();
 
@@ -230,7 +229,7 @@ async fn audit(cfg: Arc<Config>, shard: Shard, format: audit::Format) -> ExitCod
             }
         })
     });
-    refresher::refresh_all_once(cfg, shard, inventory.clone(), health.clone()).await;
+    refresh::refresh_all_once(cfg, shard, inventory.clone(), health.clone()).await;
     if let Some(p) = progress {
         p.abort();
         eprint!("\r\x1b[K");
@@ -397,5 +396,5 @@ fn files_digest(cli: &Cli) -> u64 {
         .chain(&cli.web_config_file)
         .cloned()
         .collect();
-    web_config::files_digest(&paths)
+    security::files_digest(&paths)
 }

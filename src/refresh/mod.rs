@@ -21,8 +21,8 @@ use crate::aws::{self, AccountReader, OrgReader};
 use crate::config::{jittered, Config};
 use crate::inventory::{unix_now, AccountState, Inventory, RefreshError, Stage};
 use crate::metrics::health::{Health, Held, IdentityStatus};
-use crate::refresh::discovery::{self, Found};
-use crate::refresh::gate::Gate;
+use discovery::Found;
+use gate::Gate;
 
 /// The running account tasks and the discovery task, owned by a supervisor task that applies
 /// reloads and discovery results one at a time. A change restarts only the tasks of accounts
