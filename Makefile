@@ -15,7 +15,7 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
-bench: ## render time, memory, config validation at scale, CPU per AWS request, sizing, IAM throttling (release build; ~40 min)
+bench: ## render time, memory, config validation at scale, CPU per AWS request, sizing, IAM throttling (release build; ~45 min)
 	cargo bench --bench render
 	cargo bench --bench config
 	cargo build --release
