@@ -609,6 +609,105 @@ mod tests {
         parse(yaml, Path::new("test.yaml")).unwrap_err().to_string()
     }
 
+    /// The field paths of the README's configuration table (`aws.max_attempts`,
+    /// `accounts[].role_arn`, `discovery.organizations.*`).
+    fn documented_fields() -> Vec<String> {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        let (_, table) = readme
+            .split_once("| field | default | allowed | meaning |")
+            .unwrap();
+        let table = table.split("\n\n").next().unwrap();
+        table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split_once('`'))
+            .map(|(field, _)| field.to_string())
+            .collect()
+    }
+
+    /// `value` under the field `path` (`a.b`, `accounts[].c`) in a file that is valid apart
+    /// from it.
+    fn file_with(path: &str, value: &str) -> String {
+        let one = "id: \"111111111111\"";
+        match path.split_once("[].") {
+            Some(("accounts", rest)) => {
+                format!("accounts:\n  - {{{one}, {}}}\n", nest(rest, value))
+            }
+            _ => format!("{}\naccounts:\n  - {{{one}}}\n", nest(path, value)),
+        }
+    }
+
+    fn nest(path: &str, value: &str) -> String {
+        match path.split_once('.') {
+            Some((key, rest)) => format!("{key}: {{{}}}", nest(rest, value)),
+            None => format!("{key}: {value}", key = path),
+        }
+    }
+
+    /// The README's configuration table and the schema name the same fields: every field the
+    /// table names is one the reader knows, and every field the reader knows at the table's
+    /// levels is in the table (the reader's own list, from its unknown-field error).
+    #[test]
+    fn the_readme_documents_every_field_and_no_other() {
+        let documented = documented_fields();
+        assert!(documented.len() > 40, "{documented:?}");
+        for field in documented
+            .iter()
+            .filter(|f| !f.ends_with('*') && !f.ends_with("[]"))
+        {
+            let text = match parse(&file_with(field, "\"zz\""), Path::new("t.yaml")) {
+                Ok(_) => continue,
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                !text.contains("unknown field"),
+                "the README documents `{field}`, which the reader does not know: {text}"
+            );
+        }
+        for level in [
+            "",
+            "sts",
+            "aws",
+            "defaults",
+            "accounts[]",
+            "read",
+            "accounts[].read",
+            "policy",
+            "exemptions",
+            "discovery",
+        ] {
+            let probe = if level.is_empty() {
+                "zz_unknown".to_string()
+            } else {
+                format!("{level}.zz_unknown")
+            };
+            let text = err(&file_with(&probe, "1"));
+            let (_, known) = text
+                .split_once("(expected one of ")
+                .unwrap_or_else(|| panic!("{level}: {text}"));
+            let known = known.split(')').next().unwrap();
+            for key in known.split(", ").map(|k| k.trim_matches('`')) {
+                let path = if level.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{level}.{key}")
+                };
+                let listed = documented.iter().any(|d| {
+                    d == &path
+                        || d.starts_with(&format!("{path}."))
+                        || d.starts_with(&format!("{path}[]"))
+                        // `accounts[].read.*`: every field below it.
+                        || d.strip_suffix('*').is_some_and(|under| path.starts_with(under))
+                });
+                assert!(
+                    listed,
+                    "the reader knows `{path}`, which the README's table does not name"
+                );
+            }
+        }
+    }
+
     #[test]
     fn exemptions_by_tag_are_on_by_default_and_rules_may_cover_every_account() {
         let one = "accounts:\n  - id: \"111111111111\"\n";
