@@ -1,8 +1,9 @@
 //! The inventory responses (`/metrics`, `/keys`, `/keys.json`) being sent at once, at most
-//! `--web.max-inflight-responses`. At the cap, the response whose client has gone longest
-//! without taking a chunk, if that is at least [`STALLED`], has its connection cut to make
-//! room: clients that ask and never read cannot keep a scraper out until the write timeout
-//! frees their places. Only while every response is moving is a new one refused.
+//! `--web.max-inflight-responses`. At the cap, a new response waits (at most [`STALLED`]) until
+//! the one whose client has gone longest without taking a chunk has gone [`STALLED`], and
+//! that one's connection is cut to make room: clients that ask and never read cannot keep a
+//! scraper out until the write timeout frees their places. Only if every response kept
+//! moving all that time is the new one refused.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +14,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// A response whose client took no chunk for this long may be cut for a new one: short, so
-/// that a scraper coming in among clients that stopped reading waits little more than its
-/// own render time, yet a client reading 256 KiB a second still takes a chunk every 250 ms.
+/// that a scraper coming in among clients that stopped reading waits at most this long, yet
+/// a client reading 256 KiB a second still takes a chunk every 250 ms.
 pub const STALLED: Duration = Duration::from_millis(250);
 
 pub struct InFlight {
