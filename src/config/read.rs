@@ -183,84 +183,12 @@ pub(super) fn config(root: Value, p: &mut Problems) -> Option<Config> {
         );
     }
 
-    // Checks that span fields.
-    let gap = refresh_interval
-        .get()
-        .map(|d| d.mul_f64(1.0 + REFRESH_JITTER));
-    let staleness_floor = gap.zip(refresh_timeout.get()).map(|(g, t)| g + t);
-    cross_check(
-        p,
-        &[
-            (max_staleness.at, "max_staleness"),
-            (refresh_interval.at, "refresh_interval"),
-            (refresh_timeout.at, "refresh_timeout"),
-        ],
-        max_staleness
-            .get()
-            .zip(staleness_floor)
-            .map(|(m, f)| m >= f),
-        format!(
-            "max_staleness ({}) is shorter than the longest time between two refreshes of an \
-             account, refresh_interval + 10% jitter + refresh_timeout ({}): one failed refresh \
-             would drop the account's series and reset every alert on them; raise max_staleness",
-            opt_human(max_staleness.get()),
-            opt_human(staleness_floor)
-        ),
-    );
-    // Settings that only have no effect are warnings: the refresh deadline wins anyway.
-    let (operation, report) = (&aws.operation_timeout, &aws.credential_report_timeout);
-    cross_check(
-        &mut warnings,
-        &[
-            (operation.at, "aws.operation_timeout"),
-            (refresh_timeout.at, "refresh_timeout"),
-        ],
-        operation
-            .get()
-            .zip(refresh_timeout.get())
-            .map(|(o, r)| o <= r),
-        format!(
-            "aws.operation_timeout ({}) is longer than refresh_timeout ({}): a single call could \
-             outlive the whole refresh, which refresh_timeout cuts short anyway",
-            opt_human(operation.get()),
-            opt_human(refresh_timeout.get())
-        ),
-    );
-    cross_check(
-        &mut warnings,
-        &[
-            (report.at, "aws.credential_report_timeout"),
-            (refresh_timeout.at, "refresh_timeout"),
-        ],
-        report.get().zip(refresh_timeout.get()).map(|(c, r)| c < r),
-        format!(
-            "aws.credential_report_timeout ({}) must be shorter than refresh_timeout ({}), or \
-             the refresh is abandoned before the report's own timeout can say why",
-            opt_human(report.get()),
-            opt_human(refresh_timeout.get())
-        ),
-    );
-    let renew_floor = gap.zip(sts.renew_before.get()).map(|(g, r)| g + r);
-    cross_check(
-        &mut warnings,
-        &[
-            (sts.session_duration.at, "sts.session_duration"),
-            (refresh_interval.at, "refresh_interval"),
-            (sts.renew_before.at, "sts.renew_before"),
-        ],
-        sts.session_duration
-            .get()
-            .zip(renew_floor)
-            .map(|(s, f)| s > f),
-        format!(
-            "sessions of {} do not last from one refresh to the next (refresh_interval + 10% \
-             jitter + sts.renew_before = {}), so every refresh assumes the role again: one \
-             extra STS call per account and refresh. Raise sts.session_duration (up to the \
-             role's MaxSessionDuration) if that matters",
-            opt_human(sts.session_duration.get()),
-            opt_human(renew_floor)
-        ),
-    );
+    let timing = Timing {
+        refresh_interval: &refresh_interval,
+        refresh_timeout: &refresh_timeout,
+        max_staleness: &max_staleness,
+    };
+    timing.check(&sts, &aws, p, &mut warnings);
     if let Some(d) = &discovery {
         check_against_discovery(&accounts, d, p);
     }
@@ -310,6 +238,107 @@ fn section<'a>(top: &mut Map<'a>, key: &'static str, p: &mut Problems) -> Map<'a
 
 fn opt_human(d: Option<Duration>) -> String {
     d.map_or_else(|| "?".into(), human)
+}
+
+/// The durations whose relations the file must keep.
+struct Timing<'a> {
+    refresh_interval: &'a Setting<Duration>,
+    refresh_timeout: &'a Setting<Duration>,
+    max_staleness: &'a Setting<Duration>,
+}
+
+impl Timing<'_> {
+    /// The checks that span fields: an error where the setting would lose data, a warning
+    /// where it only has no effect.
+    fn check(
+        &self,
+        sts: &StsSettings,
+        aws: &AwsSettings,
+        p: &mut Problems,
+        warnings: &mut Problems,
+    ) {
+        let gap = self
+            .refresh_interval
+            .get()
+            .map(|d| d.mul_f64(1.0 + REFRESH_JITTER));
+        let staleness_floor = gap.zip(self.refresh_timeout.get()).map(|(g, t)| g + t);
+        cross_check(
+            p,
+            &[
+                (self.max_staleness.at, "max_staleness"),
+                (self.refresh_interval.at, "refresh_interval"),
+                (self.refresh_timeout.at, "refresh_timeout"),
+            ],
+            self.max_staleness
+                .get()
+                .zip(staleness_floor)
+                .map(|(m, f)| m >= f),
+            format!(
+                "max_staleness ({}) is shorter than the longest time between two refreshes of an \
+                 account, refresh_interval + 10% jitter + refresh_timeout ({}): one failed refresh \
+                 would drop the account's series and reset every alert on them; raise max_staleness",
+                opt_human(self.max_staleness.get()),
+                opt_human(staleness_floor)
+            ),
+        );
+        // Settings that only have no effect are warnings: the refresh deadline wins anyway.
+        let (operation, report) = (&aws.operation_timeout, &aws.credential_report_timeout);
+        cross_check(
+            warnings,
+            &[
+                (operation.at, "aws.operation_timeout"),
+                (self.refresh_timeout.at, "refresh_timeout"),
+            ],
+            operation
+                .get()
+                .zip(self.refresh_timeout.get())
+                .map(|(o, r)| o <= r),
+            format!(
+                "aws.operation_timeout ({}) is longer than refresh_timeout ({}): a single call could \
+                 outlive the whole refresh, which refresh_timeout cuts short anyway",
+                opt_human(operation.get()),
+                opt_human(self.refresh_timeout.get())
+            ),
+        );
+        cross_check(
+            warnings,
+            &[
+                (report.at, "aws.credential_report_timeout"),
+                (self.refresh_timeout.at, "refresh_timeout"),
+            ],
+            report
+                .get()
+                .zip(self.refresh_timeout.get())
+                .map(|(c, r)| c < r),
+            format!(
+                "aws.credential_report_timeout ({}) must be shorter than refresh_timeout ({}), or \
+                 the refresh is abandoned before the report's own timeout can say why",
+                opt_human(report.get()),
+                opt_human(self.refresh_timeout.get())
+            ),
+        );
+        let renew_floor = gap.zip(sts.renew_before.get()).map(|(g, r)| g + r);
+        cross_check(
+            warnings,
+            &[
+                (sts.session_duration.at, "sts.session_duration"),
+                (self.refresh_interval.at, "refresh_interval"),
+                (sts.renew_before.at, "sts.renew_before"),
+            ],
+            sts.session_duration
+                .get()
+                .zip(renew_floor)
+                .map(|(s, f)| s > f),
+            format!(
+                "sessions of {} do not last from one refresh to the next (refresh_interval + 10% \
+                 jitter + sts.renew_before = {}), so every refresh assumes the role again: one \
+                 extra STS call per account and refresh. Raise sts.session_duration (up to the \
+                 role's MaxSessionDuration) if that matters",
+                opt_human(sts.session_duration.get()),
+                opt_human(renew_floor)
+            ),
+        );
+    }
 }
 
 struct StsSettings {
