@@ -49,4 +49,90 @@ mod tests {
         files.sort_unstable();
         assert_eq!(named, files, "the code map's modules and src/");
     }
+
+    /// A fact shown in several places is computed in one: an access key's age, its idle time
+    /// and its disable-by deadline read the same on `/metrics`, in `/keys.json` and in the
+    /// audit's findings (`AccessKey::idle_since`, `policy::key_deadlines`).
+    #[test]
+    fn a_keys_age_idle_time_and_deadline_read_the_same_in_every_output() {
+        use std::sync::Arc;
+
+        use crate::inventory::{whole_days, LastUse, Standards, DAY};
+
+        let now = 2e9;
+        let (created, used) = (now - 400.0 * DAY, now - 60.5 * DAY);
+        let mut state = Arc::try_unwrap(crate::inventory::sample_state(1, 0)).unwrap();
+        let mut snapshot = Arc::try_unwrap(state.snapshot.take().unwrap()).unwrap();
+        let key = &mut snapshot.keys[0];
+        key.created = created;
+        key.last_used = Some(LastUse {
+            at: used,
+            service: None,
+            region: None,
+        });
+        let key_id = key.id.clone();
+        state.snapshot = Some(Arc::new(snapshot));
+        let accounts = vec![Arc::new(state)];
+        let standards = Arc::new(Standards::default());
+
+        let health = crate::metrics::health::Health::new(
+            0.0,
+            Default::default(),
+            crate::metrics::health::BuildInfo {
+                version: "t",
+                revision: "t",
+                rustc_version: "t",
+            },
+        );
+        let text: Vec<u8> = crate::metrics::collector::render(
+            &accounts,
+            standards.clone(),
+            &health,
+            crate::metrics::collector::Scope::Server,
+            now,
+        )
+        .flatten()
+        .collect();
+        let text = String::from_utf8(text).unwrap();
+        let sample = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(name) && l.contains(&key_id))
+                .unwrap_or_else(|| panic!("no {name} for {key_id}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        let (age, idle) = (now - created, now - used);
+        assert_eq!(sample("aws_iam_access_key_age_seconds{"), age);
+        assert_eq!(sample("aws_iam_access_key_idle_seconds{"), idle);
+
+        let page = crate::web::keys::Page::select(
+            accounts.clone(),
+            standards.clone(),
+            crate::web::keys::Query::parse(Some("kind=access_key")),
+            now,
+        );
+        let doc: serde_json::Value =
+            serde_json::from_slice(&page.json().flatten().collect::<Vec<u8>>()).unwrap();
+        let row = doc["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == key_id.as_str())
+            .unwrap();
+        assert_eq!(row["age_days"], whole_days(age));
+        assert_eq!(row["idle_days"], whole_days(idle));
+
+        // Idle 60 days against the default 45: unused, by the same deadline /keys shows.
+        let findings = crate::report::findings::of_account(&accounts[0], &standards, now);
+        let unused = findings
+            .iter()
+            .find(|f| {
+                f.kind == crate::report::findings::Kind::KeyUnused
+                    && f.credential_id.as_deref() == Some(key_id.as_str())
+            })
+            .expect("the key is unused past key_max_idle");
+        assert_eq!(unused.days, Some(whole_days(idle)));
+        let (deadline, _) = unused.deadline.as_ref().unwrap();
+        assert_eq!(row["disable_by"], crate::inventory::date(*deadline));
+    }
 }
