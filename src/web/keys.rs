@@ -174,22 +174,14 @@ struct Row<'a> {
     disable_by: Option<Timestamp>,
 }
 
-/// Every credential of an account, in no particular order: access keys, service-specific
-/// credentials, SSH keys, roles. A credential's position in this sequence is its place in a
-/// [`Page`] (`at`).
+/// Every credential of an account: access keys, service-specific credentials, SSH keys,
+/// roles. A credential's position in this sequence is its place in a [`Page`] (`at`).
 fn credentials(s: &AccountState) -> impl Iterator<Item = Credential<'_>> {
-    s.snapshot.iter().flat_map(|snap| {
-        let keys = snap.keys.iter().map(Credential::AccessKey);
-        let service = snap.service_credentials.iter().flatten();
-        let ssh = snap.ssh_keys.iter().flatten().map(Credential::Ssh);
-        let roles = snap.roles.iter().flatten().map(Credential::Role);
-        keys.chain(service.map(Credential::Service))
-            .chain(ssh)
-            .chain(roles)
-    })
+    (0..).map_while(|at| credential_at(s, at))
 }
 
-/// The credential at `at` in [`credentials`]'s order, found without walking the others.
+/// The credential at `at` in the account's one order of credentials, found without walking
+/// the others.
 fn credential_at(s: &AccountState, at: usize) -> Option<Credential<'_>> {
     let snap = s.snapshot.as_deref()?;
     let mut at = at;
@@ -286,7 +278,6 @@ impl Page {
                 }
             })
             .collect();
-        drop(users);
         Page {
             accounts,
             standards,
