@@ -188,12 +188,9 @@ pub fn plan(cfg: &Config, discovered: Option<&Discovered>, shard: Shard) -> Vec<
             out.insert(&org.id, account);
         }
     }
-    for entry in &cfg.accounts {
+    for entry in listed_in_shard(cfg, shard) {
         // Organizations knows better than the file whether an account can still be read.
-        if out.contains_key(entry.id.as_str())
-            || inactive.contains(entry.id.as_str())
-            || !shard.owns(&entry.id)
-        {
+        if out.contains_key(entry.id.as_str()) || inactive.contains(entry.id.as_str()) {
             continue;
         }
         out.insert(&entry.id, resolve(cfg, &entry.id, Some(entry)));
@@ -201,10 +198,10 @@ pub fn plan(cfg: &Config, discovered: Option<&Discovered>, shard: Shard) -> Vec<
     out.into_values().map(Arc::new).collect()
 }
 
-/// How many of the file's accounts this replica reads before discovery adds any: what
-/// `plan` without discovery returns, counted without building them.
-pub fn listed_in_shard(cfg: &Config, shard: Shard) -> usize {
-    cfg.accounts.iter().filter(|e| shard.owns(&e.id)).count()
+/// The file's accounts in this replica's shard: what `plan` reads without discovery (and
+/// what `check-config` counts without building them).
+pub fn listed_in_shard(cfg: &Config, shard: Shard) -> impl Iterator<Item = &AccountEntry> {
+    cfg.accounts.iter().filter(move |e| shard.owns(&e.id))
 }
 
 /// The ids of the discovered accounts this replica will read: whose tags it needs.
@@ -314,7 +311,7 @@ mod tests {
             let shard = Shard { index, total: 3 };
             let planned = plan(&cfg, None, shard).len();
             assert!(planned > 50, "{planned}");
-            assert_eq!(listed_in_shard(&cfg, shard), planned);
+            assert_eq!(listed_in_shard(&cfg, shard).count(), planned);
         }
     }
 

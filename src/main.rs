@@ -132,7 +132,7 @@ fn hostname() -> String {
 
 fn check_config(cli: &Cli, cfg: &Config, shard: Shard) {
     let listed = cfg.accounts.len();
-    let mine = accounts::listed_in_shard(cfg, shard);
+    let mine = accounts::listed_in_shard(cfg, shard).count();
     let mut summary = format!(
         "{}: valid, {listed} account(s) listed",
         cli.config_file.display()
