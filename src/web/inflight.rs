@@ -108,7 +108,7 @@ impl InFlight {
                 Some((moved, _)) => {
                     return Err(self.epoch + Duration::from_millis(moved + stalled_ms))
                 }
-                // A cap of 0 cannot be configured; were it, every request would wait and go.
+                // Only with a cap of 0, which the flag refuses: waited out, then refused.
                 None => return Err(Instant::now() + STALLED),
             }
         }
@@ -138,6 +138,9 @@ impl Place {
 }
 
 impl Drop for Place {
+    /// Dropped with its body: sent, or its connection gone. A response cut for another
+    /// (its place already given away) hands the memory its body freed back to the system,
+    /// as a response cut at the write timeout does.
     fn drop(&mut self) {
         let mut sending = self
             .inflight
@@ -146,6 +149,9 @@ impl Drop for Place {
             .unwrap_or_else(|e| e.into_inner());
         if sending.remove(&self.id).is_some() {
             self.inflight.freed.notify_waiters();
+        } else {
+            drop(sending);
+            crate::metrics::process::release_freed_memory();
         }
     }
 }
