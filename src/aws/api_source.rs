@@ -606,7 +606,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_call_throttled_past_its_limit_returns_the_error() {
         // The first try and MAX_THROTTLED more, then the error.
-        const CALLS: usize = super::super::pace::MAX_THROTTLED as usize + 1;
+        const CALLS: usize = crate::aws::pace::MAX_THROTTLED as usize + 1;
         let rule = users_answering(&Attempts::default(), &[(400, "Throttling"); CALLS], false);
         let (iam, rate) = mock::iam_with_rate(&[&rule]).await;
         let err = scan(&iam, 1).await.unwrap_err();
