@@ -600,7 +600,7 @@ mod tests {
         // Had the SDK retried the throttles itself, the pace would not have slowed down. It
         // cut its rate to 70 % (once a second at most: the retries come at its ticks).
         let cut = mock::config().aws.requests_per_second * 0.7;
-        assert!(rate.get() < cut + 0.1, "{}", rate.get());
+        assert!(rate.rate() < cut + 0.1, "{}", rate.rate());
     }
 
     #[tokio::test(start_paused = true)]
@@ -615,6 +615,6 @@ mod tests {
             (Stage::ListUsers, Code::Aws("Throttling".into()))
         );
         assert_eq!(rule.num_calls(), CALLS);
-        assert!(rate.get() < mock::config().aws.requests_per_second);
+        assert!(rate.rate() < mock::config().aws.requests_per_second);
     }
 }

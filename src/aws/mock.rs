@@ -12,10 +12,9 @@ use aws_smithy_mocks::{create_mock_http_client, MockResponseInterceptor, Rule, R
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::http::StatusCode;
 use aws_smithy_types::body::SdkBody;
-use prometheus::Gauge;
 use tokio::time::Instant;
 
-use super::{pace::Pace, sdk_config, Base, Iam};
+use super::{pace::Pace, sdk_config, Base, Iam, Meter, Outcome};
 use crate::config::Config;
 
 /// A configuration with every AWS setting at its default.
@@ -42,8 +41,29 @@ pub fn answers(rules: &[&Rule]) -> MockResponseInterceptor {
     )
 }
 
-/// An account's IAM client and pace as the exporter builds them, and the pace's rate gauge.
-pub async fn iam_with_rate(rules: &[&Rule]) -> (Iam, Gauge) {
+/// A meter that keeps what it hears, for tests to read.
+#[derive(Default)]
+pub struct Heard {
+    rate: Mutex<f64>,
+}
+
+impl Heard {
+    /// The rate the pace last reported.
+    pub fn rate(&self) -> f64 {
+        *self.rate.lock().unwrap()
+    }
+}
+
+impl Meter for Heard {
+    fn request(&self, _: &str, _: Outcome) {}
+    fn assume_role(&self, _: bool) {}
+    fn rate(&self, per_second: f64) {
+        *self.rate.lock().unwrap() = per_second;
+    }
+}
+
+/// An account's IAM client and pace as the exporter builds them, and what its meter hears.
+pub async fn iam_with_rate(rules: &[&Rule]) -> (Iam, Arc<Heard>) {
     // The SDK keeps a retry budget per partition name for the whole process: each client a
     // name of its own, so tests running together do not spend each other's.
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -52,12 +72,12 @@ pub async fn iam_with_rate(rules: &[&Rule]) -> (Iam, Gauge) {
     let client = Iam::config(&base(&cfg).await, &account)
         .interceptor(answers(rules))
         .build();
-    let rate = Gauge::new("rate", "rate").unwrap();
+    let heard = Arc::new(Heard::default());
     let iam = Iam {
         client: aws_sdk_iam::Client::from_conf(client),
-        pace: Pace::new(cfg.aws.requests_per_second, rate.clone()),
+        pace: Pace::new(cfg.aws.requests_per_second, heard.clone()),
     };
-    (iam, rate)
+    (iam, heard)
 }
 
 pub async fn iam(rules: &[&Rule]) -> Iam {

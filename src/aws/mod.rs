@@ -42,8 +42,7 @@ use aws_smithy_types::retry::ErrorKind;
 
 use crate::accounts::Account;
 use crate::config::{Config, Source};
-use crate::inventory::{unix, Code, RefreshError, Snapshot, Stage, Timestamp};
-use crate::metrics::health::{Health, Identity};
+use crate::inventory::{unix, Code, Identity, RefreshError, Snapshot, Stage, Timestamp};
 
 pub use organizations::OrgReader;
 use session::Session;
@@ -265,25 +264,19 @@ pub struct AccountReader {
 }
 
 impl AccountReader {
-    pub fn new(base: &Base, cfg: &Config, account: &Account, health: Arc<Health>) -> Self {
-        let counter = RequestCounter {
-            owner: Owner {
-                account_id: account.id.clone(),
-                account_name: account.name.clone(),
-            },
-            health: health.clone(),
-        };
+    /// A reader for `account`, reporting its requests, sessions and pace to `meter`.
+    pub fn new(base: &Base, cfg: &Config, account: &Account, meter: Arc<dyn Meter>) -> Self {
+        let counter = RequestCounter(meter.clone());
         let mut iam = Iam::config(base, &account.id).interceptor(counter.clone());
         let session = account
             .role
             .as_ref()
-            .map(|role| Session::new(base, role.clone(), cfg, counter, health.clone()));
+            .map(|role| Session::new(base, role.clone(), &account.id, cfg, counter));
         if let Some(s) = &session {
             iam = iam
                 .credentials_provider(s.provider())
                 .identity_cache(IdentityCache::no_cache());
         }
-        let rate = health.request_rate([&account.id, &account.name]);
         let discovery_role = cfg.discovery.as_ref().and_then(|d| d.role_arn.as_deref());
         let own_roles = account
             .role
@@ -297,7 +290,7 @@ impl AccountReader {
         AccountReader {
             iam: Iam {
                 client: aws_sdk_iam::Client::from_conf(iam.build()),
-                pace: pace::Pace::new(cfg.aws.requests_per_second, rate),
+                pace: pace::Pace::new(cfg.aws.requests_per_second, meter),
             },
             session,
             iam_reach: Reach::new(base, cfg, "IAM", default_endpoint(cfg, "iam")),
@@ -498,29 +491,44 @@ fn secs(t: &aws_smithy_types::DateTime) -> f64 {
     t.as_secs_f64()
 }
 
-/// Whose calls a client makes: the labels its requests and sessions are counted under.
-#[derive(Clone, Debug)]
-struct Owner {
-    account_id: String,
-    account_name: String,
+/// What the AWS layer reports as it works, to whoever keeps count (the refresher hands each
+/// reader one that writes the exporter's own metrics under the account's labels): the layer
+/// itself keeps no counters and knows no metric.
+pub trait Meter: Send + Sync {
+    /// One request attempt (a retry is another), by operation.
+    fn request(&self, operation: &str, outcome: Outcome);
+    /// One AssumeRole call to open or renew a session, and whether it succeeded.
+    fn assume_role(&self, succeeded: bool);
+    /// The IAM requests per second the account's pace allows from now on.
+    fn rate(&self, per_second: f64);
 }
 
-impl Owner {
-    fn labels(&self) -> [&str; 2] {
-        [&self.account_id, &self.account_name]
+/// How a request attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// As the SDK's own retry classifiers judge it, for every protocol and code it knows.
+    Throttled,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Throttled => "throttled",
+            Outcome::Error => "error",
+        }
     }
 }
 
-/// Counts every request attempt, retries included, by operation and outcome.
+/// Reports every request attempt, retries included, to the client's meter.
 #[derive(Clone)]
-struct RequestCounter {
-    owner: Owner,
-    health: Arc<Health>,
-}
+struct RequestCounter(Arc<dyn Meter>);
 
 impl fmt::Debug for RequestCounter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RequestCounter({})", self.owner.account_id)
+        f.write_str("RequestCounter")
     }
 }
 
@@ -540,7 +548,7 @@ impl Intercept for RequestCounter {
         // The SDK's own retry classifiers say whether this attempt was throttled, for every
         // protocol and every code the SDK knows (IAM's Query XML, Organizations' JSON).
         let outcome = if succeeded {
-            "ok"
+            Outcome::Ok
         } else {
             // Leaving out the pacer's own classifier, which forbids the SDK's retry of a
             // throttled attempt but does not make it any less throttled.
@@ -551,12 +559,11 @@ impl Intercept for RequestCounter {
                 RetryAction::RetryIndicated(RetryReason::RetryableError {
                     kind: ErrorKind::ThrottlingError,
                     ..
-                }) => "throttled",
-                _ => "error",
+                }) => Outcome::Throttled,
+                _ => Outcome::Error,
             }
         };
-        self.health
-            .count_request(self.owner.labels(), operation, outcome);
+        self.0.request(operation, outcome);
         Ok(())
     }
 }

@@ -19,11 +19,10 @@ use aws_sdk_iam::config::IdentityCache;
 use aws_sdk_organizations::config::retry::RetryPartition;
 use aws_sdk_organizations::types::Account as SdkAccount;
 
-use super::{default_endpoint, AwsError, Base, Owner, Reach, RequestCounter, Session};
+use super::{default_endpoint, AwsError, Base, Meter, Reach, RequestCounter, Session};
 use crate::accounts::{OrgAccount, Role};
 use crate::config::{values::arn_account, Config, Discovery};
 use crate::inventory::{Code, RefreshError, Stage};
-use crate::metrics::health::Health;
 
 /// The most any Organizations list call returns in one page.
 const PAGE: i32 = 20;
@@ -37,18 +36,17 @@ pub struct OrgReader {
 }
 
 impl OrgReader {
-    pub fn new(base: &Base, cfg: &Config, discovery: &Discovery, health: Arc<Health>) -> Self {
-        let counter = RequestCounter {
-            owner: Self::owner(discovery),
-            health: health.clone(),
-        };
+    /// A reader reporting its requests and sessions to `meter`.
+    pub fn new(base: &Base, cfg: &Config, discovery: &Discovery, meter: Arc<dyn Meter>) -> Self {
+        let counter = RequestCounter(meter);
         let mut builder = Self::config(base).interceptor(counter.clone());
+        let owner = Self::owner_id(discovery);
         let session = discovery.role_arn.as_ref().map(|arn| {
             let role = Role {
                 arn: arn.clone(),
                 external_id: None,
             };
-            Session::new(base, role, cfg, counter, health)
+            Session::new(base, role, &owner, cfg, counter)
         });
         if let Some(s) = &session {
             builder = builder
@@ -74,22 +72,15 @@ impl OrgReader {
             .retry_partition(RetryPartition::new("organizations"))
     }
 
-    /// The labels discovery's requests are counted under: the discovery role's account (or
-    /// none, with the exporter's own credentials) and no account name.
+    /// The account discovery calls from: the discovery role's, or none (empty) with the
+    /// exporter's own credentials.
     pub fn owner_id(discovery: &Discovery) -> String {
-        Self::owner(discovery).account_id
-    }
-
-    fn owner(discovery: &Discovery) -> Owner {
-        Owner {
-            account_id: discovery
-                .role_arn
-                .as_deref()
-                .map(arn_account)
-                .unwrap_or_default()
-                .to_string(),
-            account_name: String::new(),
-        }
+        discovery
+            .role_arn
+            .as_deref()
+            .map(arn_account)
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Every account in the part of the organization `d` selects, whatever its state; with

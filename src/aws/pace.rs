@@ -14,7 +14,7 @@
 //! requests a second: 1.07 ms a request, 0.54 ms unpaced). On a one-second tick, what
 //! waited goes out together, as the bucket's burst allows anyway; the rate is unchanged.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -28,7 +28,8 @@ use aws_smithy_runtime_api::client::retries::classifiers::{
 };
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use aws_smithy_types::retry::ErrorKind;
-use prometheus::Gauge;
+
+use super::Meter;
 
 /// The slowest pace: one request every two seconds.
 const MIN_RATE: f64 = 0.5;
@@ -46,8 +47,8 @@ pub struct Pace {
     /// Where its ticks are counted from.
     began: Instant,
     state: Mutex<State>,
-    /// `iam_key_exporter_aws_request_rate` of the account.
-    gauge: Gauge,
+    /// Told the rate each time it changes.
+    meter: Arc<dyn Meter>,
 }
 
 struct State {
@@ -58,8 +59,8 @@ struct State {
 }
 
 impl Pace {
-    pub fn new(max: f64, gauge: Gauge) -> Self {
-        gauge.set(max);
+    pub fn new(max: f64, meter: Arc<dyn Meter>) -> Self {
+        meter.rate(max);
         Pace {
             max,
             began: Instant::now(),
@@ -69,7 +70,7 @@ impl Pace {
                 refilled: Instant::now(),
                 last_cut: None,
             }),
-            gauge,
+            meter,
         }
     }
 
@@ -104,7 +105,7 @@ impl Pace {
         if s.rate < self.max {
             // +1/rate per success: about one request per second more each second.
             s.rate = (s.rate + 1.0 / s.rate).min(self.max);
-            self.gauge.set(s.rate);
+            self.meter.rate(s.rate);
         }
     }
 
@@ -117,7 +118,7 @@ impl Pace {
         s.last_cut = Some(now);
         s.rate = (s.rate * DECREASE).max(MIN_RATE);
         s.tokens = s.tokens.min(0.0);
-        self.gauge.set(s.rate);
+        self.meter.rate(s.rate);
     }
 
     /// Sends a request in its turn; a throttled one again in a later turn, at a lower rate.
@@ -190,32 +191,36 @@ pub const NAME: &str = "LeaveThrottlingToPace";
 mod tests {
     use super::*;
 
-    fn pace(max: f64) -> Pace {
-        Pace::new(max, Gauge::new("t", "t").unwrap())
+    use crate::aws::mock::Heard;
+
+    /// A pace, and what its meter hears.
+    fn pace(max: f64) -> (Pace, Arc<Heard>) {
+        let heard = Arc::new(Heard::default());
+        (Pace::new(max, heard.clone()), heard)
     }
 
     #[test]
     fn throttles_cut_the_rate_once_a_second_and_successes_win_it_back() {
-        let p = pace(20.0);
+        let (p, heard) = pace(20.0);
         p.throttled();
         p.throttled();
         assert!(
-            (p.gauge.get() - 14.0).abs() < 1e-9,
+            (heard.rate() - 14.0).abs() < 1e-9,
             "one cut for a burst: {}",
-            p.gauge.get()
+            heard.rate()
         );
         for _ in 0..14 {
             p.succeeded();
         }
         assert!(
-            p.gauge.get() > 14.9 && p.gauge.get() < 15.1,
+            heard.rate() > 14.9 && heard.rate() < 15.1,
             "about +1 a second: {}",
-            p.gauge.get()
+            heard.rate()
         );
         for _ in 0..1000 {
             p.succeeded();
         }
-        assert_eq!(p.gauge.get(), 20.0, "never above the configured rate");
+        assert_eq!(heard.rate(), 20.0, "never above the configured rate");
     }
 
     /// The times of `n` turns, in seconds from `start`, and how many came at each.
@@ -235,7 +240,7 @@ mod tests {
     /// Paused time: the waits are exact, and take no time.
     #[tokio::test(start_paused = true)]
     async fn turns_come_on_the_tick_at_the_rate_which_a_throttle_lowers_once_a_second() {
-        let p = pace(20.0);
+        let (p, heard) = pace(20.0);
         let start = Instant::now();
         // The burst at once, then what waited at each whole second: 20 a second.
         let at = turns(&p, start, 70).await;
@@ -245,11 +250,11 @@ mod tests {
         // throttle within the second is the same burst.
         p.throttled();
         p.throttled();
-        assert_eq!(p.gauge.get(), 14.0);
+        assert_eq!(heard.rate(), 14.0);
         let at = turns(&p, start, 48).await;
         assert_eq!(at, [(4.0, 14), (5.0, 14), (6.0, 14), (7.0, 6)]);
 
         p.throttled();
-        assert!((p.gauge.get() - 9.8).abs() < 1e-9, "{}", p.gauge.get());
+        assert!((heard.rate() - 9.8).abs() < 1e-9, "{}", heard.rate());
     }
 }

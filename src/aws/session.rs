@@ -19,11 +19,10 @@ use aws_credential_types::provider::{self, future, ProvideCredentials, SharedCre
 use aws_credential_types::Credentials;
 use aws_sdk_iam::config::retry::RetryPartition;
 
-use super::{AwsError, Base, Owner, RequestCounter};
+use super::{AwsError, Base, RequestCounter};
 use crate::accounts::Role;
 use crate::config::Config;
 use crate::inventory::Code;
-use crate::metrics::health::Health;
 
 pub struct Session {
     sts: aws_sdk_sts::Client,
@@ -34,8 +33,9 @@ pub struct Session {
     /// At the start of a refresh, renew when less than this is left: `renew_before` plus the
     /// longest wait until the next refresh.
     renew_at_refresh: Duration,
-    owner: Owner,
-    health: Arc<Health>,
+    /// The account whose role it is, for the logs.
+    account_id: String,
+    counter: RequestCounter,
     /// An async mutex: concurrent requests wait for one AssumeRole instead of each making one.
     current: tokio::sync::Mutex<Option<Credentials>>,
     expiry: Mutex<Option<SystemTime>>,
@@ -49,19 +49,18 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// A session for `role`, with an STS client of its own (its own retry partition) that
-    /// counts its requests under `counter`'s owner.
+    /// A session for `role` in `account_id`, with an STS client of its own (its own retry
+    /// partition) whose requests and AssumeRole calls go to `counter`'s meter.
     pub fn new(
         base: &Base,
         role: Role,
+        account_id: &str,
         cfg: &Config,
         counter: RequestCounter,
-        health: Arc<Health>,
     ) -> Arc<Self> {
-        let owner = counter.owner.clone();
         let sts = aws_sdk_sts::config::Builder::from(&base.0)
-            .retry_partition(RetryPartition::new(format!("sts-{}", owner.account_id)))
-            .interceptor(counter)
+            .retry_partition(RetryPartition::new(format!("sts-{account_id}")))
+            .interceptor(counter.clone())
             .build();
         Arc::new(Session {
             sts: aws_sdk_sts::Client::from_conf(sts),
@@ -70,8 +69,8 @@ impl Session {
             duration: cfg.sts.session_duration,
             renew_before: cfg.sts.renew_before,
             renew_at_refresh: cfg.sts.renew_before + cfg.longest_refresh_gap(),
-            owner,
-            health,
+            account_id: account_id.to_string(),
+            counter,
             current: tokio::sync::Mutex::new(None),
             expiry: Mutex::new(None),
         })
@@ -100,12 +99,11 @@ impl Session {
             }
         }
         let result = self.assume().await;
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        self.health.count_assume_role(self.owner.labels(), outcome);
+        self.counter.0.assume_role(result.is_ok());
         let creds = result?;
         *self.expiry.lock().unwrap() = creds.expiry();
         tracing::debug!(
-            account_id = %self.owner.account_id,
+            account_id = %self.account_id,
             role = %self.role.arn,
             expires = ?creds.expiry().map(humantime::format_rfc3339_seconds),
             "assumed role"

@@ -196,6 +196,13 @@ pub struct SshKey {
     pub uploaded: Timestamp,
 }
 
+/// Who the exporter is to AWS (sts:GetCallerIdentity): the principal member roles must trust.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Identity {
+    pub account_id: String,
+    pub arn: String,
+}
+
 /// Bedrock's long-term API keys are service-specific credentials of this service.
 pub const BEDROCK: &str = "bedrock.amazonaws.com";
 

@@ -13,7 +13,7 @@ use prometheus::{
 };
 
 use crate::accounts::{Account, Origin, Shard};
-use crate::inventory::{RefreshError, Timestamp};
+use crate::inventory::{Identity, RefreshError, Timestamp};
 
 /// Version facts for `iam_key_exporter_build_info`.
 #[derive(Clone, Copy)]
@@ -21,13 +21,6 @@ pub struct BuildInfo {
     pub version: &'static str,
     pub revision: &'static str,
     pub rustc_version: &'static str,
-}
-
-/// Who the exporter is to AWS (sts:GetCallerIdentity): the principal member roles must trust.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Identity {
-    pub account_id: String,
-    pub arn: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -292,9 +285,9 @@ impl Health {
             .inc();
     }
 
-    /// The gauge of the account's allowed request rate, which its pace keeps current.
-    pub fn request_rate(&self, owner: [&str; 2]) -> Gauge {
-        self.request_rate.with_label_values(&owner)
+    /// The IAM requests per second the account's pace allows now.
+    pub fn set_request_rate(&self, owner: [&str; 2], per_second: f64) {
+        self.request_rate.with_label_values(&owner).set(per_second);
     }
 
     pub fn count_assume_role(&self, owner: [&str; 2], outcome: &str) {

@@ -18,7 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::accounts::{self, Account, Discovered, Shard};
 use crate::aws::{self, AccountReader, OrgReader};
-use crate::config::{jittered, Config};
+use crate::config::{jittered, Config, Discovery};
 use crate::inventory::{unix_now, AccountState, Inventory, RefreshError, Stage};
 use crate::metrics::health::{Health, Held, IdentityStatus};
 use discovery::Found;
@@ -128,6 +128,50 @@ async fn ask_identity(base: aws::Base, cfg: Arc<Config>, health: Arc<Health>) {
         }
         tokio::time::sleep(jittered(retry)).await;
         retry = (retry * 2).min(Duration::from_secs(3600));
+    }
+}
+
+/// An AWS client's requests, sessions and pace, counted in the exporter's own metrics under
+/// the labels of whom it works for: an account (id and name), or discovery (the account of
+/// its role, no name).
+struct Metered {
+    health: Arc<Health>,
+    owner: [String; 2],
+}
+
+impl Metered {
+    fn account(health: &Arc<Health>, account: &Account) -> Arc<Self> {
+        Arc::new(Metered {
+            health: health.clone(),
+            owner: [account.id.clone(), account.name.clone()],
+        })
+    }
+
+    fn discovery(health: &Arc<Health>, discovery: &Discovery) -> Arc<Self> {
+        Arc::new(Metered {
+            health: health.clone(),
+            owner: [OrgReader::owner_id(discovery), String::new()],
+        })
+    }
+
+    fn owner(&self) -> [&str; 2] {
+        [&self.owner[0], &self.owner[1]]
+    }
+}
+
+impl aws::Meter for Metered {
+    fn request(&self, operation: &str, outcome: aws::Outcome) {
+        self.health
+            .count_request(self.owner(), operation, outcome.as_str());
+    }
+
+    fn assume_role(&self, succeeded: bool) {
+        let outcome = if succeeded { "ok" } else { "error" };
+        self.health.count_assume_role(self.owner(), outcome);
+    }
+
+    fn rate(&self, per_second: f64) {
+        self.health.set_request_rate(self.owner(), per_second);
     }
 }
 
@@ -315,7 +359,8 @@ impl Supervisor {
         self.health
             .discovery_configured(self.cfg.discovery.is_some());
         if let Some(d) = &self.cfg.discovery {
-            let reader = OrgReader::new(&self.base, &self.cfg, d, self.health.clone());
+            let meter = Metered::discovery(&self.health, d);
+            let reader = OrgReader::new(&self.base, &self.cfg, d, meter);
             self.discovery = Some(tokio::spawn(discovery::run(
                 self.cfg.clone(),
                 self.shard,
@@ -364,7 +409,7 @@ pub async fn refresh_all_once(
     health.discovery_configured(cfg.discovery.is_some());
     let mut discovered = None;
     if let Some(d) = &cfg.discovery {
-        let reader = OrgReader::new(&base, &cfg, d, health.clone());
+        let reader = OrgReader::new(&base, &cfg, d, Metered::discovery(&health, d));
         discovered = discovery::once(&cfg, d, shard, &reader, &health).await;
     }
     let accounts = accounts::plan(&cfg, discovered.as_ref(), shard);
@@ -406,7 +451,7 @@ impl AccountTask {
     ) -> Self {
         AccountTask {
             account: account.clone(),
-            reader: AccountReader::new(base, cfg, account, health.clone()),
+            reader: AccountReader::new(base, cfg, account, Metered::account(health, account)),
             cfg: cfg.clone(),
             inventory: inventory.clone(),
             health: health.clone(),
