@@ -289,9 +289,12 @@ fn large_account_is_read_in_full_with_the_minimum_of_calls() {
     moto.seed(A, json!(users));
     moto.post("/_launcher/counts/reset", json!({}));
 
+    // Calls, not pacing, are what this counts: the pace set well above moto's own speed.
     let exporter = Exporter::start(
         &moto,
-        &format!("refresh_interval: 1h\naccounts:\n  - id: \"{A}\"\n"),
+        &format!(
+            "refresh_interval: 1h\naws: {{requests_per_second: 1000}}\naccounts:\n  - id: \"{A}\"\n"
+        ),
     );
     exporter.wait_ready(Duration::from_secs(300));
     let m = exporter.scrape();
