@@ -18,9 +18,10 @@ trap 'rm -rf "$LOGS"' EXIT
 bash scripts/setup-test-env.sh >"$LOGS/setup-env.log" 2>&1 &
 setup=$!
 
-echo "== cargo test --no-run"
+echo "== cargo test --no-run --all-targets"
+# Every target, the benchmarks too (built, not run: they would only print figures).
 # Diagnostics as cargo prints them go to stderr; the artifacts' JSON to a file.
-cargo test --no-run --message-format=json-render-diagnostics >"$LOGS/build.json"
+cargo test --no-run --all-targets --message-format=json-render-diagnostics >"$LOGS/build.json"
 setup_ok=0
 wait "$setup" || setup_ok=$?
 cat "$LOGS/setup-env.log"
@@ -34,8 +35,8 @@ python3 - "$LOGS/build.json" >"$LOGS/programs.tsv" <<'PY'
 import json, os, sys
 for line in open(sys.argv[1]):
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        kind = m["target"]["kind"][0]
+    kind = m.get("target", {}).get("kind", [""])[0]
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"] and kind != "bench":
         name = m["target"]["name"] if kind == "test" else f"{m['target']['name']} ({kind} unit tests)"
         print(f"{name}\t{m['executable']}")
 PY

@@ -19,7 +19,7 @@ use aws_credential_types::provider::{self, future, ProvideCredentials, SharedCre
 use aws_credential_types::Credentials;
 use aws_sdk_iam::config::retry::RetryPartition;
 
-use super::{AwsError, Base, RequestCounter};
+use super::{AwsError, Base, Meter, RequestCounter};
 use crate::accounts::Role;
 use crate::config::Config;
 use crate::inventory::Code;
@@ -35,7 +35,8 @@ pub struct Session {
     renew_at_refresh: Duration,
     /// The account whose role it is, for the logs.
     account_id: String,
-    counter: RequestCounter,
+    /// Told of every AssumeRole.
+    meter: Arc<dyn Meter>,
     /// An async mutex: concurrent requests wait for one AssumeRole instead of each making one.
     current: tokio::sync::Mutex<Option<Credentials>>,
     expiry: Mutex<Option<SystemTime>>,
@@ -62,6 +63,7 @@ impl Session {
             .retry_partition(RetryPartition::new(format!("sts-{account_id}")))
             .interceptor(counter.clone())
             .build();
+        let RequestCounter(meter) = counter;
         Arc::new(Session {
             sts: aws_sdk_sts::Client::from_conf(sts),
             role,
@@ -70,7 +72,7 @@ impl Session {
             renew_before: cfg.sts.renew_before,
             renew_at_refresh: cfg.sts.renew_before + cfg.longest_refresh_gap(),
             account_id: account_id.to_string(),
-            counter,
+            meter,
             current: tokio::sync::Mutex::new(None),
             expiry: Mutex::new(None),
         })
@@ -99,7 +101,7 @@ impl Session {
             }
         }
         let result = self.assume().await;
-        self.counter.0.assume_role(result.is_ok());
+        self.meter.assume_role(result.is_ok());
         let creds = result?;
         *self.expiry.lock().unwrap() = creds.expiry();
         tracing::debug!(
