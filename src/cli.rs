@@ -226,24 +226,15 @@ fn parse_write_timeout(s: &str) -> Result<std::time::Duration, String> {
     at_least_a_second(s, "a large scrape could not be read in time")
 }
 
-/// The paths the exporter serves itself; metrics cannot live there.
-pub const RESERVED_PATHS: &[&str] = &[
-    "/",
-    "/keys",
-    "/keys.json",
-    "/-/healthy",
-    "/-/ready",
-    "/-/reload",
-];
-
 fn parse_telemetry_path(s: &str) -> Result<String, String> {
     if !s.starts_with('/') {
         return Err(format!("{s:?} must start with / (like /metrics)"));
     }
-    if s.starts_with("/-/") || RESERVED_PATHS.contains(&s) {
+    if s.starts_with("/-/") || crate::web::server::own_paths().any(|p| p == s) {
+        let own: Vec<&str> = crate::web::server::own_paths().collect();
         return Err(format!(
             "{s:?} is one of the exporter's own paths ({}, everything under /-/); pick another, like /metrics",
-            RESERVED_PATHS.join(", ")
+            own.join(", ")
         ));
     }
     if s.contains(['?', '#', ' ']) {

@@ -370,18 +370,27 @@ enum Route {
     Reload,
 }
 
+/// The paths the server answers besides the telemetry path.
+const PATHS: [(&str, Route); 6] = [
+    ("/", Route::Landing),
+    ("/keys", Route::Keys),
+    ("/keys.json", Route::KeysJson),
+    ("/-/healthy", Route::Healthy),
+    ("/-/ready", Route::Ready),
+    ("/-/reload", Route::Reload),
+];
+
+/// The paths the exporter serves itself, where `--web.telemetry-path` cannot put the metrics.
+pub fn own_paths() -> impl Iterator<Item = &'static str> {
+    PATHS.iter().map(|(path, _)| *path)
+}
+
 impl Route {
     fn of(web: &Web, path: &str) -> Option<Route> {
-        match path {
-            p if p == web.telemetry_path => Some(Route::Metrics),
-            "/" => Some(Route::Landing),
-            "/keys" => Some(Route::Keys),
-            "/keys.json" => Some(Route::KeysJson),
-            "/-/healthy" => Some(Route::Healthy),
-            "/-/ready" => Some(Route::Ready),
-            "/-/reload" => Some(Route::Reload),
-            _ => None,
+        if path == web.telemetry_path {
+            return Some(Route::Metrics);
         }
+        PATHS.iter().find(|(p, _)| *p == path).map(|(_, r)| *r)
     }
 
     /// The methods it answers, as the `Allow` header lists them.
