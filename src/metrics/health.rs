@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::accounts::{Account, Origin, Shard};
@@ -95,12 +95,12 @@ pub struct Health {
     refresh_errors: IntCounterVec,
     aws_requests: IntCounterVec,
     accounts: IntGaugeVec,
-    request_rate: prometheus::GaugeVec,
+    request_rate: GaugeVec,
     reload_successful: IntGauge,
     reload_success_time: Gauge,
     discovered: IntGaugeVec,
     discovery_up: IntGaugeVec,
-    discovery_success_time: prometheus::GaugeVec,
+    discovery_success_time: GaugeVec,
     shrink_held: IntGaugeVec,
     shrink_kept: IntGaugeVec,
     identity_info: IntGaugeVec,
@@ -120,30 +120,39 @@ const SERVER_ONLY: &[&str] = &[
 
 const ACCOUNT_LABELS: [&str; 2] = ["account_id", "account_name"];
 
+/// Registers a metric family, and hands it back to be updated. Names and labels are the
+/// code's own constants, so neither creating nor registering one can fail.
+fn registered<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<C>,
+) -> C {
+    let metric = metric.expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
+/// A counter family by account, and by `extra` labels.
 fn counter(registry: &Registry, name: &str, help: &str, extra: &[&str]) -> IntCounterVec {
     let labels: Vec<&str> = ACCOUNT_LABELS.iter().chain(extra).copied().collect();
-    let c = IntCounterVec::new(Opts::new(name, help), &labels).expect("valid counter");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("registered once");
-    c
+    registered(registry, IntCounterVec::new(Opts::new(name, help), &labels))
 }
 
 fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("registered once");
-    g
+    registered(registry, IntGaugeVec::new(Opts::new(name, help), labels))
+}
+
+fn float_gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    registered(registry, GaugeVec::new(Opts::new(name, help), labels))
 }
 
 impl Health {
     pub fn new(started: f64, shard: Shard, build: BuildInfo) -> Self {
         let r = Registry::new();
         let int_gauge = |name: &str, help: &str, value: i64| {
-            let g = IntGauge::new(name, help).expect("valid gauge");
+            let g = registered(&r, IntGauge::new(name, help));
             g.set(value);
-            r.register(Box::new(g.clone())).expect("registered once");
             g
         };
         int_gauge(
@@ -164,24 +173,14 @@ impl Health {
         )
         .with_label_values(&[build.version, build.revision, build.rustc_version])
         .set(1);
-        let reload_success_time = Gauge::new(
-            "iam_key_exporter_config_last_reload_success_timestamp_seconds",
-            "When the configuration was last loaded successfully, in Unix seconds.",
-        )
-        .expect("valid gauge");
-        reload_success_time.set(started);
-        r.register(Box::new(reload_success_time.clone()))
-            .expect("registered once");
-        let discovery_success_time = prometheus::GaugeVec::new(
-            Opts::new(
-                "iam_key_exporter_discovery_last_success_timestamp_seconds",
-                "When discovery through AWS Organizations last succeeded, in Unix seconds.",
+        let reload_success_time = registered(
+            &r,
+            Gauge::new(
+                "iam_key_exporter_config_last_reload_success_timestamp_seconds",
+                "When the configuration was last loaded successfully, in Unix seconds.",
             ),
-            &[],
-        )
-        .expect("valid gauge");
-        r.register(Box::new(discovery_success_time.clone()))
-            .expect("registered once");
+        );
+        reload_success_time.set(started);
         Health {
             assume_role: counter(
                 &r,
@@ -201,18 +200,12 @@ impl Health {
                 "AWS API request attempts (retries included), by operation and outcome.",
                 &["operation", "outcome"],
             ),
-            request_rate: {
-                let g = prometheus::GaugeVec::new(
-                    Opts::new(
-                        "iam_key_exporter_aws_request_rate",
-                        "IAM requests per second the account's pace allows now: aws.requests_per_second, lowered when IAM throttles and raised again while it does not.",
-                    ),
-                    &ACCOUNT_LABELS,
-                )
-                .expect("valid gauge");
-                r.register(Box::new(g.clone())).expect("registered once");
-                g
-            },
+            request_rate: float_gauges(
+                &r,
+                "iam_key_exporter_aws_request_rate",
+                "IAM requests per second the account's pace allows now: aws.requests_per_second, lowered when IAM throttles and raised again while it does not.",
+                &ACCOUNT_LABELS,
+            ),
             accounts: gauges(
                 &r,
                 "iam_key_exporter_accounts",
@@ -237,7 +230,12 @@ impl Health {
                 "1 if the last discovery through AWS Organizations succeeded, else 0; absent before the first.",
                 &[],
             ),
-            discovery_success_time,
+            discovery_success_time: float_gauges(
+                &r,
+                "iam_key_exporter_discovery_last_success_timestamp_seconds",
+                "When discovery through AWS Organizations last succeeded, in Unix seconds.",
+                &[],
+            ),
             shrink_held: gauges(
                 &r,
                 "iam_key_exporter_discovery_shrink_held",
@@ -257,18 +255,19 @@ impl Health {
                 &["account_id", "arn"],
             ),
             http_refused: {
-                let c = IntCounterVec::new(
-                    Opts::new(
-                        "iam_key_exporter_http_refused_total",
-                        "HTTP clients the server turned away or cut off, by reason: inflight (503, --web.max-inflight-responses reached), login_queue (429, too many basic-auth checks waiting), idle_evicted (the longest-idle connection closed for a new one at --web.max-connections), write_timeout (a response not read within --web.write-timeout), stalled_cut (a response not read for 250 ms, cut for a new one at --web.max-inflight-responses).",
+                let c = registered(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "iam_key_exporter_http_refused_total",
+                            "HTTP clients the server turned away or cut off, by reason: inflight (503, --web.max-inflight-responses reached), login_queue (429, too many basic-auth checks waiting), idle_evicted (the longest-idle connection closed for a new one at --web.max-connections), write_timeout (a response not read within --web.write-timeout), stalled_cut (a response not read for 250 ms, cut for a new one at --web.max-inflight-responses).",
+                        ),
+                        &["reason"],
                     ),
-                    &["reason"],
-                )
-                .expect("valid counter");
+                );
                 for why in Refused::ALL {
                     c.with_label_values(&[why.label()]);
                 }
-                r.register(Box::new(c.clone())).expect("registered once");
                 c
             },
             registry: r,
