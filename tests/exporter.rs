@@ -1081,3 +1081,35 @@ fn a_failing_account_is_asked_its_size_once_not_at_every_refresh() {
         "{assumed} AssumeRole calls for {refreshes} refreshes"
     );
 }
+
+/// When STS will not say who the exporter is, `/` says so with AWS's code and words, the log
+/// names the code, and the accounts are read all the same.
+#[test]
+fn an_identity_sts_will_not_give_is_shown_with_its_reason() {
+    let moto = Moto::start();
+    moto.seed(A, users("u", 1, 1));
+    moto.faults(json!([{"kind": "access_denied", "operation": "GetCallerIdentity"}]));
+    let exporter = Exporter::start(
+        &moto,
+        &format!("refresh_interval: 1h\naccounts:\n  - id: \"{A}\"\n"),
+    );
+    exporter.wait_ready(Duration::from_secs(30));
+    let shown = "AWS identity: <span class=\"down\">unknown</span>: AccessDenied: ";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let (_, page) = exporter.get("/");
+        if page.contains(shown) || std::time::Instant::now() > deadline {
+            break page;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(page.contains(shown), "{page}");
+    let log = exporter.log();
+    assert!(
+        log.contains("cannot tell which AWS identity") && log.contains("code=AccessDenied"),
+        "{log}"
+    );
+    let m = exporter.scrape();
+    assert!(m.find("iam_key_exporter_aws_identity_info", &[]).is_empty());
+    assert_eq!(m.get(UP, &[("account_id", A)]), Some(1.0));
+}

@@ -442,7 +442,7 @@ impl AccountReader {
 }
 
 /// Asks STS who the exporter's own credentials belong to.
-pub async fn caller_identity(base: &Base, cfg: &Config) -> Result<Identity, String> {
+pub async fn caller_identity(base: &Base, cfg: &Config) -> Result<Identity, RefreshError> {
     let sts = aws_sdk_sts::config::Builder::from(&base.0)
         .retry_partition(RetryPartition::new("sts-identity"))
         .build();
@@ -451,10 +451,7 @@ pub async fn caller_identity(base: &Base, cfg: &Config) -> Result<Identity, Stri
         .get_caller_identity()
         .send()
         .await
-        .map_err(|e| {
-            let e = reach.explain(stage(Stage::AssumeRole)(e.into()));
-            format!("{}: {}", e.code, e.message)
-        })?;
+        .map_err(|e| reach.explain(stage(Stage::AssumeRole)(e.into())))?;
     Ok(Identity {
         account_id: out.account.unwrap_or_default(),
         arn: out.arn.unwrap_or_default(),

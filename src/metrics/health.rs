@@ -23,13 +23,13 @@ pub struct BuildInfo {
     pub rustc_version: &'static str,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub enum IdentityStatus {
     #[default]
     Unknown,
     Known(Identity),
-    /// Why it could not be asked, in words.
-    Failed(String),
+    /// Why it could not be asked.
+    Failed(RefreshError),
 }
 
 /// How the last discoveries went.

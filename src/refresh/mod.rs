@@ -122,7 +122,7 @@ async fn ask_identity(base: aws::Base, cfg: Arc<Config>, health: Arc<Health>) {
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot tell which AWS identity the exporter runs as");
+                tracing::warn!(code = %e.code, error = %e.message, "cannot tell which AWS identity the exporter runs as");
                 health.set_identity(IdentityStatus::Failed(e));
             }
         }

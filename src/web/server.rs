@@ -708,7 +708,7 @@ fn landing_page(web: &Web) -> Response<Body> {
         ),
         IdentityStatus::Failed(e) => format!(
             "<p>AWS identity: <span class=\"down\">unknown</span>: {}</p>\n",
-            html(&e)
+            html(&format!("{}: {}", e.code, e.message))
         ),
         IdentityStatus::Unknown => {
             "<p>AWS identity: <span class=\"pending\">asking</span></p>\n".into()
