@@ -59,7 +59,8 @@ pub struct Cli {
     pub write_timeout: std::time::Duration,
 
     /// Maximum number of /metrics, /keys and /keys.json responses being sent at once; beyond
-    /// it the answer is 503 with Retry-After.
+    /// it a request takes the place of one whose client has taken nothing for 250 ms, or is
+    /// answered 503 with Retry-After if all are being read.
     #[arg(long = "web.max-inflight-responses", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub max_inflight_responses: u32,
 
@@ -230,8 +231,8 @@ fn parse_telemetry_path(s: &str) -> Result<String, String> {
     if !s.starts_with('/') {
         return Err(format!("{s:?} must start with / (like /metrics)"));
     }
-    if s.starts_with("/-/") || crate::web::server::own_paths().any(|p| p == s) {
-        let own: Vec<&str> = crate::web::server::own_paths().collect();
+    let own: Vec<&str> = crate::web::server::own_paths().collect();
+    if s.starts_with("/-/") || own.contains(&s) {
         return Err(format!(
             "{s:?} is one of the exporter's own paths ({}, everything under /-/); pick another, like /metrics",
             own.join(", ")
