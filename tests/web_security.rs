@@ -339,13 +339,20 @@ fn a_password_brute_force_does_not_hold_up_a_scraper() {
                     use base64::Engine;
                     let token = base64::engine::general_purpose::STANDARD
                         .encode(format!("prometheus:guess-{i}-{n}"));
-                    let status = agent()
+                    let answer = agent()
                         .get(&url)
                         .header("Authorization", &format!("Basic {token}"))
                         .call()
-                        .map(|r| r.status().as_u16())
-                        .unwrap_or(0);
-                    *answers.entry(status).or_insert(0) += 1;
+                        .map(|r| {
+                            let retry = r.headers().get("retry-after").cloned();
+                            (r.status().as_u16(), retry)
+                        })
+                        .unwrap_or((0, None));
+                    // Turned away for now, it is told when to ask again.
+                    if answer.0 == 429 {
+                        assert_eq!(answer.1.as_ref().map(|v| v.as_bytes()), Some(&b"1"[..]));
+                    }
+                    *answers.entry(answer.0).or_insert(0) += 1;
                     n += 1;
                 }
                 answers

@@ -27,8 +27,8 @@ use crate::metrics::collector::{self, Scope};
 use crate::metrics::exposition::CONTENT_TYPE;
 use crate::metrics::health::{BuildInfo, Health, IdentityStatus, Refused};
 use crate::policy;
-use crate::web::inflight::Admitted;
 pub use crate::web::inflight::InFlight;
+use crate::web::inflight::{Admitted, STALLED};
 use crate::web::keys::{self, html_escape as html};
 use crate::web::security::{Auth, WebConfig};
 
@@ -421,13 +421,10 @@ async fn handle(web: &Web, req: Request<Incoming>, cut: Arc<Notify>) -> Response
         }
         Auth::Busy => {
             web.health.count_refused(Refused::LoginQueue);
-            let mut resp = text(
+            return retry_later(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many unverified logins at once; try again.\n",
             );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return resp;
         }
     }
     let Some(route) = Route::of(web, req.uri().path()) else {
@@ -471,16 +468,13 @@ async fn inventory_view(
     let Some((place, how)) = web.inflight.admit(cut).await else {
         tracing::debug!("too many responses in flight, all being read; answered 503");
         web.health.count_refused(Refused::InFlight);
-        let mut resp = text(
+        return retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             "Too many responses being sent at once (--web.max-inflight-responses); try again.\n",
         );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return resp;
     };
     if how == Admitted::StalledCut {
-        tracing::debug!("a response not read for 250 ms cut to make room");
+        tracing::debug!(stalled = ?STALLED, "a response not read for this long cut to make room");
         web.health.count_refused(Refused::StalledCut);
     }
     let resp = match route {
@@ -792,6 +786,14 @@ fn not_covered(s: &AccountState) -> String {
         parts.push(format!("{}: reading them failed", kinds.join(", ")));
     }
     parts.join("; ")
+}
+
+/// A refusal for now: the client may ask again in a second (`Retry-After: 1`).
+fn retry_later(status: StatusCode, body: &str) -> Response<Body> {
+    let mut resp = text(status, body);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
