@@ -67,7 +67,6 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
 /// Writes `content` to `path` whole: written beside it, then renamed over it, as an editor, a
 /// ConfigMap or a Secret volume update does (a file written in place can be read empty
 /// between its truncation and its write).
@@ -77,6 +76,7 @@ pub fn replace(path: &Path, content: impl AsRef<[u8]>) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
